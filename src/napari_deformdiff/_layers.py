@@ -1,0 +1,120 @@
+"""Volume <-> napari layer data, carrying geometry both ways. numpy only; napari imported lazily.
+
+A layer of a Volume gets scale = spacing, translate = origin and an affine that rotates by the
+direction cosines about the origin (identity for axis-aligned volumes), all in array-axis order,
+with a leading time axis of scale 1 (one step per frame) for time series. The exact geometry
+also travels in layer.metadata["deformdiff"], so writers give back what was read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .core.geometry import Geometry
+from .core.io import Volume
+
+META_KEY = "deformdiff"
+AXIS_LABELS = ("t", "z", "y", "x")
+
+
+def layer_transform(geometry: Geometry, *, has_time: bool) -> dict[str, Any]:
+    """scale/translate/affine kwargs placing a layer of this geometry in world space."""
+    n = geometry.ndim
+    rotation = np.eye(n + 1)
+    rotation[:n, :n] = geometry.direction
+    origin = np.asarray(geometry.origin)
+    rotation[:n, n] = origin - geometry.direction @ origin  # rotate about the origin point
+    scale, translate = list(geometry.spacing), list(geometry.origin)
+    if has_time:
+        affine = np.eye(n + 2)
+        affine[1:, 1:] = rotation
+        return {"scale": [1.0, *scale], "translate": [0.0, *translate], "affine": affine}
+    return {"scale": scale, "translate": translate, "affine": rotation}
+
+
+def volume_to_layer_data(volume: Volume, **kwargs: Any) -> tuple:
+    """A napari LayerDataTuple for this volume; extra kwargs override the defaults."""
+    ndim = volume.data.ndim
+    meta = {
+        META_KEY: {
+            "geometry": volume.geometry.to_dict(),
+            "time_spacing": volume.time_spacing,
+            "source": volume.source,
+        }
+    }
+    layer_kwargs: dict[str, Any] = {
+        "name": volume.name or "volume",
+        "metadata": meta,
+        "axis_labels": AXIS_LABELS[-ndim:],
+        **layer_transform(volume.geometry, has_time=volume.has_time),
+    }
+    if volume.is_labels:
+        layer_kwargs.update(kwargs)
+        return (volume.data, layer_kwargs, "labels")
+    layer_kwargs.update(
+        {"colormap": "gray", "contrast_limits": contrast_limits(volume.data), "blending": "additive"}
+    )
+    layer_kwargs.update(kwargs)
+    return (volume.data, layer_kwargs, "image")
+
+
+def contrast_limits(data: np.ndarray) -> tuple[float, float]:
+    """Robust display range from finite values (NaN/Inf ignored), subsampled for speed."""
+    step = max(1, data.size // 2_000_000)
+    sample = np.asarray(data).ravel()[::step]
+    finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample
+    if finite.size == 0:
+        return (0.0, 1.0)
+    lo, hi = np.percentile(finite, [0.5, 99.5]).astype(float)
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def layer_to_volume(data: Any, attributes: dict[str, Any], *, is_labels: bool) -> Volume:
+    """The Volume a layer shows: its data with the geometry of its current world placement.
+
+    The geometry stored at reading time is reused (exact values, 3D placement of slices) as long
+    as the layer's transform still matches it; if the user moved or rescaled the layer, the
+    geometry is derived from the transform instead.
+    """
+    data = np.asarray(data)
+    meta = (attributes.get("metadata") or {}).get(META_KEY) or {}
+    stored = Geometry.from_dict(meta["geometry"]) if "geometry" in meta else None
+    n = stored.ndim if stored is not None and data.ndim in (stored.ndim, stored.ndim + 1) else min(data.ndim, 3)
+    has_time = data.ndim == n + 1
+    if data.ndim not in (n, n + 1) or n < 2:
+        raise ValueError(f"layer data of shape {data.shape} is not a 2D/3D volume or time series")
+    derived = geometry_from_transform(attributes, ndim=n)
+    geometry = stored if stored is not None and stored.almost_equal(derived) else derived
+    return Volume(
+        data,
+        geometry,
+        is_labels,
+        attributes.get("name", ""),
+        meta.get("time_spacing") if has_time else None,
+        meta.get("source", ""),
+    )
+
+
+def geometry_from_transform(attributes: dict[str, Any], *, ndim: int) -> Geometry:
+    """Geometry of the last `ndim` axes from a layer's scale/translate/rotate/shear/affine."""
+    from napari.utils.transforms import Affine, CompositeAffine
+
+    full = len(attributes["scale"])
+    data2physical = CompositeAffine(
+        scale=attributes["scale"],
+        translate=attributes["translate"],
+        rotate=attributes.get("rotate"),
+        shear=attributes.get("shear"),
+        ndim=full,
+    )
+    affine = attributes.get("affine")
+    physical2world = Affine(affine_matrix=np.asarray(affine)) if affine is not None else Affine(ndim=full)
+    matrix = (physical2world @ data2physical).affine_matrix
+    spatial = np.eye(ndim + 1)
+    spatial[:ndim, :ndim] = matrix[full - ndim : full, full - ndim : full]
+    spatial[:ndim, ndim] = matrix[full - ndim : full, full]
+    return Geometry.from_index_to_world(spatial)

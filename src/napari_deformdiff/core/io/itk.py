@@ -1,0 +1,138 @@
+"""NRRD/NHDR, MHA/MHD and DICOM (series folder or single/multi-frame file) with SimpleITK.
+
+SimpleITK arrays are already ([T,] Z, Y, X); its spacing/origin/direction are (x, y, z[, t]) and
+are converted by Geometry.from_itk. A 4D image is a time series of 3D volumes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..geometry import Geometry
+from .atomic import atomic_output, split_suffix
+from .nifti import squeeze_single_slice
+from .volume import Volume, as_label_array, check_values, decide_labels
+
+SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom")
+WRITE_SUFFIXES = (".nrrd", ".mha")
+
+
+def read_itk(path: str | Path, *, as_labels: bool | None = None) -> Volume:
+    import SimpleITK as sitk
+
+    path = Path(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(
+            f"{path.name}: could not be read (truncated, corrupt or not a {_kind(path)} "
+            f"file): {_itk_message(exc)}"
+        ) from exc
+    return _volume_from_itk(image, path, split_suffix(path.name)[0], as_labels)
+
+
+def read_dicom_series(folder: str | Path, *, as_labels: bool | None = None) -> list[Volume]:
+    """Every DICOM series in `folder` (not recursive), one Volume each."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise InputError(
+            f"{folder.name}: no readable DICOM series in this folder "
+            f"({sum(1 for p in folder.iterdir() if p.is_file())} files checked)."
+        )
+    volumes = []
+    for series_id in series_ids:
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        reader.MetaDataDictionaryArrayUpdateOn()
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise InputError(
+                f"{folder.name}: DICOM series {series_id} could not be read: {_itk_message(exc)}"
+            ) from exc
+        description = ""
+        if reader.HasMetaDataKey(0, "0008|103e"):
+            description = reader.GetMetaData(0, "0008|103e").strip()
+        name = f"{folder.name} {description or series_id[-8:]}".strip()
+        volumes.append(_volume_from_itk(image, folder, name, as_labels))
+    return volumes
+
+
+def write_itk(volume: Volume, path: str | Path, *, overwrite: bool = False) -> Path:
+    import SimpleITK as sitk
+
+    data = volume.data
+    geometry = volume.geometry
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    if geometry.ndim == 2 and (volume.has_time or geometry.embedding is not None):
+        # a slice that has a 3D placement or a time axis is stored as one-slice 3D(+t), so that
+        # reading it back is unambiguous (a 3D image could be 2D+t or a volume).
+        geometry = geometry.as_3d()
+        data = data[:, None] if volume.has_time else data[None]
+    image = sitk.GetImageFromArray(np.ascontiguousarray(data), isVector=False)
+    spacing, origin, direction = geometry.to_itk()
+    if volume.has_time:
+        n = geometry.ndim
+        d = np.eye(n + 1)
+        d[:n, :n] = np.asarray(direction).reshape(n, n)
+        spacing = (*spacing, volume.time_spacing or 1.0)
+        origin = (*origin, 0.0)
+        direction = tuple(d.ravel())
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    path = Path(path)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    return path
+
+
+def _volume_from_itk(image, path: Path, name: str, as_labels: bool | None) -> Volume:
+    import SimpleITK as sitk
+
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        raise InputError(
+            f"{path.name}: this image has {image.GetNumberOfComponentsPerPixel()} components per "
+            "voxel (RGB or a vector/displacement field), not a scalar volume."
+        )
+    dim = image.GetDimension()
+    if dim not in (2, 3, 4):
+        raise InputError(f"{path.name}: {dim}-D images are not supported.")
+    data = sitk.GetArrayFromImage(image)
+    warnings = check_values(data, path.name)
+    n = min(dim, 3)
+    spacing = image.GetSpacing()[:n]
+    origin = image.GetOrigin()[:n]
+    direction = np.asarray(image.GetDirection()).reshape(dim, dim)[:n, :n]
+    try:
+        geometry = Geometry.from_itk(spacing, origin, direction.ravel())
+    except ValueError as exc:
+        raise InputError(f"{path.name}: invalid geometry in the header: {exc}") from exc
+    time_spacing = float(image.GetSpacing()[3]) if dim == 4 else None
+    data, geometry = squeeze_single_slice(data, geometry, has_time=dim == 4)
+    is_labels = decide_labels(data, path, as_labels)
+    if is_labels:
+        data = as_label_array(data)
+    return Volume(data, geometry, is_labels, name, time_spacing, str(path), warnings)
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return {".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage", ".mhd": "MetaImage"}.get(
+        suffix, "DICOM"
+    )
+
+
+def _itk_message(exc: Exception) -> str:
+    """ITK's exception text without the C++ file/line noise."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("/", "itk::", "Exception thrown"))]
+    return (useful or lines or ["unknown error"])[-1][:300]
