@@ -113,7 +113,7 @@ def geometry_from_transform(attributes: dict[str, Any], *, ndim: int) -> Geometr
     )
     affine = attributes.get("affine")
     physical2world = Affine(affine_matrix=np.asarray(affine)) if affine is not None else Affine(ndim=full)
-    matrix = (physical2world @ data2physical).affine_matrix
+    matrix = physical2world.affine_matrix @ data2physical.affine_matrix
     spatial = np.eye(ndim + 1)
     spatial[:ndim, :ndim] = matrix[full - ndim : full, full - ndim : full]
     spatial[:ndim, ndim] = matrix[full - ndim : full, full]

@@ -6,7 +6,8 @@ their content exists. Consumers stop it (cancel) by simply not asking for the ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,4 +36,4 @@ class Frame:
     image: np.ndarray
     field: np.ndarray | None = None
     labels: np.ndarray | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -1,0 +1,167 @@
+"""napari hooks without a window: manifest, reader/writer placement in world space, device choice."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from napari.layers import Layer
+
+import napari_deformdiff
+from napari_deformdiff._reader import get_reader
+from napari_deformdiff._writer import write_image, write_labels
+from napari_deformdiff.core import device
+from napari_deformdiff.core.errors import InputError
+
+from .test_io import OBLIQUE, itk_oblique_image, write_acdc_by_hand
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_manifest_is_valid_registered_and_shipped_in_the_package():
+    from npe2 import PluginManager, PluginManifest
+
+    packaged = Path(napari_deformdiff.__file__).parent / "napari.yaml"
+    assert packaged.is_file()
+    assert (ROOT / "napari.yaml").read_text() == packaged.read_text()
+    manifest = PluginManifest.from_file(packaged)  # validates
+    pm = PluginManager.instance()
+    pm.discover()
+    registered = pm.get_manifest("napari-deformdiff")
+    c = registered.contributions
+    assert {s.key for s in c.sample_data} == {"cardiac", "cardiac_2d", "lung"}
+    assert {w.display_name for w in c.widgets} == {"Phantom generator", "Open volume"}
+    assert c.configurations["compute"].properties["device"].default == "auto"
+    assert manifest.name == registered.name
+
+
+def test_napari_modules_do_not_import_torch():
+    """napari imports the hooks to build menus: torch (2 s) must stay out of that path."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, napari_deformdiff._reader, napari_deformdiff._writer, "
+        "napari_deformdiff._sample_data, napari_deformdiff._qt.phantom_widget, "
+        "napari_deformdiff._qt.open_widget; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def layer_from(path):
+    reader = get_reader(str(path))
+    assert reader is not None
+    return [Layer.create(*t) for t in reader(str(path))]
+
+
+@pytest.mark.parametrize("ext", [".nrrd", ".mha", ".nii.gz"])
+def test_reader_places_oblique_voxels_where_itk_says(tmp_path, ext):
+    img, arr = itk_oblique_image()
+    sitk.WriteImage(img, str(tmp_path / f"sax{ext}"))
+    (layer,) = layer_from(tmp_path / f"sax{ext}")
+    assert layer.data.shape == arr.shape
+    assert list(layer.scale) == pytest.approx([8.0, 1.6, 1.4])
+    ref = sitk.ReadImage(str(tmp_path / f"sax{ext}"))
+    for k, j, i in [(0, 0, 0), (5, 8, 10), (3, 1, 9)]:
+        world = layer.data_to_world((k, j, i))
+        np.testing.assert_allclose(world[::-1], ref.TransformIndexToPhysicalPoint((i, j, k)), atol=1e-3)
+
+
+def test_acdc_folder_gives_named_layers_that_overlay_exactly(tmp_path):
+    write_acdc_by_hand(tmp_path / "patient003")
+    layers = layer_from(tmp_path / "patient003")
+    by_name = {layer.name: layer for layer in layers}
+    assert set(by_name) == {
+        "patient003 cine (4D)", "patient003 ES image (frame 04)", "patient003 ED image (frame 01)",
+        "patient003 ES labels", "patient003 ED labels",
+    }
+    ed, ed_lab = by_name["patient003 ED image (frame 01)"], by_name["patient003 ED labels"]
+    assert ed_lab._type_string == "labels" and ed_lab.data.dtype == np.uint8
+    assert ed.visible and ed_lab.visible and not by_name["patient003 cine (4D)"].visible
+    cine = by_name["patient003 cine (4D)"]
+    for idx in [(0, 0, 0), (2, 11, 9)]:
+        np.testing.assert_allclose(ed.data_to_world(idx), ed_lab.data_to_world(idx))
+        np.testing.assert_allclose(cine.data_to_world((3, *idx))[1:], ed.data_to_world(idx))
+
+
+def test_reader_declines_what_it_cannot_read(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    assert get_reader(str(tmp_path / "a.txt")) is None
+    assert get_reader(str(tmp_path / "empty")) is None
+    assert get_reader(str(tmp_path / "x.png")) is None
+
+
+def test_reader_reports_corrupt_file_without_raising(tmp_path, monkeypatch):
+    messages = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", messages.append)
+    bad = tmp_path / "broken.nrrd"
+    bad.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 9 9 9\nencoding: raw\n\n" + b"\0" * 10)
+    reader = get_reader(str(bad))
+    assert reader(str(bad)) == [(None,)]
+    assert len(messages) == 1 and "broken.nrrd" in messages[0]
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha"])
+def test_writer_writes_back_the_geometry_read(tmp_path, ext):
+    img, arr = itk_oblique_image()
+    src = tmp_path / "src.nrrd"
+    sitk.WriteImage(img, str(src))
+    (layer,) = layer_from(src)
+    out = tmp_path / f"out{ext}"
+    assert write_image(str(out), layer.data, layer._get_state()) == [str(out)]
+    back = sitk.ReadImage(str(out))
+    np.testing.assert_allclose(back.GetSpacing(), img.GetSpacing(), rtol=1e-5)
+    np.testing.assert_allclose(back.GetOrigin(), img.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(back.GetDirection(), OBLIQUE.ravel(), atol=1e-5)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back), arr)
+
+
+def test_writer_follows_a_layer_the_user_moved(tmp_path):
+    img, _ = itk_oblique_image()
+    sitk.WriteImage(img, str(tmp_path / "src.mha"))
+    (layer,) = layer_from(tmp_path / "src.mha")
+    before = layer.data_to_world((1, 2, 3))
+    layer.translate = np.asarray(layer.translate) + [5.0, -2.0, 1.0]
+    moved = layer.data_to_world((1, 2, 3))
+    assert not np.allclose(before, moved)
+    write_image(str(tmp_path / "moved.mha"), layer.data, layer._get_state())
+    back = sitk.ReadImage(str(tmp_path / "moved.mha"))
+    np.testing.assert_allclose(back.TransformIndexToPhysicalPoint((3, 2, 1)), moved[::-1], atol=1e-3)
+
+
+def test_label_writer_keeps_integers_and_refuses_to_overwrite(tmp_path, monkeypatch):
+    messages = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", messages.append)
+    write_acdc_by_hand(tmp_path / "patient001")
+    layers = {layer.name: layer for layer in layer_from(tmp_path / "patient001")}
+    lab = layers["patient001 ED labels"]
+    out = tmp_path / "ed_gt.nrrd"
+    assert write_labels(str(out), lab.data, lab._get_state()) == [str(out)]
+    back = sitk.ReadImage(str(out))
+    assert back.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), lab.data)
+    stamp = out.stat().st_mtime_ns, out.read_bytes()
+    assert write_labels(str(out), lab.data * 0, lab._get_state()) == []
+    assert (out.stat().st_mtime_ns, out.read_bytes()) == stamp
+    assert "already exists" in messages[-1]
+
+
+def test_device_choice_precedence(monkeypatch):
+    import torch
+
+    monkeypatch.delenv(device.ENV_VAR, raising=False)
+    mps = getattr(torch.backends, "mps", None)
+    auto = "cuda" if torch.cuda.is_available() else "mps" if mps and mps.is_available() else "cpu"
+    assert device.choose_device_name() == auto
+    assert device.choose_device_name(setting="cpu") == "cpu"
+    monkeypatch.setenv(device.ENV_VAR, "cpu")
+    assert device.choose_device_name("auto", setting="cuda") == "cpu"  # env beats the setting
+    monkeypatch.setenv(device.ENV_VAR, "cuda:7")
+    if torch.cuda.device_count() < 8:
+        with pytest.raises(InputError, match="DEFORMDIFF_DEVICE asks for 'cuda:7'"):
+            device.choose_device_name()
+    assert device.choose_device_name("cpu") == "cpu"  # an explicit request beats everything
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        device.choose_device_name("tpu")
