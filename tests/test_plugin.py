@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from napari.layers import Layer
+from napari.layers import Labels, Layer
 
 import napari_deformdiff
 from napari_deformdiff._reader import get_reader
@@ -77,7 +77,7 @@ def test_acdc_folder_gives_named_layers_that_overlay_exactly(tmp_path):
         "patient003 ES labels", "patient003 ED labels",
     }
     ed, ed_lab = by_name["patient003 ED image (frame 01)"], by_name["patient003 ED labels"]
-    assert ed_lab._type_string == "labels" and ed_lab.data.dtype == np.uint8
+    assert isinstance(ed_lab, Labels) and ed_lab.data.dtype == np.uint8
     assert ed.visible and ed_lab.visible and not by_name["patient003 cine (4D)"].visible
     cine = by_name["patient003 cine (4D)"]
     for idx in [(0, 0, 0), (2, 11, 9)]:
