@@ -646,3 +646,13 @@ def test_cuda_matches_cpu():
     labels = torch.randint(0, 4, (1, 1, *shape), dtype=torch.uint8).cuda()
     out = warp(labels, a.cuda(), mode="nearest")
     assert out.dtype == torch.uint8 and out.device.type == "cuda"
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 6, 7, 8), (2, 2, 9, 10)])
+def test_jacobian_determinant_is_differentiable(shape):
+    """Training losses penalise folding through this function: its gradient must be exact."""
+    u = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    spacing = (1.5,) * (len(shape) - 2)
+    assert torch.autograd.gradcheck(
+        lambda x: spatial.jacobian_determinant(x, spacing=spacing, units="mm"), (u,)
+    )

@@ -284,17 +284,19 @@ def jacobian_determinant(ddf: torch.Tensor, *, spacing=None, units: str = "voxel
     if units == "voxel":
         sp = (1.0,) * n
     # J[i][j] = delta_ij + d u_i / d x_j ; u_i is ddf[:, i] (B, *S), axis j is dim j + 1.
-    J = [
-        [(_gradient(ddf[:, i], j + 1) / sp[j]) + (1.0 if i == j else 0.0) for j in range(n)]
-        for i in range(n)
-    ]
+    # In-place updates: this runs on every frame of a streamed sequence.
+    J = [[_gradient(ddf[:, i], j + 1) for j in range(n)] for i in range(n)]
+    for i in range(n):
+        for j in range(n):
+            if sp[j] != 1.0:
+                J[i][j].div_(sp[j])
+        J[i][i].add_(1.0)
     if n == 2:
-        return J[0][0] * J[1][1] - J[0][1] * J[1][0]
-    return (
-        J[0][0] * (J[1][1] * J[2][2] - J[1][2] * J[2][1])
-        - J[0][1] * (J[1][0] * J[2][2] - J[1][2] * J[2][0])
-        + J[0][2] * (J[1][0] * J[2][1] - J[1][1] * J[2][0])
-    )
+        return (J[0][0] * J[1][1]).sub_(J[0][1] * J[1][0])
+    det = (J[1][1] * J[2][2]).sub_(J[1][2] * J[2][1]).mul_(J[0][0])
+    det.sub_((J[1][0] * J[2][2]).sub_(J[1][2] * J[2][0]).mul_(J[0][1]))
+    det.add_((J[1][0] * J[2][1]).sub_(J[1][1] * J[2][0]).mul_(J[0][2]))
+    return det
 
 
 def folding_ratio(ddf: torch.Tensor, *, spacing=None, units: str = "voxel") -> torch.Tensor:
