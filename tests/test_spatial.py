@@ -654,5 +654,5 @@ def test_jacobian_determinant_is_differentiable(shape):
     u = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
     spacing = (1.5,) * (len(shape) - 2)
     assert torch.autograd.gradcheck(
-        lambda x: spatial.jacobian_determinant(x, spacing=spacing, units="mm"), (u,)
+        lambda x: jacobian_determinant(x, spacing=spacing, units="mm"), (u,)
     )
