@@ -163,7 +163,7 @@ def test_gui_command_opens_widgets_and_the_sample_case(tmp_path):
     shot = tmp_path / "gui.png"
     cmd = [sys.executable, "-m", "napari_deformdiff.cli", "gui", str(root / "sample_data" / "patient001"),
            "--screenshot", str(shot), "--quit"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})
+    out = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     from PIL import Image
 

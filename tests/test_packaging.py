@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def run(*cmd, **kwargs):
-    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
+    out = subprocess.run([str(c) for c in cmd], capture_output=True, encoding="utf-8", errors="replace", **kwargs)
     assert out.returncode == 0, f"{cmd}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout
 

@@ -45,7 +45,7 @@ def test_napari_modules_do_not_import_torch():
         "napari_deformdiff._sample_data, napari_deformdiff._qt.phantom_widget, "
         "napari_deformdiff._qt.open_widget; print('torch' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
     assert out.stdout.strip() == "False"
 
 

@@ -312,26 +312,45 @@ class _Drawer:
         return value
 
 
-# ----------------------------------------------------------------------------- cardiac
+class _PhantomModel:
+    """Shared set-up of the phantoms: validated grid, frame timing and the seeded draws.
 
+    Subclasses set the class attributes and draw their anatomy in `_build` from `self.draw`
+    (recorded uniform draws) and `self.rng`, in a fixed order (reproducibility).
+    """
 
-class _CardiacModel:
-    kind = "cardiac"
+    kind: str
+    defaults: dict
+    min_fov: tuple
+    es_fraction: float
 
     def __init__(self, seed, shape, spacing, frames, two_d, noise):
         self.shape, self.spacing = _validate(
-            "cardiac", seed, shape, spacing, frames, two_d, CARDIAC_DEFAULTS, _CARDIAC_MIN_FOV
+            self.kind, seed, shape, spacing, frames, two_d, self.defaults, self.min_fov
         )
         self.seed = int(seed)
         self.frames = int(frames)
         self.two_d = bool(two_d)
         self.noise = bool(noise)
-        self.es_index = min(max(int(round(0.35 * self.frames)), 1), self.frames - 1)
+        self.es_index = min(max(int(round(self.es_fraction * self.frames)), 1), self.frames - 1)
         self.profile = _time_profile(self.frames, self.es_index)
+        self.params: dict[str, Any] = {}
+        self.rng = np.random.default_rng(self.seed)
+        self.draw = _Drawer(self.rng, self.params)
+        self._build()
 
-        params: dict[str, Any] = {}
-        rng = np.random.default_rng(self.seed)
-        U = _Drawer(rng, params)
+    def _build(self) -> None:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- cardiac
+
+
+class _CardiacModel(_PhantomModel):
+    kind, defaults, min_fov, es_fraction = "cardiac", CARDIAC_DEFAULTS, _CARDIAC_MIN_FOV, 0.35
+
+    def _build(self) -> None:
+        params, rng, U = self.params, self.rng, self.draw
         # --- anatomy (mm); the draw order is fixed: never reorder (reproducibility).
         self.a_r = U("lv_cavity_diameter_mm", 45.0, 55.0) / 2.0
         self.t_wall = U("lv_wall_mm", 8.0, 12.0)
@@ -501,7 +520,6 @@ class _CardiacModel:
         )
         self.noise_rng = np.random.default_rng(noise_seed)
         self.edge = float(np.prod(self.spacing) ** (1.0 / len(self.spacing)))
-        self.params = params
 
     # radial weight of the LV contraction (and twist): 1 inside r_a, 0 beyond r_a + w_a
     def _w_lv(self, r):
@@ -640,23 +658,11 @@ class _CardiacModel:
 # ----------------------------------------------------------------------------- lung
 
 
-class _LungModel:
-    kind = "lung"
+class _LungModel(_PhantomModel):
+    kind, defaults, min_fov, es_fraction = "lung", LUNG_DEFAULTS, _LUNG_MIN_FOV, 0.5
 
-    def __init__(self, seed, shape, spacing, frames, two_d, noise):
-        self.shape, self.spacing = _validate(
-            "lung", seed, shape, spacing, frames, two_d, LUNG_DEFAULTS, _LUNG_MIN_FOV
-        )
-        self.seed = int(seed)
-        self.frames = int(frames)
-        self.two_d = bool(two_d)
-        self.noise = bool(noise)
-        self.es_index = min(max(int(round(0.5 * self.frames)), 1), self.frames - 1)
-        self.profile = _time_profile(self.frames, self.es_index)
-
-        params: dict[str, Any] = {}
-        rng = np.random.default_rng(self.seed)
-        U = _Drawer(rng, params)
+    def _build(self) -> None:
+        params, rng, U = self.params, self.rng, self.draw
         # --- anatomy (mm); fixed draw order
         self.body_lat = U("body_lateral_semi_mm", 100.0, 112.0)
         self.body_ap = U("body_ap_semi_mm", 75.0, 88.0)
@@ -780,7 +786,6 @@ class _LungModel:
         self.tex, self.tex_origin = _texture_volume(tex_rng, tex_coords, tex_scale)
         self.vessels = self._vessel_volume(np.random.default_rng(vessel_seed), tex_coords)
         self.noise_rng = np.random.default_rng(noise_seed)
-        self.params = params
 
     # ------------------------------------------------------------------ anatomy
     def _lung_sdfs(self, X):
