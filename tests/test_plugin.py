@@ -165,3 +165,28 @@ def test_device_choice_precedence(monkeypatch):
     assert device.choose_device_name("cpu") == "cpu"  # an explicit request beats everything
     with pytest.raises(InputError, match="unknown device 'tpu'"):
         device.choose_device_name("tpu")
+
+
+def test_napari_setting_chooses_the_device(plugin_settings, npe2pm, monkeypatch):
+    """Compute > Device in napari's Preferences reaches the device choice (below the env var).
+
+    napari's plugin_settings fixture keeps the settings file in this test's tmp_path.
+    """
+    import torch
+    from napari.settings import get_plugin_settings
+    from npe2 import PluginManifest
+
+    from napari_deformdiff._settings import gui_device_name
+
+    npe2pm.register(PluginManifest.from_distribution("napari-deformdiff"))
+    monkeypatch.delenv(device.ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend a GPU, to tell auto from cpu
+    settings = get_plugin_settings("napari-deformdiff")
+    assert settings.compute.device == "auto"
+    assert gui_device_name() == "cuda"
+    settings.compute.device = "cpu"  # what the Preferences dialog does
+    assert "device: cpu" in settings.config_path.read_text()
+    assert gui_device_name() == "cpu"
+    monkeypatch.setenv(device.ENV_VAR, "cuda")
+    assert gui_device_name() == "cuda"  # the environment variable overrides the setting
+    assert gui_device_name("cpu") == "cpu"  # and the widget's own choice overrides both
