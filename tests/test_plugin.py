@@ -190,3 +190,29 @@ def test_napari_setting_chooses_the_device(plugin_settings, npe2pm, monkeypatch)
     monkeypatch.setenv(device.ENV_VAR, "cuda")
     assert gui_device_name() == "cuda"  # the environment variable overrides the setting
     assert gui_device_name("cpu") == "cpu"  # and the widget's own choice overrides both
+
+
+def test_core_runs_without_napari_or_qt(tmp_path):
+    """The core (IO, phantom, toolkit, device) imports and works with napari and Qt unimportable."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+for name in ("napari", "qtpy", "PyQt6", "PyQt5", "PySide6", "magicgui", "vispy"):
+    sys.modules[name] = None  # any import of these now fails
+import numpy as np, torch
+from napari_deformdiff.core import spatial, device
+from napari_deformdiff.core.io import read_volume, write_volume
+from napari_deformdiff.core.phantom import cardiac_phantom
+from napari_deformdiff.core.phantom_dataset import case_volumes
+case = cardiac_phantom(1, frames=3, two_d=True)
+image, labels = case_volumes(case, "p")
+write_volume(labels, r"{tmp_path / 'l_gt.nii.gz'}")
+back = read_volume(r"{tmp_path / 'l_gt.nii.gz'}")
+warped = spatial.warp(torch.from_numpy(case.labels[:1, None]), torch.from_numpy(case.fields[2:3]), mode="nearest")
+print(back.is_labels, np.array_equal(back.data, case.labels), device.choose_device_name("cpu"), warped.dtype)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True", "cpu", "torch.uint8"]
