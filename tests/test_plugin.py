@@ -216,3 +216,24 @@ print(back.is_labels, np.array_equal(back.data, case.labels), device.choose_devi
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "True", "cpu", "torch.uint8"]
+
+
+def test_single_slice_cine_layer_is_2d_and_writes_back_in_3d(tmp_path):
+    import nibabel as nib
+
+    from .test_io import rotation
+
+    affine = np.eye(4)
+    affine[:3, :3] = rotation(15, -25, 50) @ np.diag([1.3, 1.3, 7.0])
+    affine[:3, 3] = [-40.0, 22.0, 61.0]
+    data = np.random.default_rng(9).random((12, 10, 1, 4)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "sax.nii.gz"))
+    (layer,) = layer_from(tmp_path / "sax.nii.gz")
+    assert layer.data.shape == (4, 10, 12) and list(layer.scale) == pytest.approx([1.0, 1.3, 1.3])
+    write_image(str(tmp_path / "back.mha"), layer.data, layer._get_state())
+    back, orig = sitk.ReadImage(str(tmp_path / "back.mha")), sitk.ReadImage(str(tmp_path / "sax.nii.gz"))
+    assert back.GetSize() == (12, 10, 1, 4)
+    for index in [(0, 0, 0), (11, 9, 0), (5, 3, 0)]:
+        np.testing.assert_allclose(
+            back.TransformIndexToPhysicalPoint((*index, 0))[:3], orig.TransformIndexToPhysicalPoint((*index, 0))[:3], atol=1e-3
+        )
