@@ -53,5 +53,5 @@ def test_wheel_in_a_clean_venv_lists_the_plugin_and_its_contributions(tmp_path):
     )
     info = json.loads(run(py, "-c", code, timeout=300).strip().splitlines()[-1])
     assert str(env_dir) in info["file"]  # the wheel's copy, not the source tree
-    assert info["widgets"] == ["Phantom generator", "Open volume"]
+    assert info["widgets"] == ["Phantom generator", "Open volume", "Inspect deformation", "Export"]
     assert info["samples"] == ["cardiac", "cardiac_2d", "lung"]

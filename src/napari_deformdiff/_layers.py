@@ -118,3 +118,69 @@ def geometry_from_transform(attributes: dict[str, Any], *, ndim: int) -> Geometr
     spatial[:ndim, :ndim] = matrix[full - ndim : full, full - ndim : full]
     spatial[:ndim, ndim] = matrix[full - ndim : full, full]
     return Geometry.from_index_to_world(spatial)
+
+
+# --- displacement fields travel in layer metadata --------------------------------------------
+# A (T, Z, Y, X, D) napari layer would be right-aligned against (T, Z, Y, X) images and put D
+# where X is, so a field is kept as a dense (T, n, *S) voxel array in the metadata of the layer
+# it belongs to (a generated image) or of the Vectors layer it is shown as (a field file).
+
+
+def attach_field(meta: dict[str, Any], fields: np.ndarray, *, total: int | None = None) -> None:
+    """Store a (T, n, *S) voxel field (and the number of frames expected) in layer metadata."""
+    entry = meta.setdefault(META_KEY, {})
+    entry["field"] = fields
+    entry["frames_total"] = int(total if total is not None else fields.shape[0])
+
+
+def field_of(layer) -> tuple[np.ndarray, Geometry, int] | None:
+    """(fields (T, n, *S) voxels, geometry, frames expected) of a layer that carries a field."""
+    entry = (getattr(layer, "metadata", None) or {}).get(META_KEY) or {}
+    if entry.get("field") is None or "geometry" not in entry:
+        return None
+    fields = entry["field"]
+    return fields, Geometry.from_dict(entry["geometry"]), int(entry.get("frames_total", fields.shape[0]))
+
+
+def vector_colors(magnitude_mm: np.ndarray) -> np.ndarray:
+    """RGBA per vector from the fixed mm bins of core.overlays."""
+    from matplotlib.colors import to_rgba
+
+    from .core.vector_style import MAGNITUDE_BIN_COLORS, magnitude_bins
+
+    palette = np.array([to_rgba(c) for c in MAGNITUDE_BIN_COLORS], np.float32)
+    return palette[magnitude_bins(magnitude_mm)]
+
+
+def field_vectors_layer_data(
+    fields: np.ndarray, geometry: Geometry, *, name: str, stride: int | None = None, source: str = ""
+) -> tuple:
+    """A 4D Vectors LayerDataTuple (one time step per frame) that carries the dense field."""
+    from .core.vector_style import default_stride
+
+    n = geometry.ndim
+    stride = stride or default_stride(fields.shape[2:])
+    sl = (slice(None), slice(None)) + tuple(slice(stride // 2, None, stride) for _ in range(n))
+    sampled = fields[sl]  # (T, n, *s)
+    scale = np.asarray(geometry.spacing, np.float32).reshape((1, n) + (1,) * n)
+    mm = np.linalg.norm(sampled * scale, axis=1).reshape(-1)
+    from .core.spatial import field_to_vectors
+
+    vectors = field_to_vectors(fields, stride=stride)
+    meta = {META_KEY: {"geometry": geometry.to_dict(), "source": source}}
+    attach_field(meta, fields)
+    kwargs = {
+        "name": name,
+        "metadata": meta,
+        "edge_color": vector_colors(mm),
+        "features": {"magnitude_mm": mm},
+        "edge_width": 0.4,
+        "vector_style": "arrow",
+        **layer_transform(geometry, has_time=True),
+    }
+    return (vectors, kwargs, "vectors")
+
+
+def derived_layer_kwargs(geometry: Geometry, name: str, **kwargs: Any) -> dict[str, Any]:
+    """kwargs for an overlay layer (T, *S) that must sit exactly on the frames it describes."""
+    return {"name": name, **layer_transform(geometry, has_time=True), **kwargs}

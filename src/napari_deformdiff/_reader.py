@@ -27,6 +27,9 @@ def read_layers(path: str | list[str]) -> list[tuple]:
     layers = []
     for p in paths:
         try:
+            if _is_field_file(p):  # an ITK displacement field: shown as vectors, usable by Inspect
+                layers.append(_field_layer(p))
+                continue
             if is_acdc_folder(p):  # show ED and its labels; the cine and ES start hidden
                 patient = read_acdc_patient(p)
                 shown = (patient.ed, patient.ed_labels)
@@ -42,3 +45,19 @@ def read_layers(path: str | list[str]) -> list[tuple]:
                 show_warning(warning)
             layers.append(volume_to_layer_data(volume, visible=visible))
     return layers or [(None,)]
+
+
+def _is_field_file(path) -> bool:
+    from .core.field_io import is_displacement_file
+
+    return Path(path).is_file() and is_displacement_file(path)
+
+
+def _field_layer(path) -> tuple:
+    from ._layers import field_vectors_layer_data
+    from .core.field_io import read_displacement
+    from .core.io.atomic import split_suffix
+
+    ddf, geometry = read_displacement(path)
+    name = f"{split_suffix(Path(path).name)[0]} field"
+    return field_vectors_layer_data(ddf[None], geometry, name=name, source=str(path))

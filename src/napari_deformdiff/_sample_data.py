@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._layers import volume_to_layer_data
+from ._layers import attach_field, volume_to_layer_data
 
 
 def _sample(kind: str, *, two_d: bool = False) -> list[tuple]:
@@ -13,7 +13,9 @@ def _sample(kind: str, *, two_d: bool = False) -> list[tuple]:
     case = make(0, two_d=two_d)
     name = f"{kind} phantom" + (" 2D" if two_d else "")
     image, labels = case_volumes(case, name)
-    return [volume_to_layer_data(image), volume_to_layer_data(labels, opacity=0.4)]
+    image_data = volume_to_layer_data(image)
+    attach_field(image_data[1]["metadata"], case.fields)  # the true motion, for the overlays
+    return [image_data, volume_to_layer_data(labels, opacity=0.4)]
 
 
 def cardiac() -> list[tuple]:

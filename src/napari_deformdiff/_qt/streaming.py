@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._layers import volume_to_layer_data
+from .._layers import attach_field, volume_to_layer_data
 from ..core.errors import InputError
 from ..core.events import Frame
 from ..core.geometry import Geometry
@@ -25,7 +25,9 @@ class GrowingSequence:
     """Image (and optional labels) layers of shape (T, ...) that grow frame by frame.
 
     Frames go into preallocated float32 / integer buffers; the layers are re-assigned a view
-    buf[:k+1] so napari's time slider extends (in-place writes would not update it).
+    buf[:k+1] so napari's time slider extends (in-place writes would not update it). Fields that
+    come with the frames are kept in the image layer's metadata (see _layers.attach_field),
+    updated before its data so that listeners of the data event see both.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, *, name: str, geometry: Geometry,
@@ -41,6 +43,7 @@ class GrowingSequence:
         self.labels_layer = None
         self._images: np.ndarray | None = None
         self._labels: np.ndarray | None = None
+        self._fields: np.ndarray | None = None
 
     def add(self, frame: Frame) -> None:
         from napari.layers import Layer
@@ -50,15 +53,24 @@ class GrowingSequence:
             self._images = np.zeros((self.total, *frame.image.shape), np.float32)
             if self.with_labels and frame.labels is not None:
                 self._labels = np.zeros((self.total, *frame.labels.shape), frame.labels.dtype)
+            if frame.field is not None:
+                self._fields = np.zeros((self.total, *frame.field.shape), np.float32)
         self._images[k] = frame.image
+        if self._fields is not None and frame.field is not None:
+            self._fields[k] = frame.field
         if self._labels is not None and frame.labels is not None:
             self._labels[k] = frame.labels
         self.count = max(self.count, k + 1)
         view = self._images[: self.count]
         if self.image_layer is None:
             image = Volume(view, self.geometry, False, self.name, self.time_spacing, "generated")
-            self.image_layer = self.viewer.add_layer(Layer.create(*volume_to_layer_data(image)))
+            data, kwargs, kind = volume_to_layer_data(image)
+            if self._fields is not None:
+                attach_field(kwargs["metadata"], self._fields[: self.count], total=self.total)
+            self.image_layer = self.viewer.add_layer(Layer.create(data, kwargs, kind))
         else:
+            if self._fields is not None:
+                attach_field(self.image_layer.metadata, self._fields[: self.count], total=self.total)
             self.image_layer.data = view
         if self._labels is not None:
             lview = self._labels[: self.count]

@@ -1,0 +1,168 @@
+"""Inspect-deformation benchmark: a real napari viewer, 16 frames of 128 x 128 x 32, all overlays.
+
+Measures, each with a baseline taken in the same process:
+- time to change the time step and repaint (median, max): with all overlays vs image + labels;
+- time to build the overlays of one frame, and the Jacobian alone (vs numpy.gradient);
+- the longest main-thread (event-loop) gap while the phantom generator streams 16 frames and the
+  overlays follow it, vs the same measurement with an idle viewer.
+Targets (issue 5): step change <= 150 ms median with vectors at the default stride, Jacobian of
+one frame <= 50 ms, no event-loop gap over 100 ms while streaming.
+
+Usage (needs a display; headless: xvfb-run -a):
+    xvfb-run -a .venv/bin/python benchmarks/bench_inspect.py
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+FRAMES = 16
+
+
+def main() -> None:
+    import napari
+    import torch
+    from napari.layers import Layer
+    from qtpy.QtCore import QElapsedTimer, QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_deformdiff._layers import attach_field, volume_to_layer_data
+    from napari_deformdiff.core import spatial
+    from napari_deformdiff.core.overlays import default_stride, frame_overlay
+    from napari_deformdiff.core.phantom import cardiac_phantom
+    from napari_deformdiff.core.phantom_dataset import case_volumes
+
+    app = QApplication.instance() or QApplication([])
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1200, 800)
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas.native
+    rows = []
+
+    def pump(ms=50):
+        end = time.perf_counter() + ms / 1000
+        while time.perf_counter() < end:
+            app.processEvents()
+
+    case = cardiac_phantom(0, frames=FRAMES)
+    image, labels = case_volumes(case, "bench")
+    data, kwargs, kind = volume_to_layer_data(image)
+    attach_field(kwargs["metadata"], case.fields)
+    source = viewer.add_layer(Layer.create(data, kwargs, kind))
+    viewer.add_layer(Layer.create(*volume_to_layer_data(labels, opacity=0.4)))
+    viewer.dims.set_current_step(1, 16)
+    pump(300)
+
+    def step_times():
+        times = []
+        for t in list(range(FRAMES)) * 2:
+            t0 = time.perf_counter()
+            viewer.dims.set_current_step(0, t)
+            app.processEvents()
+            canvas.repaint()  # synchronous paint: the user sees the new frame now
+            times.append(time.perf_counter() - t0)
+        return times[2:]  # first changes warm caches
+
+    base = step_times()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-deformdiff", "Inspect deformation")
+    widget.source.value = source
+    widget.magnitude_on.value = True
+    t0 = time.perf_counter()
+    widget.start()
+    while widget.worker is not None or widget.overlays.count < FRAMES:
+        app.processEvents()
+    build_all = time.perf_counter() - t0
+    pump(300)
+    with_overlays = step_times()
+    n_vec = int((widget.overlays.layers["vectors"].data[:, 0, 0] == 0).sum())
+    rows.append(("time-step change + repaint, all overlays (median)", statistics.median(with_overlays),
+                 f"{statistics.median(with_overlays) / statistics.median(base):.2f}x image+labels only "
+                 f"({statistics.median(base) * 1000:.0f} ms); {n_vec} vectors/frame, stride "
+                 f"{default_stride(case.images.shape[1:])}"))
+    rows.append(("time-step change + repaint, all overlays (max)", max(with_overlays),
+                 f"image+labels only max {max(base) * 1000:.0f} ms"))
+    rows.append((f"build overlays of {FRAMES} frames in the worker", build_all, ""))
+
+    spacing = case.spacing
+    one = [0.0] * 5
+    for i in range(5):
+        t0 = time.perf_counter()
+        frame_overlay(case.fields[5 + i], spacing)
+        one[i] = time.perf_counter() - t0
+    rows.append(("overlays of one frame (vectors, grid, det, folding, |u|)", statistics.median(one), ""))
+    u = torch.from_numpy(case.fields[7:8])
+    jac = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        spatial.jacobian_determinant(u)
+        jac.append(time.perf_counter() - t0)
+    f = case.fields[7].astype(np.float64)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        np.gradient(f, axis=(1, 2, 3))
+    np_grad = (time.perf_counter() - t0) / 3
+    rows.append(("Jacobian determinant of one frame", statistics.median(jac),
+                 f"numpy.gradient alone (no determinant): {np_grad * 1000:.0f} ms"))
+
+    def longest_gap(run_seconds=None, until=None):
+        timer, clock, gaps = QTimer(), QElapsedTimer(), []
+        last = [0]
+        clock.start()
+
+        def tick():
+            now = clock.elapsed()
+            gaps.append(now - last[0])
+            last[0] = now
+
+        timer.timeout.connect(tick)
+        timer.start(5)
+        start = time.perf_counter()
+        while True:
+            app.processEvents()
+            time.sleep(0.001)
+            if run_seconds is not None and time.perf_counter() - start > run_seconds:
+                break
+            if until is not None and until():
+                break
+        timer.stop()
+        return max(gaps[1:]), float(np.percentile(gaps[1:], 99))
+
+    idle_max, idle_p99 = longest_gap(run_seconds=3.0)
+    widget.overlays.remove()
+    _, phantom = viewer.window.add_plugin_dock_widget("napari-deformdiff", "Phantom generator")
+    phantom.frames.value = FRAMES
+    started = []
+
+    def follow(_):
+        if not started:
+            widget.source.reset_choices()
+            widget.source.value = phantom.sequence.image_layer
+            started.append(widget.start())
+
+    worker = phantom.start()
+    worker.yielded.connect(follow)
+    t0 = time.perf_counter()
+    stream_max, stream_p99 = longest_gap(
+        until=lambda: phantom.worker is None and widget.worker is None and widget.overlays is not None
+        and widget.overlays.count == FRAMES)
+    streamed = time.perf_counter() - t0
+    rows.append(("longest event-loop gap while streaming + overlays", stream_max / 1000,
+                 f"p99 {stream_p99:.0f} ms; idle viewer: max {idle_max:.0f} ms, p99 {idle_p99:.0f} ms; "
+                 f"{FRAMES} frames generated + inspected in {streamed:.1f} s"))
+
+    print(f"# napari-deformdiff inspect benchmark — {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, napari {napari.__version__}, Qt platform {app.platformName()}")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'case'.ljust(width)} | seconds | baseline / note")
+    print(f"{'-' * width}-|---------|----------------")
+    for name, seconds, note in rows:
+        print(f"{name.ljust(width)} | {seconds:7.3f} | {note}")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

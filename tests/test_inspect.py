@@ -1,0 +1,152 @@
+"""'Inspect deformation' in a real viewer under Xvfb, on analytic fields with known answers."""
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels, Layer, Vectors
+
+from napari_deformdiff._layers import attach_field, volume_to_layer_data
+from napari_deformdiff.core.geometry import Geometry
+from napari_deformdiff.core.io import Volume
+from napari_deformdiff.core.vector_style import MAX_VECTORS_PER_FRAME, default_stride
+
+pytestmark = pytest.mark.gui
+PLUGIN = "napari-deformdiff"
+SHAPE = (8, 32, 40)
+SPACING = (3.0, 1.5, 1.25)
+
+
+def field_layer(viewer, fields, name="analytic"):
+    geometry = Geometry(SPACING, (10.0, -5.0, 2.0), np.eye(3))
+    images = np.random.default_rng(0).random((fields.shape[0], *SHAPE)).astype(np.float32)
+    data, kwargs, kind = volume_to_layer_data(Volume(images, geometry, False, name, 0.04))
+    attach_field(kwargs["metadata"], fields)
+    return viewer.add_layer(Layer.create(data, kwargs, kind))
+
+
+def translation(frames=3):
+    f = np.zeros((frames, 3, *SHAPE), np.float32)
+    for t in range(frames):
+        f[t, 0], f[t, 1], f[t, 2] = 0.5 * t, 1.0 * t, -2.0 * t  # voxels, array order
+    return f
+
+
+def fold(frames=2):
+    """u_x = -a sin(2 pi x / L): det = 1 - a 2pi/L cos(2 pi x / L) <= 0 in a known band of x."""
+    f = np.zeros((frames, 3, *SHAPE), np.float32)
+    x = np.arange(SHAPE[2], dtype=np.float64)
+    a, period = 4.5, 20.0  # no sample sits exactly on det = 0
+    f[1, 2] = (-a * np.sin(2 * np.pi * x / period)).astype(np.float32)[None, None, :]
+    return f
+
+
+def show(viewer, qtbot, layer, **options):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspect deformation")
+    widget.source.value = layer
+    for name, value in options.items():
+        getattr(widget, name).value = value
+    worker = widget.start()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    return widget
+
+
+def test_translation_has_no_folding_and_det_one(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    layer = field_layer(viewer, translation())
+    widget = show(viewer, qtbot, layer, magnitude_on=True)
+    layers = widget.overlays.layers
+    assert isinstance(layers["folding"], Labels) and isinstance(layers["jacobian"], Image)
+    assert isinstance(layers["vectors"], Vectors)
+    assert layers["folding"].data.shape == (3, *SHAPE) and layers["folding"].data.max() == 0
+    np.testing.assert_allclose(layers["jacobian"].data, 1.0, atol=1e-6)
+    for t in range(3):  # |u| in mm from the spacing: (0.5 t * 3, 1 t * 1.5, -2 t * 1.25)
+        expected = t * np.sqrt(1.5**2 + 1.5**2 + 2.5**2)
+        np.testing.assert_allclose(layers["magnitude"].data[t], expected, rtol=1e-5)
+        m = widget.overlays.metrics[t]
+        assert m["folding_count"] == 0 and m["max_mm"] == pytest.approx(expected, rel=1e-5)
+    # overlays sit exactly on the frames: same world transform as the source layer
+    for key in ("jacobian", "folding", "grid", "vectors"):
+        np.testing.assert_allclose(layers[key].data_to_world((1, 2, 3, 4)), layer.data_to_world((1, 2, 3, 4)))
+    # vectors: one time step per frame, projection = the translation, coloured by mm bin
+    vec = layers["vectors"].data
+    assert sorted(set(vec[:, 0, 0])) == [0, 1, 2]
+    np.testing.assert_allclose(vec[vec[:, 0, 0] == 2][:, 1, 1:], [[1.0, 2.0, -4.0]] * int((vec[:, 0, 0] == 2).sum()))
+    # the cursor readout gives the field in mm at the voxel under the mouse
+    mm, norm = widget.field_at(layer.data_to_world((2, 4, 10, 10)))
+    np.testing.assert_allclose(mm, [3.0, 3.0, -5.0], atol=1e-5)
+    viewer.dims.set_current_step(0, 2)
+    assert "frame 3/3: folding 0 voxels" in widget.readout.value
+    assert widget.plot.series()["max_mm"] == pytest.approx([m["max_mm"] for m in widget.overlays.metrics])
+
+
+def test_folding_layer_marks_exactly_the_folded_band(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    layer = field_layer(viewer, fold())
+    widget = show(viewer, qtbot, layer)
+    folding = widget.overlays.layers["folding"].data
+    assert folding[0].max() == 0  # frame 0 has no motion
+    x = np.arange(SHAPE[2])
+    # central differences of the sampled sine (what the toolkit computes inside the image)
+    u = -4.5 * np.sin(2 * np.pi * x / 20.0)
+    du = np.gradient(u)
+    expected = (1.0 + du) <= 0
+    np.testing.assert_array_equal(folding[1], np.broadcast_to(expected, SHAPE).astype(np.uint8))
+    assert widget.overlays.metrics[1]["folding_count"] == int(expected.sum()) * SHAPE[0] * SHAPE[1]
+    assert widget.overlays.layers["jacobian"].data[1].min() < 0
+
+
+def test_overlays_follow_a_streaming_generator(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    _, phantom = viewer.window.add_plugin_dock_widget(PLUGIN, "Phantom generator")
+    phantom.two_d.value = True
+    phantom.frames.value = 8
+    _, inspect = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspect deformation")
+    started = []
+
+    def first_frame(_):
+        if not started:  # start inspecting while the generator is still running
+            inspect.source.reset_choices()
+            inspect.source.value = phantom.sequence.image_layer
+            started.append(inspect.start())
+
+    worker = phantom.start()
+    worker.yielded.connect(first_frame)
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: inspect.overlays is not None and inspect.overlays.count == 8 and inspect.worker is None,
+                    timeout=60_000)
+    from napari_deformdiff.core.phantom import cardiac_phantom
+    from napari_deformdiff.core.spatial import jacobian_determinant
+
+    import torch
+
+    truth = cardiac_phantom(0, frames=8, two_d=True)
+    det = jacobian_determinant(torch.from_numpy(truth.fields)).numpy()
+    np.testing.assert_allclose(inspect.overlays.layers["jacobian"].data, det, atol=1e-5)
+    assert inspect.overlays.layers["folding"].data.max() == 0  # the phantom's motion never folds
+
+
+def test_default_stride_keeps_vectors_under_the_limit():
+    assert default_stride((32, 128, 128)) == 4  # stride 3 gives 11 x 43 x 43 = 20339 vectors
+    for shape in [(32, 128, 128), (64, 256, 256), (128, 128)]:
+        s = default_stride(shape)
+        count = np.prod([int(np.ceil(n / s)) for n in shape])
+        assert count <= MAX_VECTORS_PER_FRAME
+        assert s == 1 or np.prod([int(np.ceil(n / (s - 1))) for n in shape]) > MAX_VECTORS_PER_FRAME
+
+
+def test_screenshot_changes_with_the_time_step(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    image, labels = viewer.open_sample(PLUGIN, "cardiac_2d")
+    widget = show(viewer, qtbot, image)
+    viewer.reset_view()
+    es = 7
+    viewer.dims.set_current_step(0, 0)
+    qtbot.wait(100)
+    ed_shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
+    viewer.dims.set_current_step(0, es)
+    qtbot.wait(100)
+    es_shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
+    changed = (np.abs(ed_shot - es_shot).sum(-1) > 30).mean()
+    assert changed > 0.01, changed  # the heart contracted and the overlays moved with it
+    assert f"frame {es + 1}/20" in widget.readout.value
