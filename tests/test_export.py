@@ -143,5 +143,6 @@ def test_a_field_file_opens_as_vectors_and_can_be_inspected(make_napari_viewer, 
     inspect.source.value = layer
     with qtbot.waitSignal(inspect.start().finished, timeout=60_000):
         pass
+    qtbot.waitUntil(lambda: inspect.overlays.idle, timeout=30_000)
     assert inspect.overlays.metrics[0]["max_mm"] == pytest.approx(3.0, abs=1e-4)
     np.testing.assert_allclose(inspect.overlays.layers["jacobian"].data, 1.0, atol=1e-5)

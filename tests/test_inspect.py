@@ -47,6 +47,7 @@ def show(viewer, qtbot, layer, **options):
     worker = widget.start()
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
+    qtbot.waitUntil(lambda: widget.overlays.idle, timeout=30_000)  # layers refresh one per event-loop turn
     return widget
 
 
@@ -113,8 +114,8 @@ def test_overlays_follow_a_streaming_generator(make_napari_viewer, qtbot):
     worker.yielded.connect(first_frame)
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
-    qtbot.waitUntil(lambda: inspect.overlays is not None and inspect.overlays.count == 8 and inspect.worker is None,
-                    timeout=60_000)
+    qtbot.waitUntil(lambda: inspect.overlays is not None and inspect.overlays.count == 8 and inspect.worker is None
+                    and inspect.overlays.idle, timeout=60_000)
     from napari_deformdiff.core.phantom import cardiac_phantom
     from napari_deformdiff.core.spatial import jacobian_determinant
 
