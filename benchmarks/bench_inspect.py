@@ -33,7 +33,8 @@ def main() -> None:
 
     from napari_deformdiff._layers import attach_field, volume_to_layer_data
     from napari_deformdiff.core import spatial
-    from napari_deformdiff.core.overlays import default_stride, frame_overlay
+    from napari_deformdiff.core.overlays import frame_overlay
+    from napari_deformdiff.core.vector_style import vector_strides
     from napari_deformdiff.core.phantom import cardiac_phantom
     from napari_deformdiff.core.phantom_dataset import case_volumes
 
@@ -81,8 +82,8 @@ def main() -> None:
     n_vec = int((widget.overlays.layers["vectors"].data[:, 0, 0] == 0).sum())
     rows.append(("time-step change + repaint, all overlays (median)", statistics.median(with_overlays),
                  f"{statistics.median(with_overlays) / statistics.median(base):.2f}x image+labels only "
-                 f"({statistics.median(base) * 1000:.0f} ms); {n_vec} vectors/frame, stride "
-                 f"{default_stride(case.images.shape[1:])}"))
+                 f"({statistics.median(base) * 1000:.0f} ms); {n_vec} vectors/frame, strides "
+                 f"{vector_strides(case.images.shape[1:])}"))
     rows.append(("time-step change + repaint, all overlays (max)", max(with_overlays),
                  f"image+labels only max {max(base) * 1000:.0f} ms"))
     rows.append((f"build overlays of {FRAMES} frames in the worker", build_all, ""))

@@ -7,7 +7,7 @@ from napari.layers import Image, Labels, Layer, Vectors
 from napari_deformdiff._layers import attach_field, volume_to_layer_data
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.io import Volume
-from napari_deformdiff.core.vector_style import MAX_VECTORS_PER_FRAME, default_stride
+from napari_deformdiff.core.vector_style import MAX_VECTORS_PER_FRAME, vector_strides
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-deformdiff"
@@ -127,13 +127,16 @@ def test_overlays_follow_a_streaming_generator(make_napari_viewer, qtbot):
     assert inspect.overlays.layers["folding"].data.max() == 0  # the phantom's motion never folds
 
 
-def test_default_stride_keeps_vectors_under_the_limit():
-    assert default_stride((32, 128, 128)) == 4  # stride 3 gives 11 x 43 x 43 = 20339 vectors
+def test_default_stride_keeps_vectors_under_the_limit_with_vectors_on_every_slice():
+    assert vector_strides((32, 128, 128)) == (1, 6, 6)  # 32 x 22 x 22 = 15488; stride 5: 32 x 26 x 26 = 21632
+    def count(shape, strides):
+        return np.prod([int(np.ceil(n / s)) for n, s in zip(shape, strides)])
+
     for shape in [(32, 128, 128), (64, 256, 256), (128, 128)]:
-        s = default_stride(shape)
-        count = np.prod([int(np.ceil(n / s)) for n in shape])
-        assert count <= MAX_VECTORS_PER_FRAME
-        assert s == 1 or np.prod([int(np.ceil(n / (s - 1))) for n in shape]) > MAX_VECTORS_PER_FRAME
+        strides = vector_strides(shape)
+        assert count(shape, strides) <= MAX_VECTORS_PER_FRAME
+        if strides[-1] > 1:  # and the in-plane stride is the smallest that fits
+            assert count(shape, vector_strides(shape, strides[-1] - 1)) > MAX_VECTORS_PER_FRAME
 
 
 def test_screenshot_changes_with_the_time_step(make_napari_viewer, qtbot):
@@ -151,3 +154,43 @@ def test_screenshot_changes_with_the_time_step(make_napari_viewer, qtbot):
     changed = (np.abs(ed_shot - es_shot).sum(-1) > 30).mean()
     assert changed > 0.01, changed  # the heart contracted and the overlays moved with it
     assert f"frame {es + 1}/20" in widget.readout.value
+
+
+def test_overlays_are_visible_on_the_cardiac_sample(make_napari_viewer, qtbot):
+    """What a user sees: the overlays change the picture where the heart moves (README image)."""
+    import os
+    from pathlib import Path
+
+    viewer = make_napari_viewer(show=True)
+    image, labels = viewer.open_sample(PLUGIN, "cardiac")
+    labels.visible = False
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Export")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspect deformation")
+    viewer.dims.set_current_step(1, 16)
+    viewer.dims.set_current_step(0, 7)  # end-systole
+    viewer.reset_view()
+    qtbot.wait(100)
+    plain = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
+    widget.source.value = image
+    with qtbot.waitSignal(widget.start().finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: widget.overlays.idle, timeout=30_000)
+    viewer.dims.set_current_step(0, 7)
+    viewer.layers.selection.active = image
+    qtbot.wait(200)
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
+    h, w = min(shot.shape[0], plain.shape[0]), min(shot.shape[1], plain.shape[1])
+
+    def centre(a):  # the dock growing can shrink the canvas by a few pixels; the view stays centred
+        top, left = (a.shape[0] - h) // 2, (a.shape[1] - w) // 2
+        return a[top : top + h, left : left + w]
+
+    changed = np.abs(centre(shot) - centre(plain)).sum(-1) > 40
+    assert 0.05 < changed.mean() < 0.95, changed.mean()
+    assert "frame 8/20: folding 0 voxels" in widget.readout.value
+    if os.environ.get("DEFORMDIFF_UPDATE_SCREENSHOTS"):
+        out = Path(__file__).parent / "screenshots"
+        out.mkdir(exist_ok=True)
+        viewer.window._qt_window.resize(1400, 900)
+        qtbot.wait(300)
+        viewer.screenshot(str(out / "inspect.png"), canvas_only=False, flash=False)

@@ -156,17 +156,15 @@ def field_vectors_layer_data(
     fields: np.ndarray, geometry: Geometry, *, name: str, stride: int | None = None, source: str = ""
 ) -> tuple:
     """A 4D Vectors LayerDataTuple (one time step per frame) that carries the dense field."""
-    from .core.vector_style import default_stride
+    from .core.spatial import field_to_vectors
+    from .core.vector_style import sampled, vector_strides
 
     n = geometry.ndim
-    stride = stride or default_stride(fields.shape[2:])
-    sl = (slice(None), slice(None)) + tuple(slice(stride // 2, None, stride) for _ in range(n))
-    sampled = fields[sl]  # (T, n, *s)
+    strides = vector_strides(fields.shape[2:], stride)
+    picked = fields[(slice(None), slice(None), *sampled(fields.shape[2:], strides))]  # (T, n, *s)
     scale = np.asarray(geometry.spacing, np.float32).reshape((1, n) + (1,) * n)
-    mm = np.linalg.norm(sampled * scale, axis=1).reshape(-1)
-    from .core.spatial import field_to_vectors
-
-    vectors = field_to_vectors(fields, stride=stride)
+    mm = np.linalg.norm(picked * scale, axis=1).reshape(-1)
+    vectors = field_to_vectors(fields, stride=strides)
     meta = {META_KEY: {"geometry": geometry.to_dict(), "source": source}}
     attach_field(meta, fields)
     kwargs = {

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import deformation_report, spatial
-from .vector_style import default_stride, magnitude_bins
+from .vector_style import magnitude_bins, sampled, vector_strides
 
 
 @dataclass
@@ -49,10 +49,9 @@ def frame_overlay(
     with torch.no_grad():
         det = spatial.jacobian_determinant(u)[0]
         mm = spatial.vector_norm(u * scale)[0]
-        stride = stride or default_stride(shape)
-        vectors = spatial.field_to_vectors(u[0], stride=stride)
-        sl = tuple(slice(stride // 2, None, stride) for _ in range(n))
-        vec_mm = mm[sl].reshape(-1).numpy()
+        strides = vector_strides(shape, stride)
+        vectors = spatial.field_to_vectors(u[0], stride=strides)
+        vec_mm = mm[sampled(shape, strides)].reshape(-1).numpy()
         grid = None
         if grid_step:
             grid = spatial.warp(grid_image(shape, grid_step)[None, None], u, padding_mode="zeros")[0, 0]

@@ -14,11 +14,24 @@ MAGNITUDE_BIN_COLORS = ("#3b4cc0", "#4fb0e0", "#59c35a", "#f2c12e", "#d62728")
 
 
 def default_stride(shape: tuple[int, ...], limit: int = MAX_VECTORS_PER_FRAME) -> int:
-    """Smallest stride that keeps one frame under `limit` vectors."""
+    """Smallest in-plane stride that keeps one frame under `limit` vectors (see vector_strides)."""
     stride = 1
-    while math.prod(math.ceil(s / stride) for s in shape) > limit:
+    while math.prod(math.ceil(s / st) for s, st in zip(shape, vector_strides(shape, stride), strict=True)) > limit:
         stride += 1
     return stride
+
+
+def vector_strides(shape: tuple[int, ...], stride: int | None = None) -> tuple[int, ...]:
+    """Per-axis sampling of vectors: every slice along the first axis (the one napari slices
+    through by default, so each displayed slice has its vectors), `stride` in-plane."""
+    if stride is None:
+        stride = default_stride(shape)
+    return (1, stride, stride) if len(shape) == 3 else (stride,) * len(shape)
+
+
+def sampled(shape: tuple[int, ...], strides: tuple[int, ...]) -> tuple[slice, ...]:
+    """The voxels field_to_vectors takes for these strides (from stride // 2 on each axis)."""
+    return tuple(slice(st // 2, None, st) for st in strides)
 
 
 def magnitude_bins(mm: np.ndarray) -> np.ndarray:
