@@ -89,7 +89,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
     import napari
 
     viewer = napari.Viewer(title="napari-deformdiff")
-    for widget in ("Phantom generator", "Open volume"):
+    for widget in ("Phantom generator", "Open volume", "Inspect deformation"):
         viewer.window.add_plugin_dock_widget("napari-deformdiff", widget)
     if args.paths:
         viewer.open([str(p) for p in args.paths], plugin="napari-deformdiff")
