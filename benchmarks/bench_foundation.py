@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _table import print_table  # benchmarks/ is on sys.path when a script here runs
 
 from napari_deformdiff.core import spatial
 from napari_deformdiff.core.io import read_volume, write_volume
@@ -104,14 +105,9 @@ def main() -> None:
             rows.append((f"write 4D cine {ext} ({mb:.0f} MiB -> {size:.0f} MiB)", t_w, f"read {t_r:.3f} s"))
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"# napari-deformdiff foundation benchmark — {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}")
-    width = max(len(r[0]) for r in rows)
-    print(f"{'case'.ljust(width)} | seconds | baseline / note")
-    print(f"{'-' * width}-|---------|----------------")
-    for name, seconds, note in rows:
-        print(f"{name.ljust(width)} | {seconds:7.3f} | {note}")
+    print_table(f"napari-deformdiff foundation benchmark — {platform.processor() or platform.machine()}, "
+                f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+                f"median of {args.repeats}", rows)
     print(f"peak RSS of the process: {peak_mb:.0f} MiB")
 
 

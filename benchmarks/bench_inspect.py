@@ -20,6 +20,7 @@ import statistics
 import time
 
 import numpy as np
+from _table import print_table  # benchmarks/ is on sys.path when a script here runs
 
 FRAMES = 16
 
@@ -168,13 +169,8 @@ def main() -> None:
                      f"p99 {np.percentile(steady, 99):.0f} ms; the gaps before are napari creating 7 layers "
                      "(first paint compiles their shaders)"))
 
-    print(f"# napari-deformdiff inspect benchmark — {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, napari {napari.__version__}, Qt platform {app.platformName()}")
-    width = max(len(r[0]) for r in rows)
-    print(f"{'case'.ljust(width)} | seconds | baseline / note")
-    print(f"{'-' * width}-|---------|----------------")
-    for name, seconds, note in rows:
-        print(f"{name.ljust(width)} | {seconds:7.3f} | {note}")
+    print_table(f"napari-deformdiff inspect benchmark — {platform.machine()}, {os.cpu_count()} CPUs, "
+                f"torch {torch.__version__}, napari {napari.__version__}, Qt platform {app.platformName()}", rows)
     viewer.close()
 
 

@@ -75,6 +75,9 @@ def test_translation_has_no_folding_and_det_one(make_napari_viewer, qtbot):
     # the cursor readout gives the field in mm at the voxel under the mouse
     mm, norm = widget.field_at(layer.data_to_world((2, 4, 10, 10)))
     np.testing.assert_allclose(mm, [3.0, 3.0, -5.0], atol=1e-5)
+    viewer.cursor.position = tuple(layer.data_to_world((2, 4, 10, 10)))
+    widget._on_mouse_move(viewer, None)  # what napari calls when the mouse moves over the canvas
+    assert viewer.help == f"u = (+3.00, +3.00, -5.00) mm, |u| = {np.sqrt(43):.2f} mm"
     viewer.dims.set_current_step(0, 2)
     assert "frame 3/3: folding 0 voxels" in widget.readout.value
     assert widget.plot.series()["max_mm"] == pytest.approx([m["max_mm"] for m in widget.overlays.metrics])
