@@ -238,3 +238,16 @@ def test_single_slice_cine_layer_is_2d_and_writes_back_in_3d(tmp_path):
         np.testing.assert_allclose(
             back.TransformIndexToPhysicalPoint((*index, 0))[:3], orig.TransformIndexToPhysicalPoint((*index, 0))[:3], atol=1e-3
         )
+
+
+def test_public_layer_attributes_match_what_napari_gives_writers(tmp_path):
+    from napari_deformdiff._layers import layer_attributes, layer_to_volume
+
+    img, _ = itk_oblique_image(dim4=3)
+    sitk.WriteImage(img, str(tmp_path / "cine.mha"))
+    (layer,) = layer_from(tmp_path / "cine.mha")
+    layer.translate = np.asarray(layer.translate) + [0.0, 2.0, -1.0, 3.0]  # a moved layer too
+    ours = layer_to_volume(layer.data, layer_attributes(layer), is_labels=False)
+    napari_s = layer_to_volume(layer.data, layer._get_state(), is_labels=False)
+    assert ours.geometry.almost_equal(napari_s.geometry, rtol=1e-9, atol_mm=1e-9)
+    assert ours.time_spacing == napari_s.time_spacing == pytest.approx(0.035)

@@ -99,6 +99,19 @@ def layer_to_volume(data: Any, attributes: dict[str, Any], *, is_labels: bool) -
     )
 
 
+def layer_attributes(layer) -> dict[str, Any]:
+    """The attributes napari hands to writer hooks, read from a layer's public properties."""
+    return {
+        "name": layer.name,
+        "metadata": layer.metadata,
+        "scale": list(layer.scale),
+        "translate": list(layer.translate),
+        "rotate": np.asarray(layer.rotate).tolist(),
+        "shear": list(layer.shear),
+        "affine": layer.affine.affine_matrix,
+    }
+
+
 def geometry_from_transform(attributes: dict[str, Any], *, ndim: int) -> Geometry:
     """Geometry of the last `ndim` axes from a layer's scale/translate/rotate/shear/affine."""
     from napari.utils.transforms import Affine, CompositeAffine

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
 
-from .._layers import field_of, layer_to_volume
+from .._layers import field_of, layer_attributes, layer_to_volume
 
 if TYPE_CHECKING:
     import napari
@@ -78,7 +78,7 @@ class ExportWidget(Container):
         frames = layer.data.shape[0]
         order = pingpong(frames) if self.loop.value else list(range(frames))
         if split_suffix(path.name)[1].lower() in VOLUME_SUFFIXES:
-            volume = layer_to_volume(layer.data, layer._get_state(), is_labels=isinstance(layer, Labels))
+            volume = layer_to_volume(layer.data, layer_attributes(layer), is_labels=isinstance(layer, Labels))
             volume.data = volume.data[order]
             return write_volume(volume, path)
         axis = self.viewer.dims.ndim - layer.ndim  # the layer's time axis in the viewer
