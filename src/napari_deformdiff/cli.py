@@ -18,12 +18,14 @@ def _progress(events: Iterable, *, desc: str, total: int | None = None):
     seen = []
     with tqdm(total=total, desc=desc, unit="step", file=sys.stderr) as bar:
         for event in events:
+            seen.append(event)
+            if not hasattr(event, "index"):
+                continue
             if bar.total is None and getattr(event, "total", None):
                 bar.total = event.total
             bar.n = min(event.index + 1, bar.total or event.index + 1)
             bar.set_postfix_str(getattr(event, "message", "") or "", refresh=False)
             bar.refresh()
-            seen.append(event)
     return seen
 
 
@@ -80,6 +82,139 @@ def cmd_device(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sizes(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise InputError(f"expected sizes like 32,64,64, got {text!r}") from None
+
+
+def cmd_train_ddm(args: argparse.Namespace) -> int:
+    from .core.ddm.train import train_ddm
+    from .core.device import choose_device_name
+    from .core.models.ddm import DDMConfig
+    from .core.pairs import find_pairs
+
+    pairs = find_pairs(args.data)
+    ndims = pairs[0].source.geometry.ndim
+    device = choose_device_name(args.device)
+    print(f"{len(pairs)} {ndims}D pairs from {args.data}; training on {device}", file=sys.stderr)
+    events = train_ddm(
+        pairs, args.out, steps=args.steps, config=DDMConfig.default(ndims), resume=args.resume,
+        seed=args.seed, device=device, lr=args.lr, crop=_sizes(args.crop), batch=args.batch,
+        save_every=args.save_every, overwrite=args.overwrite,
+    )
+    _progress(events, desc="train ddm", total=args.steps)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _ddm_inputs(args: argparse.Namespace):
+    """(source, target, labels, time spacing) from --patient or --source/--target[/--labels]."""
+    from .core.io import read_volume
+    from .core.pairs import find_pairs
+
+    if args.patient:
+        if args.source or args.target:
+            raise InputError("give either --patient or --source/--target, not both.")
+        pair = find_pairs(args.patient)[0]
+        labels = pair.source_labels if args.labels is None else read_volume(args.labels, as_labels=True)
+        dt = pair.cine.time_spacing if pair.cine is not None else None
+        return pair.source, pair.target, labels, dt, pair
+    if not (args.source and args.target):
+        raise InputError("give --source and --target images (or --patient DIR).")
+    source = read_volume(args.source, as_labels=False)
+    target = read_volume(args.target, as_labels=False)
+    labels = read_volume(args.labels, as_labels=True) if args.labels else None
+    return source, target, labels, None, None
+
+
+def _check_outputs(paths, overwrite: bool) -> None:
+    for p in paths:
+        if p is not None and p.exists() and not overwrite:
+            raise OutputExistsError(f"{p} already exists; choose another name or pass --overwrite.")
+
+
+def cmd_generate_ddm(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .core.ddm.generate import generate_ddm
+    from .core.device import choose_device_name
+    from .core.events import Frame
+    from .core.field_io import write_displacement_sequence
+    from .core.io import Volume, write_volume
+
+    if args.labels_out and not (args.labels or args.patient):
+        raise InputError("--labels-out needs --labels (or an ACDC --patient with ED labels).")
+    _check_outputs([args.out, args.fields_out, args.labels_out], args.overwrite)
+    source, target, labels, dt, pair = _ddm_inputs(args)
+    if args.labels_out and labels is None:
+        raise InputError(f"{args.patient} has no ED labels to warp for --labels-out.")
+    frames = args.frames
+    if frames is None:
+        frames = pair.cine.data.shape[0] if pair is not None and pair.cine is not None else 16
+    device = choose_device_name(args.device)
+    events = generate_ddm(source, target, frames=frames, loop=args.loop, labels=labels, weights=args.weights,
+                          device=device, adapt=args.adapt, seed=args.seed, batch=args.batch)
+    got = [e for e in _progress(_frames_only(events, frames), desc="ddm", total=frames) if isinstance(e, Frame)]
+    geometry = source.geometry
+    images = np.stack([f.image for f in got]).astype(np.float32)
+    write_volume(Volume(images, geometry, False, "ddm cycle", dt), args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out} ({len(got)} frames)")
+    if args.fields_out:
+        write_displacement_sequence(args.fields_out, np.stack([f.field for f in got]), geometry,
+                                    overwrite=args.overwrite)
+        print(f"wrote {args.fields_out}")
+    if args.labels_out:
+        lab = np.stack([f.labels for f in got])
+        write_volume(Volume(lab, labels.geometry, True, "ddm labels", dt), args.labels_out, overwrite=args.overwrite)
+        print(f"wrote {args.labels_out}")
+    return 0
+
+
+def _frames_only(events, total):
+    """Core events -> progress over frames (preparation and adaptation steps show as messages)."""
+    from .core.events import Frame
+
+    for e in events:
+        if isinstance(e, Frame):
+            yield e
+        elif not e.message.startswith("adapting") or (e.index + 1) % 10 == 0 or e.index + 1 == e.total:
+            print(f"  {e.message}", file=sys.stderr)
+
+
+def cmd_evaluate_ddm(args: argparse.Namespace) -> int:
+    from .core.ddm.evaluate import CaseResult, evaluate_ddm, format_table, summarize
+    from .core.ddm.weights import load_ddm
+    from .core.device import choose_device_name
+    from .core.pairs import find_pairs
+
+    pairs = find_pairs(args.data)
+    if args.cases:
+        pairs = pairs[: args.cases]
+    model, meta = load_ddm(args.weights, ndims=pairs[0].source.geometry.ndim, device=choose_device_name(args.device))
+    adapt = tuple(int(k) for k in args.adapt.split(",")) if args.adapt else (0,)
+    if 0 not in adapt:
+        adapt = (0, *adapt)
+    results = [e for e in _progress(evaluate_ddm(pairs, model, adapt=adapt, seed=args.seed), desc="evaluate ddm")
+               if isinstance(e, CaseResult)]
+    print(f"weights: {meta.get('source')}")
+    print(format_table(summarize(results)))
+    if args.csv:
+        from .core.io.atomic import atomic_output
+
+        with atomic_output(args.csv, overwrite=args.overwrite) as tmp:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write("case,method,psnr_db,nmse,dice,folding_pct,seconds\n")
+                for r in results:
+                    fh.write(f"{r.case},{r.method},{r.psnr:.4f},{r.nmse:.6e},{r.dice:.4f},"
+                             f"{r.folding_pct:.4f},{r.seconds:.3f}\n")
+        print(f"wrote {args.csv}")
+    return 0
+
+
 def cmd_gui(args: argparse.Namespace) -> int:
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise InputError(
@@ -89,7 +224,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
     import napari
 
     viewer = napari.Viewer(title="napari-deformdiff")
-    for widget in ("Phantom generator", "Open volume", "Inspect deformation"):
+    for widget in ("Phantom generator", "Open volume", "Generate cycle (DDM)", "Inspect deformation"):
         viewer.window.add_plugin_dock_widget("napari-deformdiff", widget)
     if args.paths:
         viewer.open([str(p) for p in args.paths], plugin="napari-deformdiff")
@@ -145,6 +280,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("device", help="print the torch device the models would use")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=cmd_device)
+
+    train = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
+    p = train.add_parser("ddm", help="train DDM on ACDC folders or <name>_source/_target pairs")
+    p.add_argument("--data", type=Path, required=True, help="folder of ACDC patients or of pairs")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--steps", type=int, default=72000, help="total optimisation steps (paper: 72000)")
+    p.add_argument("--batch", type=int, default=1, help="pairs per step (paper: 1)")
+    p.add_argument("--crop", default=None, help="random crops of the model grid, e.g. 16,64,64")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_train_ddm)
+
+    generate = sub.add_parser("generate", help="generate frames with a model").add_subparsers(
+        dest="model", required=True)
+    p = generate.add_parser("ddm", help="frames between a source and a target (DDM latent scaling)")
+    p.add_argument("--source", type=Path, help="source frame (e.g. ED)")
+    p.add_argument("--target", type=Path, help="target frame (e.g. ES)")
+    p.add_argument("--patient", type=Path, help="ACDC patient folder: ED -> ES from Info.cfg")
+    p.add_argument("--frames", type=int, default=None,
+                   help="number of frames (default: the patient's ED..ES frames, else 16)")
+    p.add_argument("--loop", action="store_true", help="a full ED -> ES -> ED cycle")
+    p.add_argument("--out", type=Path, required=True, help="4D image to write")
+    p.add_argument("--fields-out", type=Path, help="the fields as one ITK displacement image over time")
+    p.add_argument("--labels", type=Path, help="label map of the source to warp (nearest)")
+    p.add_argument("--labels-out", type=Path, help="4D label map to write")
+    p.add_argument("--weights", default=None, help="checkpoint (.safetensors, or the authors' .pth)")
+    p.add_argument("--adapt", type=int, default=0, help="fine-tune on this pair for K steps first")
+    p.add_argument("--batch", type=int, default=4, help="frames per network pass")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_generate_ddm)
+
+    evaluate = sub.add_parser("evaluate", help="measure a model on held-out cases").add_subparsers(
+        dest="model", required=True)
+    p = evaluate.add_parser("ddm", help="PSNR/NMSE/Dice/folding of DDM against baselines")
+    p.add_argument("--data", type=Path, required=True, help="ACDC-layout folders with 4D cines")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--cases", type=int, default=None, help="use only the first N cases")
+    p.add_argument("--adapt", default="", help="also evaluate after adapting, e.g. 25,50")
+    p.add_argument("--csv", type=Path, help="write per-case results")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_evaluate_ddm)
 
     p = sub.add_parser("gui", help="open napari with the plugin's widgets and a case")
     p.add_argument("paths", nargs="*", type=Path, help="files or folders to open (default: a sample)")

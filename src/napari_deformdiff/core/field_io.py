@@ -135,6 +135,27 @@ def write_displacement(path, ddf, geometry: Geometry, *, overwrite: bool = False
     return path
 
 
+def write_displacement_sequence(path, ddfs, geometry: Geometry, *, overwrite: bool = False) -> Path:
+    """Write a field sequence (T, n, *S) as ONE (n+1)-D vector image: frame t is the ITK
+    displacement field of `write_displacement` stacked along a last (time) axis of spacing 1.
+
+    SimpleITK reads it back as a (n+1)-D image with n components; `sitk.Extract` of one time
+    index gives that frame's displacement field (for one file per frame, use
+    write_displacement_series).
+    """
+    import SimpleITK as sitk
+
+    arr = np.asarray(ddfs)
+    if arr.ndim not in (4, 5) or arr.shape[1] != arr.ndim - 2:
+        raise InputError(f"a field sequence must have shape (T, n, *S) with n = 2 or 3; got shape {arr.shape}")
+    path = Path(path)
+    _suffix(path)
+    image = sitk.JoinSeries([to_itk_displacement(u, geometry) for u in arr])
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    return path
+
+
 @contextmanager
 def _readable_name(path: Path) -> Iterator[str]:
     """A name SimpleITK reads as exactly `path`.

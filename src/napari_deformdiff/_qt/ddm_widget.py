@@ -1,0 +1,107 @@
+"""Dock widget "Generate cycle (DDM)": frames between a source and a target, streamed into 4D layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+
+from .layer_inputs import frame_volume, pick
+from .streaming import GrowingSequence, start_stream
+
+if TYPE_CHECKING:
+    import napari
+
+NO_LABELS = "(none)"
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+
+class DDMWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        from napari.layers import Image, Labels
+
+        self.viewer = viewer
+        self.source = ComboBox(label="Source (ED)", choices=lambda _w: pick(viewer.layers, Image, "ED"))
+        self.target = ComboBox(label="Target (ES)", choices=lambda _w: pick(viewer.layers, Image, "ES"))
+        self.labels = ComboBox(label="Source labels",
+                               choices=lambda _w: [(NO_LABELS, None), *pick(viewer.layers, Labels, "ED")])
+        self.frames = SpinBox(label="Frames", value=16, min=2, max=200)
+        self.loop = CheckBox(text="Full loop ED -> ES -> ED", value=False)
+        self.adapt = SpinBox(label="Adapt to pair (steps)", value=0, min=0, max=2000)
+        self.weights = FileEdit(label="Weights (empty: bundled)", mode="r",
+                                filter="*.safetensors *.pth *.pt")
+        self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.extend([self.source, self.target, self.labels, self.frames, self.loop, self.adapt, self.weights,
+                     self.device, self.run_button, self.cancel_button, self.status])
+        self.run_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(lambda _e: self.reset_choices())
+        self.worker = None
+        self.sequence: GrowingSequence | None = None
+
+    def _weights(self):
+        value = self.weights.value
+        return None if value is None or str(value) in ("", ".") else Path(value)
+
+    def start(self):
+        from napari.utils.notifications import show_error
+
+        from .._settings import gui_device_name
+        from ..core.ddm.generate import gamma_schedule, generate_ddm
+        from ..core.errors import InputError
+        from ..core.pairs import check_pair
+
+        try:
+            if self.source.value is None or self.target.value is None:
+                raise InputError("DDM: choose a source and a target image layer.")
+            source = frame_volume(self.viewer, self.source.value, is_labels=False)
+            target = frame_volume(self.viewer, self.target.value, is_labels=False)
+            labels = None
+            if self.labels.value is not None:
+                labels = frame_volume(self.viewer, self.labels.value, is_labels=True)
+            check_pair(source, target, labels)
+            frames, loop, adapt = self.frames.value, self.loop.value, self.adapt.value
+            gamma_schedule(frames, loop)
+            weights = self._weights()
+            if weights is not None and not weights.is_file():
+                raise InputError(f"DDM: weights file {weights} does not exist.")
+            device = gui_device_name(None if self.device.value == "auto" else self.device.value)
+        except (InputError, ValueError) as exc:
+            show_error(str(exc))
+            return None
+
+        name = f"DDM {self.source.value.name} -> {self.target.value.name}"
+        self.sequence = GrowingSequence(self.viewer, name=name, geometry=source.geometry, total=frames,
+                                        with_labels=labels is not None)
+
+        def on_event(event):
+            if hasattr(event, "image"):
+                self.sequence.add(event)
+                self.status.value = f"frame {event.index + 1}/{event.total} (gamma {event.info['gamma']:.2f})"
+            else:
+                self.status.value = event.message
+
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = "starting..."
+        self.worker = start_stream(
+            lambda: generate_ddm(source, target, frames=frames, loop=loop, labels=labels, weights=weights,
+                                 device=device, adapt=adapt),
+            total=frames + adapt + 2, description=name, on_event=on_event, on_done=self._done,
+        )
+        return self.worker
+
+    def cancel(self):
+        if self.worker is not None:
+            self.worker.quit()  # stops at the next event; frames already made stay
+
+    def _done(self):
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        made = self.sequence.count if self.sequence else 0
+        self.status.value = f"{made}/{self.frames.value} frames"
+        self.worker = None

@@ -1,0 +1,152 @@
+"""DDM 4D generation by latent scaling, streamed frame by frame (events.Progress / events.Frame).
+
+c = G_diff(S, T, x_t = T, t = 0); for gamma in the schedule: phi = G_def(S, gamma c), frame = S o phi.
+Networks run on the model grid; every field is brought back to the source's own grid and the
+ORIGINAL source (and its labels, nearest) is warped there, so frames keep the input's resolution,
+intensities and geometry.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import spatial
+from ..errors import InputError
+from ..events import Frame, Progress
+from ..io.volume import Volume
+from ..model_grid import GridMap, to_model
+from ..models.ddm import DDM
+from ..models.inference import as_channels_last, fast_copy
+from ..pairs import check_pair
+from .weights import load_ddm
+
+MAX_FRAMES = 200
+
+
+def gamma_schedule(frames: int, loop: bool = False) -> np.ndarray:
+    """Latent scales of the frames: 0 .. 1 (ED -> ES), or 0 .. 1 .. back towards 0 for a loop.
+
+    A loop of N frames reaches gamma = 1 at frame N // 2 and ends one step before returning to
+    gamma = 0, so it repeats seamlessly.
+    """
+    if not 2 <= frames <= MAX_FRAMES or (loop and frames < 3):
+        raise InputError(f"frames must be between {3 if loop else 2} and {MAX_FRAMES}, got {frames}.")
+    if not loop:
+        return np.linspace(0.0, 1.0, frames)
+    k = np.arange(frames)
+    half = frames // 2
+    return np.where(k <= half, k / half, (frames - k) / (frames - half))
+
+
+def adapt_model(model: DDM, source: torch.Tensor, target: torch.Tensor, steps: int, *, seed: int = 0,
+                lr: float = 1e-4) -> Iterator[Progress]:
+    """Fine-tune `model` in place for `steps` steps of the training losses on one pair."""
+    model.train()
+    optim = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))
+    g = torch.Generator().manual_seed(seed)
+    for k in range(steps):
+        losses = model.training_losses(source, target, generator=g)
+        optim.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optim.step()
+        yield Progress(k, steps, f"adapting {k + 1}/{steps}: ncc {float(losses['ncc'].detach()):.3f}")
+    model.eval()
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(t).all():
+        raise InputError(f"the model produced NaN or infinite values in the {what}; check the weights.")
+
+
+def generate_ddm(
+    source: Volume,
+    target: Volume,
+    *,
+    frames: int = 16,
+    loop: bool = False,
+    labels: Volume | None = None,
+    weights: str | Path | None = None,
+    model: DDM | None = None,
+    device: str = "cpu",
+    batch: int = 4,
+    adapt: int = 0,
+    adapt_lr: float = 1e-4,
+    seed: int = 0,
+) -> Iterator[Progress | Frame]:
+    """Yield Progress events, then Frame(index, total, image, field, labels, info) for every frame.
+
+    frames: N frames ED -> ES (gamma = linspace(0, 1, N)) or, with loop, ED -> ES -> ED.
+    Fields are pull displacements in the source's voxels (array-axis components); labels are
+    warped with nearest-neighbour sampling and keep their values. `adapt` > 0 fine-tunes a copy
+    of the networks on this pair first (the given model is never changed).
+    """
+    check_pair(source, target, labels)
+    gammas = gamma_schedule(frames, loop)
+    if batch < 1:
+        raise InputError("batch must be at least 1.")
+    if adapt < 0:
+        raise InputError("adapt steps must be 0 or more.")
+    ndims = source.geometry.ndim
+    yield Progress(0, 1, "loading weights")
+    if model is None:
+        model, _ = load_ddm(weights, ndims=ndims, device=device)
+    elif model.ndims != ndims:
+        raise InputError(f"the model is {model.ndims}D but the images are {ndims}D.")
+    device = model.weight_device()
+    cfg = model.config
+    grid = GridMap(source.spatial_shape, source.geometry.spacing, cfg.grid, cfg.spacing)
+    s = to_model(source.data, grid, device)
+    t = to_model(target.data, grid, device)
+
+    if adapt:
+        torch.manual_seed(seed)
+        model = copy.deepcopy(model)
+        yield from adapt_model(model, s, t, adapt, seed=seed, lr=adapt_lr)
+
+    net = fast_copy(model)
+    s_in = torch.from_numpy(np.ascontiguousarray(source.data, dtype=np.float32))[None, None].to(device)
+    lab_in = None
+    if labels is not None:
+        lab_in = torch.from_numpy(np.ascontiguousarray(labels.data))[None, None].to(device)
+    info_base = {"method": "ddm", "loop": loop, "adapt": adapt}
+    s_fast = as_channels_last(s)
+
+    def fields_for(gs: np.ndarray, code: torch.Tensor) -> torch.Tensor:
+        g = torch.as_tensor(gs, dtype=s.dtype, device=device)
+        ddf = net.field_fn.scaled_code_fields(s_fast, code, g)
+        _check_finite(ddf, "deformation field")
+        return grid.field_to_input(ddf.contiguous())
+
+    def frame(index: int, gamma: float, ddf: torch.Tensor) -> Frame:
+        image = spatial.warp(s_in, ddf[None], padding_mode="border")
+        warped_labels = None
+        if lab_in is not None:
+            warped_labels = spatial.warp(lab_in, ddf[None], mode="nearest", padding_mode="border")[0, 0].cpu().numpy()
+        return Frame(index, frames, image[0, 0].cpu().numpy(), ddf.cpu().numpy(), warped_labels,
+                     {**info_base, "gamma": float(gamma)})
+
+    with torch.inference_mode():
+        # gamma = 0 does not depend on the code: show the first frame before the diffusion pass.
+        zero_code = torch.zeros_like(s_fast)
+        done: dict[float, torch.Tensor] = {}
+        first = fields_for(np.array([gammas[0]]), zero_code)[0]
+        done[round(float(gammas[0]), 9)] = first
+        yield frame(0, gammas[0], first)
+        yield Progress(0, 1, "diffusion pass")
+        code = net.code(s_fast, as_channels_last(t))
+        _check_finite(code, "latent code")
+        pending = [k for k in range(1, frames)]
+        while pending:
+            todo = [k for k in pending if round(float(gammas[k]), 9) not in done]
+            chunk = sorted({round(float(gammas[k]), 9) for k in todo})[:batch]
+            if chunk:
+                for gval, ddf in zip(chunk, fields_for(np.array(chunk), code)):
+                    done[gval] = ddf
+            while pending and round(float(gammas[pending[0]]), 9) in done:
+                k = pending.pop(0)
+                yield frame(k, gammas[k], done[round(float(gammas[k]), 9)])

@@ -1,0 +1,160 @@
+"""DDM / DiffuseMorph: diffusion module + deformation module + the DDPM schedule, as one module.
+
+The module's state dict has the authors' layout: the 12 schedule buffers at top level, then
+``denoise_fn.*`` (DiffusionUNet) and ``field_fn.*`` (FieldUNet), so their 3D checkpoints load with
+strict key matching. Images entering the networks are in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import spatial
+from ..losses import local_ncc, smoothness
+from .ddm_field import FieldUNet
+from .ddm_unet import DiffusionUNet
+
+SCHEDULE_BUFFERS = (
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+    "posterior_mean_coef1", "posterior_mean_coef2",
+)
+
+
+@dataclass(frozen=True)
+class DDMConfig:
+    """Architecture, schedule, losses and the model grid (array order, mm) of a DDM model."""
+
+    ndims: int = 3
+    inner_channel: int = 8
+    channel_mults: tuple[int, ...] = (1, 2, 4, 4)
+    norm_groups: int = 4
+    heads: int = 4
+    field_enc: tuple[int, ...] = (16, 32, 32, 32, 32)
+    field_dec: tuple[int, ...] = (32, 32, 32, 8, 8)
+    timesteps: int = 2000
+    beta_start: float = 1e-6
+    beta_end: float = 1e-2
+    lambda_sim: float = 20.0
+    lambda_reg: float = 1.0
+    ncc_window: int = 9
+    grid: tuple[int, ...] = (32, 128, 128)
+    spacing: tuple[float, ...] = (3.15, 1.5, 1.5)
+
+    @classmethod
+    def default(cls, ndims: int) -> DDMConfig:
+        if ndims == 3:
+            return cls()
+        if ndims == 2:
+            return cls(ndims=2, grid=(128, 128), spacing=(1.5, 1.5))
+        raise ValueError(f"ndims must be 2 or 3, got {ndims!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> DDMConfig:
+        raw = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - names
+        if unknown:
+            raise ValueError(f"unknown DDM configuration keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+    def multiple(self) -> int:
+        return 16
+
+
+def linear_schedule(timesteps: int, beta_start: float, beta_end: float) -> dict[str, torch.Tensor]:
+    """The 12 DDPM schedule tensors (float32) of a linear beta schedule."""
+    betas = np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
+    alphas = 1.0 - betas
+    abar = np.cumprod(alphas)
+    abar_prev = np.append(1.0, abar[:-1])
+    post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+    values = {
+        "betas": betas,
+        "alphas_cumprod": abar,
+        "alphas_cumprod_prev": abar_prev,
+        "sqrt_alphas_cumprod": np.sqrt(abar),
+        "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - abar),
+        "log_one_minus_alphas_cumprod": np.log(1.0 - abar),
+        "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / abar),
+        "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / abar - 1.0),
+        "posterior_variance": post_var,
+        "posterior_log_variance_clipped": np.log(np.maximum(post_var, 1e-20)),
+        "posterior_mean_coef1": betas * np.sqrt(abar_prev) / (1.0 - abar),
+        "posterior_mean_coef2": (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
+    }
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()}
+
+
+class DDM(nn.Module):
+    def __init__(self, config: DDMConfig | None = None):
+        super().__init__()
+        self.config = config = config or DDMConfig()
+        for name, value in linear_schedule(config.timesteps, config.beta_start, config.beta_end).items():
+            self.register_buffer(name, value)
+        self.denoise_fn = DiffusionUNet(
+            config.ndims, inner_channel=config.inner_channel, channel_mults=config.channel_mults,
+            norm_groups=config.norm_groups, heads=config.heads,
+        )
+        self.field_fn = FieldUNet(config.ndims, enc=config.field_enc, dec=config.field_dec)
+
+    @property
+    def ndims(self) -> int:
+        return self.config.ndims
+
+    def weight_device(self) -> torch.device:
+        return self.betas.device
+
+    def code(self, source: torch.Tensor, target: torch.Tensor, x_t: torch.Tensor | None = None,
+             t: torch.Tensor | int = 0) -> torch.Tensor:
+        """The diffusion module's output c for (source, target, x_t) at timestep t (x_t = target by default)."""
+        x_t = target if x_t is None else x_t
+        if not isinstance(t, torch.Tensor):
+            t = torch.full((source.shape[0],), int(t), device=source.device, dtype=torch.long)
+        return self.denoise_fn(torch.cat([source, target, x_t], dim=1), t)
+
+    def field(self, source: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """Displacement (voxels) that the deformation module makes of the source and a (scaled) code."""
+        if source.shape[0] != code.shape[0]:
+            source = source.expand(code.shape[0], *source.shape[1:])
+        return self.field_fn(torch.cat([source, code], dim=1))
+
+    @staticmethod
+    def warp_unit(source: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
+        """Warp a [-1, 1] source to a [0, 1] frame (the authors' convention)."""
+        return spatial.warp((source + 1.0) / 2.0, ddf, padding_mode="zeros")
+
+    def q_sample(self, target: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) + (1,) * (target.ndim - 1)
+        return (self.sqrt_alphas_cumprod[t].reshape(shape) * target
+                + self.sqrt_one_minus_alphas_cumprod[t].reshape(shape) * noise)
+
+    def training_losses(self, source: torch.Tensor, target: torch.Tensor, *,
+                        generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The paper's losses for a batch of (source, target) in [-1, 1].
+
+        total = ||c - eps||^2 + lambda_sim * (-NCC(S o phi, T) + lambda_reg * smooth(phi)).
+        """
+        cfg = self.config
+        b = source.shape[0]
+        t = torch.randint(0, cfg.timesteps, (b,), generator=generator).to(source.device)
+        noise = torch.randn(target.shape, generator=generator).to(source.device, source.dtype)
+        x_t = self.q_sample(target, t, noise)
+        c = self.code(source, target, x_t, t)
+        diffusion = torch.mean((c - noise) ** 2)
+        ddf = self.field(source, c)
+        warped = self.warp_unit(source, ddf)
+        ncc = local_ncc(warped, (target + 1.0) / 2.0, window=cfg.ncc_window)
+        smooth = smoothness(ddf)
+        total = diffusion + cfg.lambda_sim * (-ncc + cfg.lambda_reg * smooth)
+        return {"total": total, "diffusion": diffusion, "ncc": ncc, "smooth": smooth}

@@ -1,0 +1,106 @@
+"""The DDM / DiffuseMorph deformation module: a VoxelMorph-1-style U-Net on [source, code].
+
+Names follow the authors' checkpoints (``field_fn.*``): inconv, downconv1-4, upconv1-4 (transposed
+conv + conv block on the skip concatenation), keepblock, outconv. Output: a displacement field in
+voxels, channels in tensor-axis order, no integration.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import check_ndims, conv, conv_transpose
+
+
+class ConvBlock(nn.Module):
+    """conv (k3) -> LeakyReLU(0.2)."""
+
+    def __init__(self, ndims: int, dim: int, dim_out: int, stride: int = 1):
+        super().__init__()
+        self.block = nn.Sequential(conv(ndims)(dim, dim_out, 3, stride=stride, padding=1), nn.LeakyReLU(0.2))
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, ndims: int, dim: int, dim_out: int, stride: int):
+        super().__init__()
+        self.block = ConvBlock(ndims, dim, dim_out, stride)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class UpBlock(nn.Module):
+    """Transposed conv (x2), concatenate the skip, conv block."""
+
+    def __init__(self, ndims: int, dim: int, skip: int, dim_out: int):
+        super().__init__()
+        self.upconv = conv_transpose(ndims)(dim, dim, 3, stride=2, padding=1, output_padding=1)
+        self.block = ConvBlock(ndims, dim + skip, dim_out)
+
+    def forward(self, x, skip):
+        return self.block(torch.cat([self.upconv(x), skip], dim=1))
+
+
+class OutConv(nn.Module):
+    def __init__(self, ndims: int, dim: int):
+        super().__init__()
+        self.block = conv(ndims)(dim, ndims, 3, padding=1)
+        # Start from (almost) zero displacement, as VoxelMorph does.
+        nn.init.normal_(self.block.weight, std=1e-5)
+        nn.init.zeros_(self.block.bias)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class FieldUNet(nn.Module):
+    """[source, code] (B, 2, *S) -> displacement (B, ndims, *S) in voxels. S divisible by 16."""
+
+    def __init__(self, ndims: int = 3, *, in_channel: int = 2, enc=(16, 32, 32, 32, 32), dec=(32, 32, 32, 8, 8)):
+        super().__init__()
+        check_ndims(ndims)
+        self.inconv = EncoderBlock(ndims, in_channel, enc[0], 1)
+        self.downconv1 = EncoderBlock(ndims, enc[0], enc[1], 2)
+        self.downconv2 = EncoderBlock(ndims, enc[1], enc[2], 2)
+        self.downconv3 = EncoderBlock(ndims, enc[2], enc[3], 2)
+        self.downconv4 = EncoderBlock(ndims, enc[3], enc[4], 2)
+        self.upconv1 = UpBlock(ndims, enc[4], enc[3], dec[0])
+        self.upconv2 = UpBlock(ndims, dec[0], enc[2], dec[1])
+        self.upconv3 = UpBlock(ndims, dec[1], enc[1], dec[2])
+        self.keepblock = ConvBlock(ndims, dec[2], dec[3])
+        self.upconv4 = UpBlock(ndims, dec[3], enc[0], dec[4])
+        self.outconv = OutConv(ndims, dec[4])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._decode(self.inconv(x))
+
+    def scaled_code_fields(self, source: torch.Tensor, code: torch.Tensor, gammas: torch.Tensor) -> torch.Tensor:
+        """forward(cat[source, g * code]) for every g in `gammas` (B = len(gammas)), source/code batch 1.
+
+        The first convolution is linear in its input, so its source and code parts are computed
+        once and only combined per gamma.
+        """
+        first = self.inconv.block.block[0]
+        w, b = first.weight, first.bias
+        conv_nd = torch.nn.functional.conv3d if w.ndim == 5 else torch.nn.functional.conv2d
+        from_source = conv_nd(source, w[:, :1], b, padding=1)
+        from_code = conv_nd(code, w[:, 1:], None, padding=1)
+        g = gammas.reshape(-1, *([1] * (source.ndim - 1))).to(from_code)
+        x0 = self.inconv.block.block[1](from_source + g * from_code)
+        return self._decode(x0)
+
+    def _decode(self, x0: torch.Tensor) -> torch.Tensor:
+        x1 = self.downconv1(x0)
+        x2 = self.downconv2(x1)
+        x3 = self.downconv3(x2)
+        x4 = self.downconv4(x3)
+        y = self.upconv1(x4, x3)
+        y = self.upconv2(y, x2)
+        y = self.upconv3(y, x1)
+        y = self.keepblock(y)
+        y = self.upconv4(y, x0)
+        return self.outconv(y)

@@ -1,0 +1,180 @@
+"""DDM generation on the model grid and back: streaming order, geometry, labels, seeds, adaptation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_deformdiff.core import spatial
+from napari_deformdiff.core.ddm.generate import gamma_schedule, generate_ddm
+from napari_deformdiff.core.errors import InputError
+from napari_deformdiff.core.events import Frame, Progress
+from napari_deformdiff.core.geometry import Geometry
+from napari_deformdiff.core.io import Volume
+from napari_deformdiff.core.model_grid import GridMap, to_model
+
+from .ddm_helpers import blob, pair_volumes, tiny_model
+
+
+def frames_of(events):
+    return [e for e in events if isinstance(e, Frame)]
+
+
+def constant_field_model(shift_model_voxels, ndims=2, **kw):
+    """A tiny DDM whose deformation module outputs a constant field (model voxels) for any code."""
+    model = tiny_model(ndims, **kw)
+    with torch.no_grad():
+        for p in model.field_fn.parameters():
+            p.zero_()
+        model.field_fn.outconv.block.bias.copy_(torch.tensor(shift_model_voxels, dtype=torch.float32))
+    return model
+
+
+def test_gamma_schedules():
+    assert np.allclose(gamma_schedule(5), [0, 0.25, 0.5, 0.75, 1])
+    assert np.allclose(gamma_schedule(8, loop=True), [0, 0.25, 0.5, 0.75, 1, 0.75, 0.5, 0.25])
+    assert np.allclose(gamma_schedule(5, loop=True), [0, 0.5, 1, 2 / 3, 1 / 3])
+    for bad in (1, 201):
+        with pytest.raises(InputError, match="frames must be between"):
+            gamma_schedule(bad)
+
+
+def test_grid_map_keeps_physical_positions_and_displacements():
+    shape, spacing = (40, 44), (1.5, 1.7)
+    grid = GridMap(shape, spacing, (32, 32), (2.0, 2.0))
+    centre_mm = (0.5 * (shape[0] - 1) * spacing[0] + 6.0, 0.5 * (shape[1] - 1) * spacing[1] - 4.0)
+    img = blob(shape, centre_mm, 8.0, spacing)
+    m = grid.image_to_model(torch.from_numpy(img)[None, None])[0, 0].numpy()
+    # centroid in mm relative to the grid centre is the same on both grids
+    def centroid_mm(a, sp):
+        idx = np.indices(a.shape).reshape(a.ndim, -1)
+        c = (idx * a.reshape(-1)).sum(1) / a.sum()
+        return (c - (np.array(a.shape) - 1) / 2) * np.array(sp)
+    assert np.allclose(centroid_mm(m, (2.0, 2.0)), centroid_mm(img, spacing), atol=0.2)
+    # a constant field of 1.5 model voxels along y is 3 mm: 3 / 1.5 = 2 input voxels
+    u = torch.zeros(1, 2, 32, 32)
+    u[:, 0] = 1.5
+    back = grid.field_to_input(u)[0].numpy()
+    inside = back[:, 10:-10, 10:-10]
+    assert np.allclose(inside[0], 2.0, atol=1e-4) and np.allclose(inside[1], 0.0, atol=1e-6)
+
+
+def test_frames_stream_in_order_with_the_first_before_the_diffusion_pass():
+    source, target, labels = pair_volumes()
+    events = list(generate_ddm(source, target, frames=5, labels=labels, model=tiny_model(2)))
+    kinds = [(type(e).__name__, getattr(e, "message", getattr(e, "index", None))) for e in events]
+    assert kinds[:3] == [("Progress", "loading weights"), ("Frame", 0), ("Progress", "diffusion pass")]
+    frames = frames_of(events)
+    assert [f.index for f in frames] == list(range(5)) and all(f.total == 5 for f in frames)
+    assert [f.info["gamma"] for f in frames] == pytest.approx([0, 0.25, 0.5, 0.75, 1])
+    for f in frames:
+        assert f.image.shape == source.data.shape and f.image.dtype == np.float32
+        assert f.field.shape == (2, *source.data.shape)
+        # each frame is the ORIGINAL source warped by its field, at the input's resolution
+        expected = spatial.warp(torch.from_numpy(source.data)[None, None], torch.from_numpy(f.field)[None],
+                                padding_mode="border")[0, 0].numpy()
+        assert np.allclose(f.image, expected, atol=1e-5)
+        assert f.labels.dtype == np.uint8 and set(np.unique(f.labels)) <= {0, 3}
+
+
+def test_fields_come_back_in_the_inputs_voxels_and_geometry():
+    # model spacing 2 mm; a constant field of (1, -0.5) model voxels = (2, -1) mm
+    shape, spacing = (40, 44), (1.5, 1.7)
+    model = constant_field_model([1.0, -0.5])
+    source, target, _ = pair_volumes(shape, spacing)
+    frames = frames_of(generate_ddm(source, target, frames=3, model=model))
+    last = frames[-1].field[:, 12:-12, 12:-12]  # away from the model grid's edge
+    assert np.allclose(last[0], 2.0 / 1.5, atol=1e-3) and np.allclose(last[1], -1.0 / 1.7, atol=1e-3)
+    # the displacement in mm is the same on both grids: (1 * 2, -0.5 * 2) mm
+    assert np.allclose(last[0] * 1.5, 2.0, atol=1e-3) and np.allclose(last[1] * 1.7, -1.0, atol=1e-3)
+    # the frame is the source moved by that displacement (pull: out(x) = in(x + u))
+    moved = frames[-1].image[12:-12, 12:-12]
+    assert np.allclose(moved, np.asarray(source.data)[12 + 1:-12 + 1, 12:-12], atol=0.3)
+
+
+def test_loop_reuses_mirrored_fields():
+    source, target, _ = pair_volumes()
+    frames = frames_of(generate_ddm(source, target, frames=6, loop=True, model=tiny_model(2)))
+    assert [f.info["gamma"] for f in frames] == pytest.approx([0, 1 / 3, 2 / 3, 1, 2 / 3, 1 / 3])
+    assert np.array_equal(frames[1].field, frames[5].field) and np.array_equal(frames[2].image, frames[4].image)
+
+
+def test_adaptation_is_seeded_improves_the_pair_and_leaves_the_model_unchanged():
+    source, target, _ = pair_volumes(shift=(4.5, -3.0))
+    model = tiny_model(2, seed=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def run(seed, adapt):
+        return frames_of(generate_ddm(source, target, frames=3, model=model, adapt=adapt, seed=seed,
+                                      adapt_lr=3e-3))
+
+    a, b, c = run(0, 25), run(0, 25), run(1, 25)
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b))
+    assert not np.array_equal(a[-1].image, c[-1].image)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    plain = run(0, 0)
+    err = lambda fs: float(np.mean((fs[-1].image - target.data) ** 2))  # noqa: E731
+    assert err(a) < 0.8 * err(plain)
+
+
+def test_the_model_grid_input_is_normalized_to_minus_one_one():
+    source, _, _ = pair_volumes()
+    grid = GridMap(source.spatial_shape, source.geometry.spacing, (32, 32), (2.0, 2.0))
+    t = to_model(source.data * 500 + 40, grid)
+    assert float(t.min()) == pytest.approx(-1.0, abs=1e-6) and float(t.max()) <= 1.0
+
+
+@pytest.mark.parametrize("case, message", [
+    ("shape", "different shapes"),
+    ("dims", "the source is 2D but the target is 3D"),
+    ("geometry", "different geometry"),
+    ("labels", "labels are not integers"),
+    ("nan", "NaN or infinite"),
+    ("constant", "constant"),
+    ("model", "the model is 2D but the images are 3D"),
+])
+def test_bad_input_is_refused_with_a_specific_message(case, message):
+    source, target, labels = pair_volumes()
+    g3 = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    model = tiny_model(2)
+    kw = {}
+    if case == "shape":
+        target = Volume(target.data[:-2], target.geometry)
+    elif case == "dims":
+        target = Volume(np.zeros((4, 40, 44), np.float32), g3)
+    elif case == "geometry":
+        target = Volume(target.data, Geometry((1.5, 1.7), (0.0, 5.0), np.eye(2)))
+    elif case == "labels":
+        labels = Volume(labels.data.astype(np.float32) + 0.5, labels.geometry, True)
+        kw["labels"] = labels
+    elif case == "nan":
+        data = source.data.copy()
+        data[3, 3] = np.nan
+        source = Volume(data, source.geometry)
+    elif case == "constant":
+        source = Volume(np.ones_like(source.data), source.geometry)
+    elif case == "model":
+        source = Volume(np.random.rand(8, 40, 44).astype(np.float32), g3)
+        target = Volume(np.random.rand(8, 40, 44).astype(np.float32), g3)
+    before = source.data.copy()
+    with pytest.raises(InputError, match=message):
+        list(generate_ddm(source, target, frames=3, model=model, **kw))
+    assert np.array_equal(source.data, before, equal_nan=True)
+
+
+def test_nan_weights_are_reported():
+    source, target, _ = pair_volumes()
+    model = tiny_model(2)
+    with torch.no_grad():
+        model.field_fn.outconv.block.bias.fill_(float("nan"))
+    with pytest.raises(InputError, match="NaN or infinite values in the deformation field"):
+        list(generate_ddm(source, target, frames=3, model=model))
+
+
+def test_progress_events_name_the_steps():
+    source, target, _ = pair_volumes()
+    events = list(generate_ddm(source, target, frames=2, model=tiny_model(2), adapt=3))
+    messages = [e.message for e in events if isinstance(e, Progress)]
+    assert messages[0] == "loading weights"
+    assert [m.split(":")[0] for m in messages[1:4]] == ["adapting 1/3", "adapting 2/3", "adapting 3/3"]
