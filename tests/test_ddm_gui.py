@@ -91,3 +91,38 @@ def test_ddm_widget_reports_bad_input_without_touching_layers(make_napari_viewer
         pass
     assert "3D DDM model but the image is 2D" in messages[-1]
     assert len(viewer.layers) == count  # nothing was added
+
+
+def test_ddm_screenshot_shows_the_heart_contracting(make_napari_viewer, qtbot, tmp_path):
+    """Bundled 2D weights on a held-out phantom slice: what the user sees changes where the heart is."""
+    import os
+    from pathlib import Path
+
+    list(write_phantom_dataset(tmp_path / "ds", cases=1, seed=9002, two_d=True, frames=20))
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(tmp_path / "ds" / "patient001"), plugin=PLUGIN)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate cycle (DDM)")
+    widget.labels.value = viewer.layers["patient001 ED labels"]
+    widget.frames.value = 8
+    worker = widget.start()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    for layer in viewer.layers:
+        layer.visible = layer in (widget.sequence.image_layer, widget.sequence.labels_layer)
+    viewer.reset_view()
+    shots = []
+    for t in (0, 7):
+        viewer.dims.set_current_step(0, t)
+        qtbot.wait(150)
+        shots.append(viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float))
+    changed = np.abs(shots[1] - shots[0]).sum(-1) > 40
+    assert 0.002 < changed.mean() < 0.2, changed.mean()  # the heart moves, the torso does not
+    rows, cols = np.nonzero(changed)
+    h, w = changed.shape
+    assert abs(rows.mean() - h / 2) < h / 4 and abs(cols.mean() - w / 2) < w / 4
+    lv = widget.sequence.labels_layer.data == 3
+    assert lv[7].sum() < 0.85 * lv[0].sum()
+    if os.environ.get("DEFORMDIFF_UPDATE_SCREENSHOTS"):
+        viewer.dims.set_current_step(0, 7)
+        qtbot.wait(150)
+        viewer.screenshot(str(Path(__file__).parent / "screenshots" / "ddm.png"), canvas_only=False, flash=False)

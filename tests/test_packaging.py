@@ -29,6 +29,8 @@ def test_wheel_in_a_clean_venv_lists_the_plugin_and_its_contributions(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("napari_deformdiff-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "napari_deformdiff/napari.yaml" in names
+    for ndims in (2, 3):  # the bundled weights travel with the package
+        assert f"napari_deformdiff/weights/ddm_phantom_{ndims}d.safetensors" in names
     assert not any(n.startswith("tests/") for n in names)
 
     env_dir = tmp_path / "clean"
@@ -49,9 +51,14 @@ def test_wheel_in_a_clean_venv_lists_the_plugin_and_its_contributions(tmp_path):
         "m = PluginManager.instance().get_manifest('napari-deformdiff');"
         "print(json.dumps({'file': napari_deformdiff.__file__, "
         "'widgets': [w.display_name for w in m.contributions.widgets], "
-        "'samples': [s.key for s in m.contributions.sample_data]}))"
+        "'samples': [s.key for s in m.contributions.sample_data]}));"
+        "from napari_deformdiff.core.ddm.weights import load_ddm, default_weights;"
+        "print(json.dumps({'weights': str(default_weights(2)), 'step': load_ddm(None, ndims=2)[1]['step']}))"
     )
-    info = json.loads(run(py, "-c", code, timeout=300).strip().splitlines()[-1])
+    lines = run(py, "-c", code, timeout=300).strip().splitlines()
+    info, weights = json.loads(lines[-2]), json.loads(lines[-1])
+    assert str(env_dir) in weights["weights"] and int(weights["step"]) > 0
     assert str(env_dir) in info["file"]  # the wheel's copy, not the source tree
-    assert info["widgets"] == ["Phantom generator", "Open volume", "Inspect deformation", "Export"]
+    assert info["widgets"] == ["Phantom generator", "Open volume", "Inspect deformation", "Generate cycle (DDM)",
+                               "Export"]
     assert info["samples"] == ["cardiac", "cardiac_2d", "lung"]

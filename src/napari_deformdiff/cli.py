@@ -103,7 +103,7 @@ def cmd_train_ddm(args: argparse.Namespace) -> int:
     print(f"{len(pairs)} {ndims}D pairs from {args.data}; training on {device}", file=sys.stderr)
     events = train_ddm(
         pairs, args.out, steps=args.steps, config=DDMConfig.default(ndims), resume=args.resume,
-        seed=args.seed, device=device, lr=args.lr, crop=_sizes(args.crop), batch=args.batch,
+        seed=args.seed, device=device, lr=args.lr, crop=_sizes(args.crop), batch=args.batch, sampling=args.pairs,
         save_every=args.save_every, overwrite=args.overwrite,
     )
     _progress(events, desc="train ddm", total=args.steps)
@@ -243,6 +243,13 @@ def cmd_gui(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """--device, --seed and --overwrite, shared by the model commands."""
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="allow replacing existing outputs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deformdiff",
@@ -288,12 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=72000, help="total optimisation steps (paper: 72000)")
     p.add_argument("--batch", type=int, default=1, help="pairs per step (paper: 1)")
     p.add_argument("--crop", default=None, help="random crops of the model grid, e.g. 16,64,64")
+    p.add_argument("--pairs", choices=["ends", "cine"], default="ends",
+                   help="ends: source -> target only (paper); cine: also random frame pairs of the 4D cine")
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
     p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--overwrite", action="store_true")
+    _run_options(p)
     p.set_defaults(func=cmd_train_ddm)
 
     generate = sub.add_parser("generate", help="generate frames with a model").add_subparsers(
@@ -312,9 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="checkpoint (.safetensors, or the authors' .pth)")
     p.add_argument("--adapt", type=int, default=0, help="fine-tune on this pair for K steps first")
     p.add_argument("--batch", type=int, default=4, help="frames per network pass")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    _run_options(p)
     p.set_defaults(func=cmd_generate_ddm)
 
     evaluate = sub.add_parser("evaluate", help="measure a model on held-out cases").add_subparsers(
@@ -325,9 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=None, help="use only the first N cases")
     p.add_argument("--adapt", default="", help="also evaluate after adapting, e.g. 25,50")
     p.add_argument("--csv", type=Path, help="write per-case results")
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    _run_options(p)
     p.set_defaults(func=cmd_evaluate_ddm)
 
     p = sub.add_parser("gui", help="open napari with the plugin's widgets and a case")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, SpinBox
 
 from .layer_inputs import frame_volume, pick
-from .streaming import GrowingSequence, start_stream
+from .streaming import GrowingSequence, StreamingWidget, start_stream
 
 if TYPE_CHECKING:
     import napari
@@ -17,7 +17,7 @@ NO_LABELS = "(none)"
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
-class DDMWidget(Container):
+class DDMWidget(StreamingWidget, Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         from napari.layers import Image, Labels
@@ -33,17 +33,10 @@ class DDMWidget(Container):
         self.weights = FileEdit(label="Weights (empty: bundled)", mode="r",
                                 filter="*.safetensors *.pth *.pt")
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
-        self.run_button = PushButton(text="Run")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
         self.extend([self.source, self.target, self.labels, self.frames, self.loop, self.adapt, self.weights,
-                     self.device, self.run_button, self.cancel_button, self.status])
-        self.run_button.changed.connect(self.start)
-        self.cancel_button.changed.connect(self.cancel)
+                     self.device, *self._stream_controls("Run")])
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(lambda _e: self.reset_choices())
-        self.worker = None
-        self.sequence: GrowingSequence | None = None
 
     def _weights(self):
         value = self.weights.value
@@ -87,21 +80,10 @@ class DDMWidget(Container):
             else:
                 self.status.value = event.message
 
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = "starting..."
+        self._running()
         self.worker = start_stream(
             lambda: generate_ddm(source, target, frames=frames, loop=loop, labels=labels, weights=weights,
                                  device=device, adapt=adapt),
             total=frames + adapt + 2, description=name, on_event=on_event, on_done=self._done,
         )
         return self.worker
-
-    def cancel(self):
-        if self.worker is not None:
-            self.worker.quit()  # stops at the next event; frames already made stay
-
-    def _done(self):
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-        made = self.sequence.count if self.sequence else 0
-        self.status.value = f"{made}/{self.frames.value} frames"
-        self.worker = None

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 
-from .streaming import GrowingSequence, start_stream
+from .streaming import GrowingSequence, StreamingWidget, start_stream
 
 if TYPE_CHECKING:
     import napari
 
 
-class PhantomWidget(Container):
+class PhantomWidget(StreamingWidget, Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
@@ -20,15 +20,7 @@ class PhantomWidget(Container):
         self.two_d = CheckBox(text="2D+t (one slice)", value=False)
         self.frames = SpinBox(label="Frames", value=20, min=2, max=200)
         self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
-        self.run_button = PushButton(text="Generate")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
-        self.extend([self.kind, self.two_d, self.frames, self.seed, self.run_button,
-                     self.cancel_button, self.status])
-        self.run_button.changed.connect(self.start)
-        self.cancel_button.changed.connect(self.cancel)
-        self.worker = None
-        self.sequence: GrowingSequence | None = None
+        self.extend([self.kind, self.two_d, self.frames, self.seed, *self._stream_controls("Generate")])
 
     def start(self):
         from ..core.phantom import stream_cardiac_phantom, stream_lung_phantom
@@ -49,20 +41,9 @@ class PhantomWidget(Container):
             self.status.value = f"frame {frame.index + 1}/{frame.total}"
 
         self.sequence = None
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = "starting..."
+        self._running()
         self.worker = start_stream(
             lambda: stream(seed, frames=total, two_d=two_d),
             total=total, description=f"Generating {name}", on_event=on_event, on_done=self._done,
         )
         return self.worker
-
-    def cancel(self):
-        if self.worker is not None:
-            self.worker.quit()  # stops at the next frame; frames already made stay
-
-    def _done(self):
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-        made = self.sequence.count if self.sequence else 0
-        self.status.value = f"{made}/{self.frames.value} frames"
-        self.worker = None

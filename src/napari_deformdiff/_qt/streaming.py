@@ -82,6 +82,38 @@ class GrowingSequence:
                 self.labels_layer.data = lview
 
 
+class StreamingWidget:
+    """Run / Cancel buttons and a status line around one streamed generator (a mixin for
+    magicgui Containers that have a `frames` spin box and fill `self.sequence`)."""
+
+    worker = None
+    sequence: GrowingSequence | None = None
+
+    def _stream_controls(self, run_text: str) -> list:
+        from magicgui.widgets import Label, PushButton
+
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.run_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        return [self.run_button, self.cancel_button, self.status]
+
+    def _running(self) -> None:
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = "starting..."
+
+    def cancel(self):
+        if self.worker is not None:
+            self.worker.quit()  # stops at the next event; frames already made stay
+
+    def _done(self):
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        made = self.sequence.count if self.sequence else 0
+        self.status.value = f"{made}/{self.frames.value} frames"
+        self.worker = None
+
+
 def start_stream(
     make_events: Callable[[], Iterator], *, total: int, description: str,
     on_event: Callable, on_done: Callable[[], None],

@@ -21,15 +21,32 @@ def model_grid_of(volume, config: DDMConfig) -> GridMap:
     return GridMap(volume.spatial_shape, volume.geometry.spacing, config.grid, config.spacing)
 
 
-def pair_tensors(pairs: Sequence[Pair], config: DDMConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every pair on the model grid, in [-1, 1] (each volume min-max scaled on its own)."""
+PAIR_SAMPLING = ("ends", "cine")
+
+
+def pair_frames(pairs: Sequence[Pair], config: DDMConfig, sampling: str = "ends") -> list[list[torch.Tensor]]:
+    """Per pair, its frames on the model grid in [-1, 1] (each volume min-max scaled on its own):
+    [source, target] or, with sampling="cine" and a known cine, every frame source .. target."""
     out = []
     for p in pairs:
         if p.source.geometry.ndim != config.ndims:
             raise InputError(f"{p.name}: a {p.source.geometry.ndim}D pair cannot train a {config.ndims}D model.")
         grid = model_grid_of(p.source, config)
-        out.append((to_model(p.source.data, grid), to_model(p.target.data, grid)))
+        if sampling == "cine" and p.cine is not None and p.cine.data.shape[0] > 2:
+            out.append([to_model(frame, grid) for frame in p.cine.data])
+        else:
+            out.append([to_model(p.source.data, grid), to_model(p.target.data, grid)])
     return out
+
+
+def draw_pair(frames: list[torch.Tensor], g: torch.Generator, sampling: str):
+    """(source, target): the ends, or for "cine" half the time any two frames of the sequence
+    (either order, possibly the same frame), so that the code, not the source alone, must say
+    how far to deform."""
+    if sampling == "ends" or len(frames) == 2 or torch.rand((), generator=g) < 0.5:
+        return frames[0], frames[-1]
+    i, j = (int(v) for v in torch.randint(0, len(frames), (2,), generator=g))
+    return frames[i], frames[j]
 
 
 def augment(s: torch.Tensor, t: torch.Tensor, g: torch.Generator, crop: Sequence[int] | None):
@@ -80,12 +97,15 @@ def train_ddm(
     lr: float = 2e-4,
     crop: Sequence[int] | None = None,
     batch: int = 1,
+    sampling: str = "ends",
     save_every: int = 100,
     overwrite: bool = False,
 ) -> Iterator[Progress]:
     """Train (or continue training) a DDM, saving a safetensors checkpoint to `out` as it goes.
 
     `batch` pairs per step (the paper uses 1; on a CPU 2-4 uses the cores better).
+    `sampling`: "ends" trains on source -> target only (the paper); "cine" also on random frame
+    pairs of the pair's cine (ACDC 4D files), see draw_pair.
     Yields Progress(step, steps, "loss ...") after every step. With `resume`, weights, optimizer
     state and the step count come from that checkpoint (and its .optim.pt beside it). Each step
     draws its pair, augmentation, timestep and noise from a generator seeded with (seed, step),
@@ -94,6 +114,8 @@ def train_ddm(
     out = Path(out)
     if steps < 1 or batch < 1:
         raise InputError("steps and batch must be at least 1.")
+    if sampling not in PAIR_SAMPLING:
+        raise InputError(f"pair sampling must be one of {', '.join(PAIR_SAMPLING)}, not {sampling!r}.")
     if not pairs:
         raise InputError("no training pairs.")
     if out.exists() and not overwrite and (resume is None or Path(resume).resolve() != out.resolve()):
@@ -115,13 +137,13 @@ def train_ddm(
         resume_optim = Path(resume).with_name(Path(resume).name + ".optim.pt")
         if resume_optim.is_file():
             optim.load_state_dict(torch.load(resume_optim, map_location=device, weights_only=True))
-    data = [(s.to(device), t.to(device)) for s, t in pair_tensors(pairs, config)]
+    data = [[f.to(device) for f in frames] for frames in pair_frames(pairs, config, sampling)]
     started = time.perf_counter()
     history: list[float] = []
 
     def save(step: int) -> None:
         save_ddm(model, out, overwrite=True, step=str(step), seed=str(seed), lr=str(lr),
-                 pairs=str(len(data)), batch=str(batch), crop=str(list(crop) if crop else "none"),
+                 pairs=str(len(data)), batch=str(batch), sampling=sampling, crop=str(list(crop) if crop else "none"),
                  train_seconds=f"{time.perf_counter() - started:.0f}",
                  last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
         tmp = optim_path.with_name("." + optim_path.name + ".partial")
@@ -130,7 +152,8 @@ def train_ddm(
 
     for step in range(start, steps):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        chosen = [augment(*data[int(i)], g, crop) for i in torch.randint(0, len(data), (batch,), generator=g)]
+        chosen = [augment(*draw_pair(data[int(i)], g, sampling), g, crop)
+                  for i in torch.randint(0, len(data), (batch,), generator=g)]
         s = torch.cat([c[0] for c in chosen])
         t = torch.cat([c[1] for c in chosen])
         losses = model.training_losses(s, t, generator=g)

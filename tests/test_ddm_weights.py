@@ -1,0 +1,43 @@
+"""The bundled DDM weights (trained on the phantom, shipped in the package) on held-out phantom cases.
+
+They must make a heart contract from ED to ES: LV cavity shrinking frame by frame towards the
+true ES size, labels matching ES better than ED does, the last frame closer to ES than ED is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_deformdiff.core.ddm.generate import generate_ddm
+from napari_deformdiff.core.ddm.weights import default_weights, load_ddm
+from napari_deformdiff.core.events import Frame
+from napari_deformdiff.core.image_metrics import dice, psnr
+from napari_deformdiff.core.io import Volume
+from napari_deformdiff.core.phantom import cardiac_phantom
+from napari_deformdiff.core.phantom_dataset import centred_geometry
+
+HELD_OUT_SEED = 9001  # training used seeds 1000-1199 (2D) and 1000-1039 (3D)
+
+
+@pytest.mark.parametrize("ndims", [2, 3])
+def test_bundled_weights_make_a_held_out_heart_contract(ndims):
+    assert default_weights(ndims).is_file()
+    model, meta = load_ddm(None, ndims=ndims)
+    assert meta["model"] == "ddm" and int(meta["step"]) >= 1000
+    case = cardiac_phantom(HELD_OUT_SEED, two_d=ndims == 2, frames=20)
+    es = case.es_index
+    geometry = centred_geometry(case.images.shape[1:], case.spacing)
+    source = Volume(case.images[0], geometry)
+    target = Volume(case.images[es], geometry)
+    labels = Volume(case.labels[0], geometry, True)
+    frames = [e for e in generate_ddm(source, target, frames=es + 1, labels=labels, model=model)
+              if isinstance(e, Frame)]
+    lv = np.array([(f.labels == 3).sum() for f in frames], float)
+    true_lv = np.array([(case.labels[k] == 3).sum() for k in range(es + 1)], float)
+    assert lv[-1] < 0.85 * lv[0]  # the cavity shrinks
+    assert abs(lv[-1] - true_lv[-1]) < 0.25 * (true_lv[0] - true_lv[-1])  # to about the true ES size
+    assert np.all(np.diff(lv) <= 0.02 * lv[0])  # monotonically, up to label noise
+    assert dice(frames[-1].labels, case.labels[es]) > dice(case.labels[0], case.labels[es]) + 0.05
+    rng = float(case.images[0].max() - case.images[0].min())
+    assert psnr(frames[-1].image, case.images[es], rng) > psnr(case.images[0], case.images[es], rng) + 1.0
