@@ -68,10 +68,12 @@ def test_translation_has_no_folding_and_det_one(make_napari_viewer, qtbot):
     # overlays sit exactly on the frames: same world transform as the source layer
     for key in ("jacobian", "folding", "grid", "vectors"):
         np.testing.assert_allclose(layers[key].data_to_world((1, 2, 3, 4)), layer.data_to_world((1, 2, 3, 4)))
-    # vectors: one time step per frame, projection = the translation, coloured by mm bin
-    vec = layers["vectors"].data
-    assert sorted(set(vec[:, 0, 0])) == [0, 1, 2]
-    np.testing.assert_allclose(vec[vec[:, 0, 0] == 2][:, 1, 1:], [[1.0, 2.0, -4.0]] * int((vec[:, 0, 0] == 2).sum()))
+    # vectors: a 4D layer holding the frame under the time slider, projection = the translation
+    for t in (2, 0, 1):
+        viewer.dims.set_current_step(0, t)
+        vec = layers["vectors"].data
+        assert vec.shape[1:] == (2, 4) and set(vec[:, 0, 0]) == {t}
+        np.testing.assert_allclose(vec[:, 1, 1:], [[0.5 * t, 1.0 * t, -2.0 * t]] * len(vec))
     # the cursor readout gives the field in mm at the voxel under the mouse
     mm, norm = widget.field_at(layer.data_to_world((2, 4, 10, 10)))
     np.testing.assert_allclose(mm, [3.0, 3.0, -5.0], atol=1e-5)
@@ -81,6 +83,74 @@ def test_translation_has_no_folding_and_det_one(make_napari_viewer, qtbot):
     viewer.dims.set_current_step(0, 2)
     assert "frame 3/3: folding 0 voxels" in widget.readout.value
     assert widget.plot.series()["max_mm"] == pytest.approx([m["max_mm"] for m in widget.overlays.metrics])
+
+
+def test_vectors_layer_shows_exactly_the_frame_under_the_time_slider(make_napari_viewer, qtbot):
+    """The 4D Vectors layer holds one frame: after each slider move, that frame's sampled field
+    (time coordinate t), coloured by its own |u| in mm, and napari draws those at the shown slice."""
+    from napari_deformdiff._layers import vector_colors
+    from napari_deformdiff.core.spatial import field_to_vectors
+    from napari_deformdiff.core.vector_style import sampled
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    scale = np.array([0.3, 1.0, 2.0, 4.0], np.float32).reshape(4, 1, 1, 1, 1)  # |u| bins differ per frame
+    fields = (rng.standard_normal((4, 3, *SHAPE)) * scale).astype(np.float32)
+    layer = field_layer(viewer, fields)
+    widget = show(viewer, qtbot, layer, stride=4)
+    vectors = widget.overlays.layers["vectors"]
+    shown = viewer.layers[vectors.name]  # the layer itself (the widget holds a public-only proxy)
+    strides = vector_strides(SHAPE, 4)
+    assert strides == (1, 4, 4)
+    spacing = np.reshape(SPACING, (3, 1, 1, 1))
+    viewer.dims.set_point(1, layer.data_to_world((0, 5, 0, 0))[1])  # z slice 5
+    ranges = viewer.dims.range
+    for t in (3, 0, 2, 1, 3):
+        viewer.dims.set_current_step(0, t)
+        assert viewer.dims.range == ranges  # another frame's vector tips do not move the sliders
+        data = vectors.data
+        expected = field_to_vectors(fields[t], stride=strides)
+        assert data.shape == (len(expected), 2, 4)
+        np.testing.assert_array_equal(data[:, 0, 0], t)
+        np.testing.assert_array_equal(data[:, 1, 0], 0)
+        np.testing.assert_array_equal(data[:, :, 1:], expected)
+        mm = np.linalg.norm(fields[t][(slice(None), *sampled(SHAPE, strides))] * spacing, axis=0).reshape(-1)
+        np.testing.assert_array_equal(vectors.edge_color, vector_colors(mm))
+        assert len(set(map(tuple, vectors.edge_color))) >= 2
+        in_slice = np.flatnonzero(expected[:, 0, 0] == 5)
+        np.testing.assert_array_equal(np.sort(shown._view_indices), in_slice)
+        np.testing.assert_array_equal(shown._view_data, data[in_slice][:, :, 2:])
+    viewer.dims.set_point(1, layer.data_to_world((0, 0, 0, 0))[1])
+    assert shown._view_data.shape == (int((expected[:, 0, 0] == 0).sum()), 2, 2)
+
+
+def test_moving_the_slider_shows_frames_that_arrived_before_the_layers_caught_up(make_napari_viewer, qtbot):
+    """While frames are still arriving, frames not under the slider wait to reach the image layers;
+    moving the slider to such a frame shows its overlays in the same slider change."""
+    from napari_deformdiff._qt.overlay_layers import OverlaySet
+    from napari_deformdiff.core.overlays import frame_overlay
+
+    viewer = make_napari_viewer()
+    fields = translation(frames=4)
+    field_layer(viewer, fields)  # the time slider spans 4 frames
+    overlays = OverlaySet(viewer, name="growing", geometry=Geometry(SPACING, (10.0, -5.0, 2.0), np.eye(3)),
+                          total=9, show={"vectors": True, "jacobian": True, "folding": True})
+    overlays.add(0, frame_overlay(fields[0], SPACING, stride=4, grid_step=None))
+    qtbot.waitUntil(lambda: len(overlays.layers) == 3 and overlays.idle, timeout=30_000)
+    layers = overlays.layers
+    for t in (1, 2, 3):  # frames arrive while the slider shows frame 0
+        overlays.add(t, frame_overlay(fields[t], SPACING, stride=4, grid_step=None))
+    assert not overlays.idle and len(layers["jacobian"].data) == 1
+    assert set(layers["vectors"].data[:, 0, 0]) == {0}
+    viewer.dims.set_current_step(0, 3)  # no event-loop turn in between: the slider change does it
+    assert len(layers["jacobian"].data) == 4 and len(layers["folding"].data) == 4
+    np.testing.assert_allclose(layers["jacobian"].data[3], 1.0, atol=1e-6)
+    np.testing.assert_array_equal(layers["vectors"].data[:, 0, 0], 3)
+    vec = layers["vectors"].data
+    np.testing.assert_allclose(vec[:, 1, 1:], [[1.5, 3.0, -6.0]] * len(vec))
+    qtbot.waitUntil(lambda: overlays.idle, timeout=5_000)
+    overlays.remove()
+    assert [layer.name for layer in viewer.layers] == ["analytic"]
 
 
 def test_folding_layer_marks_exactly_the_folded_band(make_napari_viewer, qtbot):
@@ -128,6 +198,14 @@ def test_overlays_follow_a_streaming_generator(make_napari_viewer, qtbot):
     det = jacobian_determinant(torch.from_numpy(truth.fields)).numpy()
     np.testing.assert_allclose(inspect.overlays.layers["jacobian"].data, det, atol=1e-5)
     assert inspect.overlays.layers["folding"].data.max() == 0  # the phantom's motion never folds
+    from napari_deformdiff.core.spatial import field_to_vectors
+
+    vectors = inspect.overlays.layers["vectors"]
+    for t in (7, 2):  # the vectors layer follows the slider to frames that arrived while streaming
+        viewer.dims.set_current_step(0, t)
+        np.testing.assert_array_equal(vectors.data[:, 0, 0], t)
+        expected = field_to_vectors(truth.fields[t], stride=vector_strides(truth.fields.shape[2:]))
+        np.testing.assert_allclose(vectors.data[:, :, 1:], expected, atol=1e-5)
 
 
 def test_default_stride_keeps_vectors_under_the_limit_with_vectors_on_every_slice():

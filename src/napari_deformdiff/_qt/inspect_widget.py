@@ -15,7 +15,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label,
 from .._layers import field_of
 from ..core.vector_style import MAGNITUDE_BIN_COLORS, MAGNITUDE_BIN_NAMES
 from .overlay_layers import OverlaySet
-from .readout_plot import ReadoutPlot
+from .readout_plot import BlitReadoutPlot
 
 if TYPE_CHECKING:
     import napari
@@ -49,7 +49,7 @@ class InspectWidget(Container):
         self.extend([self.source, self.vectors_on, self.stride, self.length, self.grid_on, self.grid_step,
                      self.jacobian_on, self.log_jacobian, self.folding_on, self.magnitude_on,
                      self.show_button, self.legend, self.readout])
-        self.plot = ReadoutPlot()
+        self.plot = BlitReadoutPlot()
         self.native.layout().addWidget(self.plot.canvas)
         self.overlays: OverlaySet | None = None
         self.worker = None
@@ -88,6 +88,7 @@ class InspectWidget(Container):
         self.overlays = OverlaySet(self.viewer, name=layer.name, geometry=geometry, total=total,
                                    show=show, log_jacobian=self.log_jacobian.value,
                                    vector_length=self.length.value)
+        self.plot.set_frames(total)
         self._source_layer = layer
         layer.events.data.connect(self._on_source_grew)
         self.viewer.layers.selection.active = layer
