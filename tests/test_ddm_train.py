@@ -94,3 +94,31 @@ def test_pairs_are_found_by_name_and_checked(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no pairs"):
         find_pairs(tmp_path / "empty")
+
+
+def test_anchor_term_is_the_zero_code_field_energy_and_pulls_it_to_zero(tmp_path):
+    data = pairs(2)
+    kw = dict(config=tiny_config(2), lr=2e-3, batch=2, seed=3, save_every=40)
+    list(train_ddm(data, tmp_path / "plain.safetensors", steps=40, **kw))
+    list(train_ddm(data, tmp_path / "anchor.safetensors", steps=40, anchor=50.0, **kw))
+    plain, _ = load_ddm(tmp_path / "plain.safetensors", ndims=2)
+    anchored, meta = load_ddm(tmp_path / "anchor.safetensors", ndims=2)
+    assert anchored.config.lambda_anchor == 50.0 and plain.config.lambda_anchor == 0.0
+    cfg = plain.config
+    p = data[0]
+    grid = GridMap(p.source.spatial_shape, p.source.geometry.spacing, cfg.grid, cfg.spacing)
+    s, t = to_model(p.source.data, grid), to_model(p.target.data, grid)
+
+    def zero_code_energy(model):
+        with torch.no_grad():
+            code = model.code(s, t)
+            return float(torch.mean(model.field(s, torch.zeros_like(code)) ** 2))
+
+    # the loss term is exactly that energy
+    torch.manual_seed(0)
+    losses = anchored.training_losses(s, t, generator=torch.Generator().manual_seed(1))
+    assert float(losses["anchor"].detach()) == pytest.approx(zero_code_energy(anchored), rel=1e-4)
+    assert "anchor" not in plain.training_losses(s, t, generator=torch.Generator().manual_seed(1))
+    assert zero_code_energy(anchored) < 0.2 * zero_code_energy(plain)
+    with pytest.raises(InputError, match="anchor"):
+        next(train_ddm(data, tmp_path / "bad.safetensors", steps=1, anchor=-1.0, **kw))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -100,6 +101,7 @@ def train_ddm(
     sampling: str = "ends",
     save_every: int = 100,
     overwrite: bool = False,
+    anchor: float | None = None,
 ) -> Iterator[Progress]:
     """Train (or continue training) a DDM, saving a safetensors checkpoint to `out` as it goes.
 
@@ -110,6 +112,7 @@ def train_ddm(
     state and the step count come from that checkpoint (and its .optim.pt beside it). Each step
     draws its pair, augmentation, timestep and noise from a generator seeded with (seed, step),
     so a run is reproducible and a resumed run continues the same sequence.
+    `anchor` sets the configuration's lambda_anchor (see DDM.training_losses), also when resuming.
     """
     out = Path(out)
     if steps < 1 or batch < 1:
@@ -129,6 +132,11 @@ def train_ddm(
     else:
         config = config or DDMConfig.default(pairs[0].source.geometry.ndim)
         model = DDM(config).to(device)
+    if anchor is not None:
+        if anchor < 0:
+            raise InputError(f"anchor weight must be >= 0, got {anchor}.")
+        config = dataclasses.replace(config, lambda_anchor=float(anchor))
+        model.config = config
     crop = _check_crop(crop, config)
     model.train()
     optim = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))

@@ -45,6 +45,7 @@ class DDMConfig:
     lambda_sim: float = 20.0
     lambda_reg: float = 1.0
     ncc_window: int = 9
+    lambda_anchor: float = 0.0  # not in the paper: weight of ||field(source, code = 0)||^2
     grid: tuple[int, ...] = (32, 128, 128)
     spacing: tuple[float, ...] = (3.15, 1.5, 1.5)
 
@@ -143,7 +144,9 @@ class DDM(nn.Module):
                         generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The paper's losses for a batch of (source, target) in [-1, 1].
 
-        total = ||c - eps||^2 + lambda_sim * (-NCC(S o phi, T) + lambda_reg * smooth(phi)).
+        total = ||c - eps||^2 + lambda_sim * (-NCC(S o phi, T) + lambda_reg * smooth(phi)),
+        plus lambda_anchor * mean(field(S, 0)^2) when lambda_anchor > 0 (our addition: the paper
+        never shows the deformation module a zero code, which gamma = 0 gives it at inference).
         """
         cfg = self.config
         b = source.shape[0]
@@ -157,4 +160,8 @@ class DDM(nn.Module):
         ncc = local_ncc(warped, (target + 1.0) / 2.0, window=cfg.ncc_window)
         smooth = smoothness(ddf)
         total = diffusion + cfg.lambda_sim * (-ncc + cfg.lambda_reg * smooth)
-        return {"total": total, "diffusion": diffusion, "ncc": ncc, "smooth": smooth}
+        losses = {"total": total, "diffusion": diffusion, "ncc": ncc, "smooth": smooth}
+        if cfg.lambda_anchor > 0:
+            losses["anchor"] = torch.mean(self.field(source, torch.zeros_like(c)) ** 2)
+            losses["total"] = total + cfg.lambda_anchor * losses["anchor"]
+        return losses
