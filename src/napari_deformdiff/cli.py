@@ -104,9 +104,27 @@ def cmd_train_ddm(args: argparse.Namespace) -> int:
     events = train_ddm(
         pairs, args.out, steps=args.steps, config=DDMConfig.default(ndims), resume=args.resume,
         seed=args.seed, device=device, lr=args.lr, crop=_sizes(args.crop), batch=args.batch, sampling=args.pairs,
-        save_every=args.save_every, overwrite=args.overwrite,
+        save_every=args.save_every, overwrite=args.overwrite, anchor=args.anchor,
     )
     _progress(events, desc="train ddm", total=args.steps)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_train_drdm(args: argparse.Namespace) -> int:
+    from .core.device import choose_device_name
+    from .core.drdm.train import DEFAULT_GRID, train_drdm
+
+    grid = _sizes(args.grid) or DEFAULT_GRID[args.ndims]
+    device = choose_device_name(args.device)
+    print(f"training a {args.ndims}D DRDM on grid {'x'.join(map(str, grid))} from {args.data} on {device}",
+          file=sys.stderr)
+    events = train_drdm(
+        args.data, args.out, ndims=args.ndims, grid=grid, steps=args.steps, batch=args.batch, lr=args.lr,
+        seed=args.seed, resume=args.resume, save_every=args.save_every, device=device,
+        overwrite=args.overwrite, crop=_sizes(args.crop), field_bank=args.field_bank, init=args.init,
+    )
+    _progress(events, desc="train drdm", total=args.steps)
     print(f"wrote {args.out}")
     return 0
 
@@ -185,6 +203,43 @@ def _frames_only(events, total):
             print(f"  {e.message}", file=sys.stderr)
 
 
+def cmd_generate_drdm(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .core.device import choose_device_name
+    from .core.drdm.augment import ExportSettings, export_drdm, find_cases, plan_export
+    from .core.events import Frame
+
+    if args.syn_level is not None and not args.pairs:
+        raise InputError("--syn-level applies to registration pairs: add --pairs.")
+    settings = ExportSettings(levels=args.levels, samples=args.samples, seed=args.seed,
+                              mode="pairs" if args.pairs else "augment", syn_level=args.syn_level, loop=args.loop,
+                              fmt=args.format, manifest=args.manifest)
+    cases, notes = find_cases(args.image, args.labels)
+    for note in notes:
+        print(f"  {note}", file=sys.stderr)
+    with_labels = sum(c.labels is not None for c in cases)
+    total = len(plan_export(cases, settings))
+    print(f"{len(cases)} image(s) ({with_labels} with labels), levels {list(settings.levels)}, "
+          f"{settings.samples} sample(s) per level: {total} {settings.mode} sample(s)", file=sys.stderr)
+    device = choose_device_name(args.device)
+    common = dict(weights=args.weights, device=device, overwrite=args.overwrite, resume=args.resume)
+    if args.scheduler:
+        from .core.drdm.distributed import export_drdm_distributed
+
+        events = export_drdm_distributed(cases, args.out_dir, settings, scheduler=args.scheduler,
+                                         workers=args.workers, **common)
+    else:
+        events = export_drdm(cases, args.out_dir, settings, **common)
+    with tqdm(total=total, desc=f"drdm {settings.mode}", unit="sample", file=sys.stderr) as bar:
+        for event in events:
+            bar.n = event.index + 1 if isinstance(event, Frame) else event.index
+            bar.set_postfix_str(getattr(event, "message", "") or "", refresh=False)
+            bar.refresh()
+    print(f"wrote {total} sample(s) to {args.out_dir} (listed in {settings.manifest_name})")
+    return 0
+
+
 def cmd_evaluate_ddm(args: argparse.Namespace) -> int:
     from .core.ddm.evaluate import CaseResult, evaluate_ddm, format_table, summarize
     from .core.ddm.weights import load_ddm
@@ -215,6 +270,63 @@ def cmd_evaluate_ddm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_drdm(args: argparse.Namespace) -> int:
+    from .core.device import choose_device_name
+    from .core.drdm.evaluate import (
+        SampleResult, evaluate_drdm, folder_images, format_table, phantom_images, summarize, write_csv,
+    )
+    from .core.drdm.weights import load_drdm
+
+    if args.csv and args.csv.exists() and not args.overwrite:
+        raise OutputExistsError(f"{args.csv} already exists; choose another name or pass --overwrite.")
+    try:
+        levels = tuple(int(v) for v in args.levels.split(","))
+    except ValueError:
+        raise InputError(f"--levels expects levels like 30,45,55, got {args.levels!r}") from None
+    device = choose_device_name(args.device)
+    model, meta = load_drdm(args.weights, ndims=args.ndims, device=device)
+    shape = _sizes(args.size) or tuple(meta.grid)
+    if len(shape) == 1:
+        shape = shape * args.ndims
+    if args.data:
+        images = folder_images(args.data, args.ndims, shape)
+        where = f"{len(images)} image(s) from {args.data}"
+    else:
+        images = phantom_images(args.ndims, shape, args.samples, seed=args.seed)
+        where = f"{len(images)} cardiac phantom image(s)"
+    print(f"weights: {meta.name} ({meta.source}); {where} at {'x'.join(map(str, shape))}; "
+          f"{args.samples} sample(s) per level; loop {args.loop}", file=sys.stderr)
+    events = evaluate_drdm(images, model=model, meta=meta, levels=levels, samples=args.samples, seed=args.seed,
+                           loop=args.loop, compare=args.compare, device=device)
+    results = [e for e in _progress(events, desc="evaluate drdm") if isinstance(e, SampleResult)]
+    print(format_table(summarize(results)))
+    if args.csv:
+        write_csv(results, args.csv, overwrite=args.overwrite)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    from .core import weights_registry as wr
+
+    print(f"cache folder: {wr.cache_dir()} (set {wr.CACHE_ENV} to change it)")
+    for name, e in sorted(wr.REGISTRY.items()):
+        state = "cached" if wr.is_cached(name) else "not cached"
+        print(f"{name}: {e.description} [{state}, {e.size / 1e6:.1f} MB]")
+        print(f"  licence: {e.licence}")
+    return 0
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from .core import weights_registry as wr
+
+    was_cached = wr.is_cached(args.name)
+    path = wr.fetch(args.name, report=print)
+    if was_cached:
+        print(f"{args.name} is already in the cache: {path}")
+    return 0
+
+
 def cmd_gui(args: argparse.Namespace) -> int:
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise InputError(
@@ -224,7 +336,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
     import napari
 
     viewer = napari.Viewer(title="napari-deformdiff")
-    for widget in ("Phantom generator", "Open volume", "Generate cycle (DDM)", "Inspect deformation"):
+    for widget in ("Phantom generator", "Open volume", "Generate cycle (DDM)", "Augment (DRDM)", "Inspect deformation"):
         viewer.window.add_plugin_dock_widget("napari-deformdiff", widget)
     if args.paths:
         viewer.open([str(p) for p in args.paths], plugin="napari-deformdiff")
@@ -300,8 +412,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
     p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--anchor", type=float, default=None,
+                   help="weight of ||field(source, zero code)||^2 (not in the paper; 0 = off): makes "
+                        "gamma = 0 give the source itself")
     _run_options(p)
     p.set_defaults(func=cmd_train_ddm)
+    p = train.add_parser("drdm", help="train the DRDM recovery network on images (or the phantom)")
+    p.add_argument("--data", required=True,
+                   help="folder of images or ACDC patients (every frame is used), or 'phantom'")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--ndims", type=int, choices=[2, 3], default=2, help="2D (slices) or 3D model")
+    p.add_argument("--grid", default=None, help="model grid, multiples of 8 (default 128,128 / 32,64,64)")
+    p.add_argument("--steps", type=int, default=20000, help="total optimisation steps")
+    p.add_argument("--batch", type=int, default=4, help="images per step, each at its own level")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--crop", default=None, help="train on random crops of the grid, e.g. 64,64 (CPU saving)")
+    p.add_argument("--field-bank", type=int, default=None,
+                   help="reuse the fields of N forward draws (all levels each; saves most 3D CPU time)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (a 2D file starts a 3D model slice by slice)")
+    _run_options(p)
+    p.set_defaults(func=cmd_train_drdm)
 
     generate = sub.add_parser("generate", help="generate frames with a model").add_subparsers(
         dest="model", required=True)
@@ -321,6 +454,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="frames per network pass")
     _run_options(p)
     p.set_defaults(func=cmd_generate_ddm)
+    p = generate.add_parser("drdm", help="DRDM augmentation or registration pairs: deformed images, labels, fields")
+    p.add_argument("--image", type=Path, required=True,
+                   help="an image, or a folder of images (labels matched by name: <name>_gt, _seg, _labels, "
+                        "_label or _mask beside it, or in a labels/ subfolder)")
+    p.add_argument("--labels", type=Path, help="label map of the image (or a folder of them, matched by name)")
+    p.add_argument("--levels", default="40:64:8", help="levels T' (1..80): 48, 40:64:8 (end included) or 30,45,60")
+    p.add_argument("--samples", type=int, default=4, help="samples per image and level")
+    p.add_argument("--out-dir", type=Path, required=True, help="output folder (new or empty)")
+    p.add_argument("--pairs", action="store_true",
+                   help="registration pairs (moving, fixed, field) instead of augmented images (Algorithm 4)")
+    p.add_argument("--syn-level", type=int, default=None, help="level of the pair's synthetic motion (default: "
+                   "the sample's level)")
+    p.add_argument("--weights", default=None, help="registry name (drdm-cmr-2d), checkpoint file, or bundled")
+    p.add_argument("--loop", choices=["paper", "authors"], default="paper",
+                   help="recovery steps T'..1 (paper) or always 79..0 (the authors' script)")
+    p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nrrd", "mha"], help="file format")
+    p.add_argument("--manifest", choices=["csv", "json"], default="csv")
+    p.add_argument("--scheduler", default=None,
+                   help="run on Dask: 'local' (worker processes here) or a scheduler address (tcp://host:8786)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes of --scheduler local")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted export in --out-dir")
+    _run_options(p)
+    p.set_defaults(func=cmd_generate_drdm)
 
     evaluate = sub.add_parser("evaluate", help="measure a model on held-out cases").add_subparsers(
         dest="model", required=True)
@@ -332,6 +488,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, help="write per-case results")
     _run_options(p)
     p.set_defaults(func=cmd_evaluate_ddm)
+    p = evaluate.add_parser("drdm", help="the paper's Table 1: displacement and folding per level "
+                            "(optionally against TorchIO/MONAI elastic deformations)")
+    p.add_argument("--weights", default=None, help="registry name (drdm-cmr-2d), checkpoint file, or bundled")
+    p.add_argument("--ndims", type=int, choices=[2, 3], default=2)
+    p.add_argument("--levels", default="30,45,55,65,70", help="deformation levels, e.g. 30,45,55,65,70")
+    p.add_argument("--samples", type=int, default=4, help="samples per level")
+    p.add_argument("--size", default=None, help="image size, e.g. 256 or 32,128,128 (default: the model grid)")
+    p.add_argument("--data", type=Path, help="folder of images (default: cardiac phantom images)")
+    p.add_argument("--loop", choices=["paper", "authors"], default="paper")
+    p.add_argument("--compare", action="store_true",
+                   help="add TorchIO and MONAI elastic deformations tuned to DRDM's mean displacement")
+    p.add_argument("--csv", type=Path, help="write per-sample results")
+    _run_options(p)
+    p.set_defaults(func=cmd_evaluate_drdm)
+
+    weights = sub.add_parser("weights", help="list or download named third-party weights").add_subparsers(
+        dest="action", required=True)
+    p = weights.add_parser("list", help="the known weights, their licence and whether they are cached")
+    p.set_defaults(func=cmd_weights_list)
+    p = weights.add_parser("fetch", help="download named weights into the cache (sha256 checked)")
+    p.add_argument("name", help="e.g. drdm-cmr-2d")
+    p.set_defaults(func=cmd_weights_fetch)
 
     p = sub.add_parser("gui", help="open napari with the plugin's widgets and a case")
     p.add_argument("paths", nargs="*", type=Path, help="files or folders to open (default: a sample)")
@@ -343,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads that spin while waiting collapse when another job holds a core (measured:
+    # 0.35 s -> 1.4-5.6 s per DRDM step at load 4); torch is imported later, inside the commands.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import InputError
 from ..events import Progress
+from ..optim_step import descend
 from ..model_grid import GridMap, to_model
 from ..models.ddm import DDM, DDMConfig
 from ..pairs import Pair
@@ -165,12 +166,7 @@ def train_ddm(
         s = torch.cat([c[0] for c in chosen])
         t = torch.cat([c[1] for c in chosen])
         losses = model.training_losses(s, t, generator=g)
-        optim.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optim.step()
-        total = float(losses["total"].detach())
-        if not np.isfinite(total):
-            raise InputError(f"training diverged at step {step + 1} (loss {total}); lower the learning rate.")
+        total = descend(optim, losses["total"], step)
         history.append(total)
         done = step + 1
         if done % save_every == 0 or done == steps:

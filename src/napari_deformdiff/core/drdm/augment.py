@@ -1,0 +1,644 @@
+"""DRDM data export: augmentation (the paper's Algorithm 3) and registration pairs (Algorithm 4).
+
+A plan lists one unit per (case, level, sample). Each unit runs the instance deformation of
+recover.deform_instance (Algorithm 2) and writes its files into the output folder:
+
+- mode "augment":  <id>_image, <id>_labels (if the case has labels), <id>_field = phi, where
+  image o phi and labels o phi (nearest, integer values kept) are resampled from the ORIGINAL input.
+- mode "pairs":    phi_aug from (I0, level) gives the moving image I_mv = I0 o phi_aug; phi_syn from
+  (I_mv, syn_level) gives the fixed image I_fx = I_mv o phi_syn. Written: <id>_moving, <id>_fixed,
+  <id>_field = phi_syn (so warping moving with the field gives fixed), and <id>_moving_labels /
+  <id>_fixed_labels when the case has labels.
+
+<id> is "<case>_L<level, 2 digits>_s<sample, 3 digits>". Every file has the input's grid and
+geometry (spacing, origin, direction); fields are ITK displacement fields (mm, see core/field_io.py).
+
+Seeds. Unit (case, level, sample) uses
+    numpy.random.SeedSequence(seed, spawn_key=(crc32(case name), level, sample, role))
+        .generate_state(1)[0]
+with role 0 for the instance field (phi in "augment", phi_aug in "pairs") and role 1 for phi_syn.
+The seed of a unit depends only on these numbers, never on the order in which units run, so a
+resumed, a parallel (Dask) and a plain run write the same files, and the moving image of a pair
+equals the augmented image of the same unit.
+
+Files are written atomically (core/io/atomic.py) and the manifest (manifest.csv or manifest.json)
+is rewritten atomically after every unit, so it always lists exactly the complete units; stopping
+the generator (Cancel) keeps them. A failed write removes the files of the unfinished unit.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, OutputExistsError
+from ..events import Frame, Progress
+from ..io.atomic import atomic_output, split_suffix
+from ..io.volume import Volume, is_integer_valued
+
+MAX_LEVEL = 80  # = forward.MAX_LEVEL; repeated here so planning does not import torch
+MODES = ("augment", "pairs")
+FORMATS = (".nii.gz", ".nrrd", ".mha")
+MANIFEST_FORMATS = ("csv", "json")
+LOOPS = ("paper", "authors")
+MAX_SAMPLES = 10_000
+STAT_COLUMNS = ("max_mm", "mean_mm", "max_pct", "mean_pct", "folding_pct")
+_COMMON = ("id", "case", "source", "level", "sample", "seed")
+_PROVENANCE = ("loop", "weights")
+COLUMNS = {
+    "augment": (*_COMMON, "image", "labels", "field", *STAT_COLUMNS, *_PROVENANCE),
+    "pairs": (*_COMMON, "syn_level", "syn_seed", "moving", "fixed", "moving_labels", "fixed_labels", "field",
+              *STAT_COLUMNS, *_PROVENANCE),
+}
+INT_COLUMNS = ("level", "sample", "seed", "syn_level", "syn_seed")
+
+
+# --------------------------------------------------------------------------- settings and plan
+
+
+def parse_levels(spec: str | int | Sequence[int]) -> tuple[int, ...]:
+    """'40:64:8' -> (40, 48, 56, 64) (end included when the step reaches it), '40:44' -> step 1,
+    '30,45,60' -> a list, 48 or '48' -> (48,). Every level must be in 1..80."""
+    if isinstance(spec, (int, np.integer)):
+        levels = [int(spec)]
+    elif isinstance(spec, str):
+        text = spec.strip()
+        try:
+            if ":" in text:
+                parts = [int(p) for p in text.split(":")]
+                if len(parts) not in (2, 3):
+                    raise ValueError
+                start, stop, step = (*parts, 1) if len(parts) == 2 else parts
+                if step <= 0 or stop < start:
+                    raise InputError(f"levels {spec!r}: use from:to[:step] with from <= to and a positive step.")
+                levels = list(range(start, stop + 1, step))
+            else:
+                levels = [int(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            raise InputError(
+                f"levels {spec!r}: expected a level (48), a range from:to[:step] (40:64:8) or a list (30,45,60)."
+            ) from None
+    else:
+        levels = [int(v) for v in spec]
+    if not levels:
+        raise InputError(f"levels {spec!r}: no level given.")
+    bad = [v for v in levels if not 1 <= v <= MAX_LEVEL]
+    if bad:
+        raise InputError(f"deformation level {bad[0]} is outside 1..{MAX_LEVEL} (the DRDM level T').")
+    return tuple(dict.fromkeys(levels))
+
+
+def normalize_format(fmt: str) -> str:
+    """'nii.gz', '.nii.gz', 'NRRD' ... -> '.nii.gz' / '.nrrd' / '.mha'."""
+    suffix = "." + fmt.strip().lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise InputError(f"output format {fmt!r}: choose one of {', '.join(f[1:] for f in FORMATS)}.")
+    return suffix
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What to make: levels x samples per case, in one mode, written in one format."""
+
+    levels: tuple[int, ...]
+    samples: int = 1
+    seed: int = 0
+    mode: str = "augment"
+    syn_level: int | None = None  # pairs: level of phi_syn (None: the unit's own level)
+    loop: str = "paper"
+    fmt: str = ".nii.gz"
+    manifest: str = "csv"
+
+    def __post_init__(self):
+        object.__setattr__(self, "levels", parse_levels(self.levels))
+        object.__setattr__(self, "fmt", normalize_format(self.fmt))
+        if self.mode not in MODES:
+            raise InputError(f"mode {self.mode!r}: choose 'augment' or 'pairs'.")
+        if self.loop not in LOOPS:
+            raise InputError(f"recovery loop {self.loop!r}: choose 'paper' or 'authors'.")
+        if self.manifest not in MANIFEST_FORMATS:
+            raise InputError(f"manifest {self.manifest!r}: choose 'csv' or 'json'.")
+        if not 1 <= int(self.samples) <= MAX_SAMPLES:
+            raise InputError(f"samples per level must be between 1 and {MAX_SAMPLES}, got {self.samples}.")
+        if self.syn_level is not None:
+            if self.mode != "pairs":
+                raise InputError("a synthesis level (syn_level) only applies to registration pairs (mode 'pairs').")
+            parse_levels(int(self.syn_level))
+        if not 0 <= int(self.seed) < 2**63:
+            raise InputError(f"seed must be a non-negative integer, got {self.seed}.")
+
+    @property
+    def manifest_name(self) -> str:
+        return f"manifest.{self.manifest}"
+
+
+@dataclass
+class Case:
+    """One input: an image and optionally its label map, named for the output files."""
+
+    name: str
+    image: Volume
+    labels: Volume | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Unit:
+    case: str
+    level: int
+    sample: int
+    seed: int
+    syn_level: int | None = None
+    syn_seed: int | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.case}_L{self.level:02d}_s{self.sample:03d}"
+
+
+def derive_seed(base: int, case: str, level: int, sample: int, role: int = 0) -> int:
+    """The documented per-unit seed (see the module docstring); a 32-bit unsigned integer."""
+    key = (zlib.crc32(case.encode("utf-8")), int(level), int(sample), int(role))
+    return int(np.random.SeedSequence(int(base), spawn_key=key).generate_state(1, np.uint32)[0])
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe case name (letters, digits, '-', '_', '.')."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip())
+    while "__" in cleaned:
+        cleaned = cleaned.replace("__", "_")
+    return cleaned.strip("._") or "image"
+
+
+def check_case(case: Case) -> None:
+    """Raise InputError for an image/labels pair that cannot be exported."""
+    image = case.image
+    if image.is_labels:
+        raise InputError(f"{case.name}: the image is a label map; give an intensity image (labels go with it).")
+    if image.has_time:
+        raise InputError(f"{case.name}: the image is a time series; choose one frame (2D or 3D).")
+    if image.data.dtype.kind not in "biuf":
+        raise InputError(f"{case.name}: unsupported voxel type {image.data.dtype}.")
+    if image.data.ndim != image.geometry.ndim or image.geometry.ndim not in (2, 3):
+        raise InputError(f"{case.name}: the image must be 2D or 3D, got shape {image.data.shape}.")
+    if safe_name(case.name) != case.name:
+        raise InputError(f"case name {case.name!r} is not a safe file name; use safe_name().")
+    labels = case.labels
+    if labels is None:
+        return
+    if not is_integer_valued(labels.data):
+        raise InputError(f"{case.name}: the label map has non-integer values; labels must be integers.")
+    if tuple(labels.data.shape) != tuple(image.data.shape):
+        raise InputError(
+            f"{case.name}: the label map's shape {tuple(labels.data.shape)} differs from the image's "
+            f"{tuple(image.data.shape)}; labels must be on the image's grid."
+        )
+    if labels.geometry.ndim != image.geometry.ndim or not labels.geometry.almost_equal(image.geometry):
+        raise InputError(
+            f"{case.name}: the label map's geometry ({labels.geometry.describe()}) differs from the "
+            f"image's ({image.geometry.describe()}); resample the labels onto the image first."
+        )
+
+
+def check_cases(cases: Sequence[Case]) -> int:
+    """Validate all cases; return their (common) dimensionality."""
+    if not cases:
+        raise InputError("no images to export.")
+    names = [c.name for c in cases]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise InputError(f"two inputs have the same name {sorted(dup)[0]!r}; output files would collide.")
+    for c in cases:
+        check_case(c)
+    dims = {c.image.geometry.ndim for c in cases}
+    if len(dims) > 1:
+        raise InputError("the inputs mix 2D and 3D images; one export uses one (2D or 3D) model.")
+    return dims.pop()
+
+
+def plan_export(cases: Sequence[Case], settings: ExportSettings) -> list[Unit]:
+    """Every unit of the export, in output order: case, then level, then sample."""
+    units = []
+    for case in cases:
+        for level in settings.levels:
+            for k in range(settings.samples):
+                seed = derive_seed(settings.seed, case.name, level, k, 0)
+                if settings.mode == "pairs":
+                    syn = settings.syn_level if settings.syn_level is not None else level
+                    units.append(Unit(case.name, level, k, seed, int(syn),
+                                      derive_seed(settings.seed, case.name, level, k, 1)))
+                else:
+                    units.append(Unit(case.name, level, k, seed))
+    return units
+
+
+def unit_files(unit: Unit, settings: ExportSettings, with_labels: bool) -> dict[str, str]:
+    """Manifest column -> file name of a unit's outputs."""
+    roles = ("image", "labels", "field") if settings.mode == "augment" else (
+        "moving", "fixed", "moving_labels", "fixed_labels", "field")
+    return {r: f"{unit.id}_{r}{settings.fmt}" for r in roles if with_labels or "labels" not in r}
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _format_value(key: str, value: Any) -> Any:
+    if value is None:
+        return ""
+    if key in STAT_COLUMNS:
+        return float(f"{float(value):.6g}")
+    return value
+
+
+def manifest_text(rows: Sequence[dict], settings: ExportSettings) -> str:
+    columns = COLUMNS[settings.mode]
+    if settings.manifest == "json":
+        doc = {"format": "napari-deformdiff drdm export", "version": 1, "settings": asdict(settings),
+               "columns": list(columns), "samples": [{c: row.get(c, "") for c in columns} for row in rows]}
+        return json.dumps(doc, indent=1) + "\n"
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: row.get(c, "") for c in columns})
+    return out.getvalue()
+
+
+def write_manifest(out_dir: Path, rows: Sequence[dict], settings: ExportSettings) -> Path:
+    """Atomically (re)write the manifest listing `rows`."""
+    path = Path(out_dir) / settings.manifest_name
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(manifest_text(rows, settings), encoding="utf-8")
+    return path
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """Rows of a manifest.csv / manifest.json, numbers as int/float, empty cells as ''."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            rows = json.loads(text)["samples"]
+        else:
+            rows = list(csv.DictReader(io.StringIO(text)))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable DRDM export manifest ({exc}).") from exc
+    for row in rows:
+        for key, value in row.items():
+            if value in ("", None):
+                row[key] = ""
+            elif key in INT_COLUMNS:
+                row[key] = int(value)
+            elif key in STAT_COLUMNS:
+                row[key] = float(value)
+    return rows
+
+
+# --------------------------------------------------------------------------- output folder
+
+
+def prepare_output(out_dir: str | Path, units: Sequence[Unit], settings: ExportSettings, *,
+                   overwrite: bool = False, resume: bool = False) -> list[dict]:
+    """Check the output folder; return the manifest rows already done (resume) in plan order.
+
+    A folder with files in it is refused unless `overwrite` (start again, replacing files) or
+    `resume` (keep the complete units of the same plan, make the rest) is asked.
+    """
+    out = Path(out_dir)
+    if overwrite and resume:
+        raise InputError("choose either overwrite or resume, not both.")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; the export needs a folder.")
+    existing = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
+    done: list[dict] = []
+    if existing and not (overwrite or resume):
+        raise InputError(
+            f"{out} already holds {len(existing)} file(s); choose a new or empty folder, or ask to "
+            "overwrite (--overwrite) or to resume an interrupted export (--resume)."
+        )
+    manifest = out / settings.manifest_name
+    if resume and manifest.is_file():
+        by_id = {u.id: u for u in units}
+        for row in read_manifest(manifest):
+            unit = by_id.get(str(row.get("id")))
+            if unit is None or row.get("seed") != unit.seed or row.get("loop") != settings.loop or (
+                    unit.syn_seed is not None and row.get("syn_seed") != unit.syn_seed) or (
+                    unit.syn_level is not None and row.get("syn_level") != unit.syn_level):
+                raise InputError(
+                    f"{manifest} lists sample {row.get('id')!r} made with other settings (levels, samples, "
+                    "seed, mode or loop); resume with the same settings, or use another folder."
+                )
+            files = [row[c] for c in COLUMNS[settings.mode] if c in unit_files(unit, settings, True) and row.get(c)]
+            if all((out / f).is_file() for f in files):
+                done.append(row)
+    order = {u.id: k for k, u in enumerate(units)}
+    done.sort(key=lambda r: order[r["id"]])
+    return done
+
+
+def start_output(out_dir: Path, rows: Sequence[dict], settings: ExportSettings,
+                 units: Sequence[Unit] = ()) -> Path:
+    """Create the folder and write the manifest of the units already done; returns the manifest path.
+
+    Hidden temporaries of `units` left by a killed process (".<id>_<role>.<hex>.partial.<ext>") are removed.
+    """
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}.") from exc
+    prefixes = tuple(f".{u.id}_" for u in units)
+    for leftover in out_dir.glob(".*.partial*"):
+        if prefixes and leftover.name.startswith(prefixes) and leftover.is_file():
+            leftover.unlink(missing_ok=True)
+    try:
+        return write_manifest(out_dir, rows, settings)
+    except OSError as exc:
+        raise write_error(exc, out_dir, len(rows), out_dir / settings.manifest_name) from exc
+
+
+# --------------------------------------------------------------------------- one unit
+
+
+def _field_stats(field: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+    import torch
+
+    from .. import spatial
+
+    u = torch.from_numpy(np.ascontiguousarray(field, dtype=np.float32))[None]
+    stats = spatial.displacement_stats(u, spacing=spacing)[0]
+    folding = float(spatial.folding_ratio(u)[0])
+    return {"max_mm": stats["max_mm"], "mean_mm": stats["mean_mm"], "max_pct": stats["max_pct"],
+            "mean_pct": stats["mean_pct"], "folding_pct": 100.0 * folding}
+
+
+def warp_array(data: np.ndarray, field: np.ndarray, *, labels: bool) -> np.ndarray:
+    import torch
+
+    from .. import spatial
+
+    u = torch.from_numpy(np.ascontiguousarray(field, dtype=np.float32))[None]
+    if labels:
+        src = torch.from_numpy(np.ascontiguousarray(data).astype(np.int64))[None, None]
+        out = spatial.warp(src, u, mode="nearest", padding_mode="border")
+        return out[0, 0].numpy().astype(data.dtype)
+    src = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None, None]
+    return spatial.warp(src, u, padding_mode="border")[0, 0].numpy()
+
+
+def _instance_field(image: Volume, level: int, seed: int, *, model, meta, loop: str, device,
+                    what: str, index: int, total: int) -> Iterator[Progress]:
+    """Run Algorithm 2 on `image`; yields Progress per recovery step, returns the final field (n, *S)."""
+    from .recover import deform_instance
+
+    last = None
+    for event in deform_instance(image, level, model=model, meta=meta, seed=seed, loop=loop, device=device):
+        if isinstance(event, Frame):
+            last = event
+            yield Progress(index, total, f"{what}: step {event.index + 1}/{event.total}")
+    if last is None or last.field is None:
+        raise RuntimeError("the recovery produced no field")
+    return np.asarray(last.field, dtype=np.float32)
+
+
+def _write_unit_files(out: Path, files: dict[str, str], arrays: dict[str, tuple[np.ndarray, bool]],
+                      field: np.ndarray, case: Case, overwrite: bool) -> None:
+    """Write every file of a unit, or (on any failure) none: the ones already written are removed."""
+    from ..field_io import write_displacement
+    from ..io import write_volume
+
+    geometry = case.image.geometry
+    written: list[Path] = []
+    try:
+        for role, name in files.items():
+            if role == "field":
+                write_displacement(out / name, field, geometry, overwrite=overwrite)
+            else:
+                data, is_labels = arrays[role]
+                write_volume(Volume(data, geometry, is_labels, name), out / name, overwrite=overwrite)
+            written.append(out / name)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Path, *, model, meta,
+             device="cpu", overwrite: bool = False, index: int = 0, total: int = 1,
+             weights_name: str = "") -> Iterator[Progress]:
+    """Make and write one unit's files; yields Progress, returns (manifest row, preview Frame).
+
+    Writes nothing until everything is computed; a failed write removes the unit's files.
+    `overwrite` replaces existing files of the unit (overwrite and resume runs).
+    """
+    out = Path(out_dir)
+    image = case.image
+    with_labels = case.labels is not None
+    files = unit_files(unit, settings, with_labels)
+    original = np.asarray(image.data, dtype=np.float32)
+    phi = yield from _instance_field(image, unit.level, unit.seed, model=model, meta=meta, loop=settings.loop,
+                                     device=device, what=unit.id, index=index, total=total)
+    warped = warp_array(original, phi, labels=False)
+    warped_labels = warp_array(case.labels.data, phi, labels=True) if with_labels else None
+    if settings.mode == "augment":
+        field = phi
+        arrays = {"image": (warped, False)}
+        if with_labels:
+            arrays["labels"] = (warped_labels, True)
+        preview, preview_labels = warped, warped_labels
+    else:
+        moving = Volume(warped, image.geometry, False, f"{unit.id} moving")
+        field = yield from _instance_field(moving, unit.syn_level, unit.syn_seed, model=model, meta=meta,
+                                           loop=settings.loop, device=device, what=f"{unit.id} (pair)",
+                                           index=index, total=total)
+        fixed = warp_array(warped, field, labels=False)
+        arrays = {"moving": (warped, False), "fixed": (fixed, False)}
+        fixed_labels = None
+        if with_labels:
+            fixed_labels = warp_array(warped_labels, field, labels=True)
+            arrays["moving_labels"] = (warped_labels, True)
+            arrays["fixed_labels"] = (fixed_labels, True)
+        preview, preview_labels = fixed, fixed_labels
+    row: dict[str, Any] = {"id": unit.id, "case": case.name, "source": case.source or case.name,
+                           "level": unit.level, "sample": unit.sample, "seed": unit.seed,
+                           "syn_level": unit.syn_level, "syn_seed": unit.syn_seed, **files,
+                           "loop": settings.loop, "weights": weights_name}
+    row.update(_field_stats(field, image.geometry.spacing))
+    row = {k: _format_value(k, v) for k, v in row.items()}
+    _write_unit_files(out, files, arrays, field, case, overwrite)
+    frame = Frame(index, total, preview, field, preview_labels, {"row": row, "id": unit.id})
+    return row, frame
+
+
+def remove_unit_files(out_dir: Path, row: dict) -> None:
+    """Delete the files a manifest row names (a unit whose row could not be recorded)."""
+    for key, value in row.items():
+        if value and isinstance(value, str) and key not in ("id", "case", "source", "loop", "weights"):
+            (Path(out_dir) / value).unlink(missing_ok=True)
+
+
+def write_error(exc: OSError, out_dir: Path, done: int, manifest: str) -> InputError:
+    """A readable error for a failed write (full disk, permissions, ...)."""
+    reason = "no space left on device (the disk is full)" if exc.errno == errno.ENOSPC else (
+        exc.strerror or str(exc))
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return InputError(
+        f"writing the export to {out_dir} failed: {reason}{where}. The {done} complete sample(s) are listed in "
+        f"{manifest} and no partial file was left; free space (or fix the folder) and run again with resume."
+    )
+
+
+# --------------------------------------------------------------------------- whole export
+
+
+def load_for_export(cases: Sequence[Case], settings: ExportSettings, *, weights=None, model=None, meta=None,
+                    device="cpu"):
+    """(model, meta, weights label) for the cases' dimensionality; checks levels against meta.steps."""
+    ndims = check_cases(cases)
+    if model is None:
+        from .weights import load_drdm
+
+        model, meta = load_drdm(weights, ndims=ndims, device=device)
+    elif meta is None:
+        raise InputError("a model needs its DRDMMeta (grid, steps).")
+    if int(meta.ndims) != ndims:
+        raise InputError(f"the DRDM model is {meta.ndims}D but the images are {ndims}D.")
+    steps = int(getattr(meta, "steps", MAX_LEVEL))
+    top = max(settings.levels + ((settings.syn_level,) if settings.syn_level else ()))
+    if top > steps:
+        raise InputError(f"level {top} is above the model's {steps} steps.")
+    label = str(getattr(meta, "name", "") or (weights if weights is not None else "bundled"))
+    return model, meta, label
+
+
+def record_unit(out: Path, rows: list[dict], row: dict, settings: ExportSettings, order: dict[str, int],
+                manifest: Path) -> list[dict]:
+    """Add a finished unit's row and rewrite the manifest (atomically, in plan order); the rows now
+    listed. When the manifest cannot be written, the unit's files go too, so nothing unlisted stays."""
+    new_rows = sorted([*rows, row], key=lambda r: order[r["id"]])
+    try:
+        write_manifest(out, new_rows, settings)
+    except OSError as exc:
+        remove_unit_files(out, row)
+        raise write_error(exc, out, len(rows), manifest) from exc
+    return new_rows
+
+
+def export_drdm(
+    cases: Sequence[Case],
+    out_dir: str | Path,
+    settings: ExportSettings,
+    *,
+    weights: str | Path | None = None,
+    model=None,
+    meta=None,
+    device="cpu",
+    overwrite: bool = False,
+    resume: bool = False,
+) -> Iterator[Progress | Frame]:
+    """Run the whole export in this process.
+
+    Yields Progress(index = unit, total = units) while a unit is made (one per recovery step) and a
+    Frame per finished unit (image: the augmented / fixed image, field: the written field, labels,
+    info["row"]: its manifest row). Units already listed in the manifest (resume) are skipped.
+    """
+    check_cases(cases)
+    units = plan_export(cases, settings)
+    out = Path(out_dir)
+    rows = prepare_output(out, units, settings, overwrite=overwrite, resume=resume)
+    yield Progress(0, len(units), "loading weights")
+    model, meta, label = load_for_export(cases, settings, weights=weights, model=model, meta=meta, device=device)
+    by_name = {c.name: c for c in cases}
+    done_ids = {r["id"] for r in rows}
+    order = {u.id: k for k, u in enumerate(units)}
+    manifest = start_output(out, rows, settings, units)
+    for k, unit in enumerate(units):
+        if unit.id in done_ids:
+            continue
+        yield Progress(k, len(units), f"{unit.id}: sampling the random deformation")
+        try:
+            # files of a unit the manifest does not list are leftovers of an interrupted run: replaced
+            row, frame = yield from run_unit(by_name[unit.case], unit, settings, out, model=model, meta=meta,
+                                             device=device, overwrite=overwrite or resume, index=k,
+                                             total=len(units), weights_name=label)
+        except OutputExistsError:
+            raise
+        except OSError as exc:
+            raise write_error(exc, out, len(rows), manifest) from exc
+        rows = record_unit(out, rows, row, settings, order, manifest)
+        yield frame
+
+
+# --------------------------------------------------------------------------- inputs from files
+
+LABEL_SUFFIXES = ("_gt", "_seg", "_labels", "_label", "_mask")
+
+
+def _readable_files(folder: Path) -> list[Path]:
+    from ..io import can_read
+
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and can_read(p)]
+
+
+def _labels_for(image: Path, folders: Sequence[Path]) -> Path | None:
+    """The label map of `image`: <stem><label suffix>.<ext> beside it, or <stem>[<suffix>].<ext> in a
+    labels folder."""
+    stem = split_suffix(image.name)[0]
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        own = folder == image.parent
+        wanted = [stem + s for s in LABEL_SUFFIXES] + ([] if own else [stem])
+        found = {split_suffix(p.name)[0]: p for p in _readable_files(folder)}
+        for name in wanted:
+            if name in found:
+                return found[name]
+    return None
+
+
+def find_cases(image: str | Path, labels: str | Path | None = None) -> tuple[list[Case], list[str]]:
+    """Cases from an image file (+ optional label file) or a folder of images; returns (cases, notes).
+
+    Folder rules: every readable file whose name does not look like a label map (_gt, seg, label,
+    mask) is an image; its labels are <name>_gt / _seg / _labels / _label / _mask (any readable
+    format) beside it, else <name> or <name>_gt ... in a `labels/` subfolder, or in the folder given
+    as `labels`. Time series in a folder are skipped (with a note); a single file must be 2D or 3D.
+    """
+    from ..io import read_volume
+    from ..io.volume import looks_like_label_name
+
+    image, labels = Path(image), (Path(labels) if labels is not None else None)
+    if not image.exists():
+        raise InputError(f"{image}: no such file or folder.")
+    notes: list[str] = []
+    if image.is_file():
+        if labels is not None and labels.is_dir():
+            raise InputError(f"--labels {labels} is a folder but the image is a single file; give its label file.")
+        vol = read_volume(image, as_labels=False)
+        lab = read_volume(labels, as_labels=True) if labels is not None else None
+        return [Case(safe_name(split_suffix(image.name)[0]), vol, lab, str(image))], notes
+    if labels is not None and not labels.is_dir():
+        raise InputError(f"--image {image} is a folder, so --labels must be a folder too (matched by name).")
+    cases = []
+    for path in _readable_files(image):
+        if looks_like_label_name(path):
+            continue
+        vol = read_volume(path, as_labels=False)
+        if vol.has_time:
+            notes.append(f"skipped {path.name}: a time series (export single frames)")
+            continue
+        folders = [image, labels] if labels is not None else [image, image / "labels"]
+        lab_path = _labels_for(path, folders)
+        lab = read_volume(lab_path, as_labels=True) if lab_path is not None else None
+        cases.append(Case(safe_name(split_suffix(path.name)[0]), vol, lab, str(path)))
+    if not cases:
+        raise InputError(f"{image}: no 2D/3D images found (label maps and time series are not inputs).")
+    return cases, notes

@@ -1,0 +1,139 @@
+"""DRDM forward process: recipe constants, measured statistics, units, seeds, 3D, the 2S crop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_deformdiff.core import spatial
+from napari_deformdiff.core.drdm import forward
+from napari_deformdiff.core.drdm.forward import (
+    CONTROL_GRID, MAX_LEVEL, control_field, n_ddf, n_dvf, sample_forward, to_image_field,
+)
+from napari_deformdiff.core.errors import InputError
+
+
+def rms(ddf: torch.Tensor) -> float:
+    return float(ddf.pow(2).sum(1).mean().sqrt())
+
+
+def test_composition_counts_follow_the_formulas():
+    # N_ddf = clamp(floor(2 t^1.3 / 3), 1, 200): 48^1.3 = 153.3, 80^1.3 = 297.7
+    assert [n_ddf(t) for t in (0, 1, 2, 48, 80)] == [1, 1, 1, 102, 198]
+    assert n_ddf(200) == 200
+    # N_dvf = floor(t^0.6): 48^0.6 = 10.2, 80^0.6 = 13.9
+    assert [n_dvf(t) for t in (0, 1, 2, 48, 80)] == [0, 1, 1, 10, 13]
+    assert (forward.SCALES, forward.SIGMA, forward.NOISE_RATIO, CONTROL_GRID, MAX_LEVEL) == (
+        (64, 32, 16, 8), 4e-5, 0.08, 64, 80)
+
+
+def test_displacement_grows_with_level_and_stays_fold_free_at_small_size():
+    fields = [sample_forward((64, 64), level, seed=5, batch=4).ddf for level in (10, 30, 50, 64)]
+    rmss = [rms(f) for f in fields]
+    maxs = [float(spatial.vector_norm(f).max()) for f in fields]
+    assert all(b > 1.3 * a for a, b in zip(rmss, rmss[1:])), rmss
+    assert all(b > a for a, b in zip(maxs, maxs[1:])), maxs
+    # at S = 64 the authors' factor S/64 is 1: the composed field is diffeomorphic
+    assert float(spatial.folding_ratio(fields[-1]).max()) < 0.01
+    assert float(spatial.jacobian_determinant(fields[0]).min()) > 0.5
+
+
+def test_level_48_at_256_matches_the_measured_figures():
+    # methods.md (authors' code, level 48, S = 256): max 24-27 %, mean 10-12 % of the image size,
+    # folding 11-13 % of pixels; over 12 seeds our medians must sit in a band around those.
+    ddf = sample_forward((256, 256), 48, seed=11, batch=12).ddf
+    stats = spatial.displacement_stats(ddf)
+    mean_pct = np.median([s["mean_pct"] for s in stats])
+    max_pct = np.median([s["max_pct"] for s in stats])
+    fold = float(spatial.folding_ratio(ddf).median())
+    assert 9.0 < mean_pct < 13.0, mean_pct
+    assert 22.0 < max_pct < 32.0, max_pct
+    assert 0.08 < fold < 0.20, fold
+
+
+def test_units_scale_with_the_square_of_the_image_size():
+    # one control-grid voxel g becomes g * S^2 / 64^2 image voxels: doubling S gives 4x the voxels
+    small = sample_forward((128, 128), 40, seed=2, batch=4).ddf
+    big = sample_forward((256, 256), 40, seed=2, batch=4).ddf
+    ratio = float(spatial.vector_norm(big).mean() / spatial.vector_norm(small).mean())
+    assert 3.8 < ratio < 4.2, ratio
+    # and at S = 64 the image field is the central half of the control field, unscaled: image
+    # voxel 32 is voxel 64 of the 2S = 128 upsampling, control position (64.5) * 64/128 - 0.5 = 31.75
+    gen = torch.Generator().manual_seed(9)
+    ctrl, _ = control_field(1, 2, 20, gen)
+    img = to_image_field(ctrl, (64, 64))
+    w = torch.tensor([0.25, 0.75])
+    expected = (ctrl[0, :, 31:33, 31:33] * w[:, None] * w[None, :]).sum(dim=(1, 2))
+    assert torch.allclose(img[0, :, 32, 32], expected, atol=1e-6)
+
+
+def test_field_is_the_central_crop_of_a_2s_upsampling():
+    gen = torch.Generator().manual_seed(3)
+    ctrl, _ = control_field(2, 2, 30, gen)
+    shape = (40, 56)
+    big = F.interpolate(ctrl, size=(80, 112), mode="bilinear", align_corners=False)
+    expected = big[:, :, 20:60, 28:84] * torch.tensor([40 * 40, 56 * 56]).view(1, 2, 1, 1) / 64**2
+    assert torch.allclose(to_image_field(ctrl, shape), expected, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_statistics_are_stationary_towards_the_border():
+    # made on a 2S field of view, the border of the image is no different from its centre
+    ddf = sample_forward((64, 64), 50, seed=4, batch=24).ddf
+    mag = spatial.vector_norm(ddf)
+    border = torch.cat([mag[:, :6].flatten(), mag[:, -6:].flatten(), mag[:, :, :6].flatten(),
+                        mag[:, :, -6:].flatten()]).mean()
+    centre = mag[:, 20:44, 20:44].mean()
+    assert 0.8 < float(border / centre) < 1.25
+
+
+def test_seeds_reproduce_and_batch_members_differ():
+    a = sample_forward((32, 48), 20, seed=7, batch=3)
+    b = sample_forward((32, 48), 20, seed=7, batch=3)
+    c = sample_forward((32, 48), 20, seed=8, batch=3)
+    assert torch.equal(a.ddf, b.ddf)
+    assert not torch.allclose(a.ddf, c.ddf)
+    assert not torch.allclose(a.ddf[0], a.ddf[1])
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert torch.equal(sample_forward((32, 32), 10, generator=g1).ddf,
+                       sample_forward((32, 32), 10, generator=g2).ddf)
+    # the generator advances: a second draw differs from the first
+    assert not torch.equal(sample_forward((32, 32), 10, generator=g1).ddf,
+                           sample_forward((32, 32), 10, generator=torch.Generator().manual_seed(1)).ddf)
+
+
+def test_one_step_dvf():
+    s = sample_forward((64, 64), 48, seed=1, batch=2, with_dvf=True)
+    assert s.dvf.shape == s.ddf.shape
+    ratio = rms(s.dvf) / rms(s.ddf)  # 10 compositions of v against 102 of v0
+    assert 0.05 < ratio < 0.2, ratio
+    assert float(sample_forward((64, 64), 0, seed=1, with_dvf=True).dvf.abs().max()) == 0.0
+    assert sample_forward((64, 64), 3, seed=1).dvf is None
+
+
+def test_3d_fields():
+    s = sample_forward((16, 24, 20), 16, seed=0, batch=2)
+    assert s.ddf.shape == (2, 3, 16, 24, 20)
+    per_axis = s.ddf.pow(2).mean(dim=(0, 2, 3, 4)).sqrt()
+    assert float(per_axis.min()) > 0.3 * float(per_axis.max()) > 0
+    assert float(spatial.folding_ratio(s.ddf).max()) < 0.01
+
+
+@pytest.mark.parametrize("bad", [-1, 81, 2.5, True])
+def test_bad_levels_are_refused(bad):
+    with pytest.raises(InputError, match="level"):
+        sample_forward((32, 32), bad)
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(InputError, match="2D or 3D"):
+        sample_forward((32,), 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_same_field_on_the_gpu():
+    cpu = sample_forward((64, 64), 40, seed=3).ddf
+    gpu = sample_forward((64, 64), 40, seed=3, device="cuda").ddf
+    assert gpu.device.type == "cuda"
+    assert torch.allclose(cpu, gpu.cpu(), atol=1e-3 * float(cpu.abs().max()))

@@ -1,0 +1,168 @@
+"""Weights registry: download into the cache with a sha256 check, cache hits, clear offline errors.
+
+A local http.server stands in for GitHub; nothing here needs the internet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import shutil
+import socket
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from napari_deformdiff.cli import main
+from napari_deformdiff.core import weights_registry as wr
+from napari_deformdiff.core.errors import InputError
+
+OFFICIAL = Path("/work/shared/weights/drdm_cmr2d_official.pth")
+PAYLOAD = bytes(range(256)) * 40 + b"weights"
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        type(self).hits.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "w.bin").write_bytes(PAYLOAD)
+    _QuietHandler.hits = []
+    httpd = _Server(("127.0.0.1", 0), partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", _QuietHandler.hits
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(wr.CACHE_ENV, str(folder))
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    return folder
+
+
+def _register(monkeypatch, url: str, sha: str | None = None) -> wr.WeightsEntry:
+    e = wr.WeightsEntry(name="test-w", url=url, sha256=sha or hashlib.sha256(PAYLOAD).hexdigest(),
+                        filename="test_w.bin", size=len(PAYLOAD), licence="CC0-test",
+                        citation="A. Author, Test weights, 2026.", description="a test file")
+    monkeypatch.setitem(wr.REGISTRY, e.name, e)
+    return e
+
+
+def test_download_then_cache_hit(server, cache, monkeypatch):
+    base, hits = server
+    _register(monkeypatch, f"{base}/w.bin")
+    reports = []
+    path = wr.fetch("test-w", report=reports.append)
+    assert path == cache / "test_w.bin"
+    assert path.read_bytes() == PAYLOAD
+    assert len(hits) == 1
+    assert "CC0-test" in reports[0] and "A. Author, Test weights" in reports[0]
+    assert sorted(p.name for p in cache.iterdir()) == ["test_w.bin"]  # no temporary left
+    assert wr.is_cached("test-w")
+
+    reports.clear()
+    assert wr.fetch("test-w", report=reports.append) == path
+    assert len(hits) == 1 and reports == []  # second call: from the cache, no request, no notice
+
+
+def test_sha_mismatch_keeps_nothing(server, cache, monkeypatch):
+    base, hits = server
+    _register(monkeypatch, f"{base}/w.bin", sha="0" * 64)
+    with pytest.raises(InputError, match="expected 0000") as info:
+        wr.fetch("test-w")
+    assert "test_w.bin" in str(info.value) and str(cache) in str(info.value)
+    assert len(hits) == 1
+    assert list(cache.iterdir()) == []
+
+
+def test_corrupt_cached_file_is_replaced(server, cache, monkeypatch):
+    base, hits = server
+    _register(monkeypatch, f"{base}/w.bin")
+    cache.mkdir()
+    (cache / "test_w.bin").write_bytes(b"truncated")
+    assert not wr.is_cached("test-w")
+    assert wr.fetch("test-w").read_bytes() == PAYLOAD
+    assert len(hits) == 1
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_offline_error_says_what_to_do(cache, monkeypatch):
+    e = _register(monkeypatch, f"http://127.0.0.1:{_closed_port()}/w.bin")
+    with pytest.raises(InputError) as info:
+        wr.fetch("test-w", timeout=5)
+    msg = str(info.value)
+    assert "could not download" in msg and e.url in msg
+    assert e.filename in msg and e.sha256 in msg and str(cache) in msg
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+    # the hint works: a hand-copied file is used without any network
+    cache.mkdir(exist_ok=True)
+    (cache / e.filename).write_bytes(PAYLOAD)
+    assert wr.fetch("test-w", timeout=5) == cache / e.filename
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(InputError, match="drdm-cmr-2d"):
+        wr.fetch("no-such-weights")
+
+
+def test_cache_dir_defaults_to_the_user_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv(wr.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert wr.cache_dir().name == "napari-deformdiff"
+    monkeypatch.setenv(wr.CACHE_ENV, str(tmp_path / "mine"))
+    assert wr.cache_dir() == tmp_path / "mine"
+
+
+@pytest.mark.skipif(not OFFICIAL.is_file(), reason="the authors' weights are not in /work/shared/weights")
+def test_preseeded_official_file_needs_no_network(cache, monkeypatch):
+    e = wr.REGISTRY["drdm-cmr-2d"]
+    assert OFFICIAL.stat().st_size == e.size
+    cache.mkdir()
+    shutil.copyfile(OFFICIAL, cache / e.filename)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("fetch tried the network although the cache holds the file")
+
+    monkeypatch.setattr(wr.urllib.request, "urlopen", no_network)
+    assert wr.fetch("drdm-cmr-2d") == cache / e.filename
+    assert wr.sha256_of(cache / e.filename) == e.sha256
+
+
+def test_cli_lists_and_fetches(server, cache, monkeypatch, capsys):
+    base, _ = server
+    _register(monkeypatch, f"{base}/w.bin")
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "drdm-cmr-2d" in out and "Apache-2.0" in out and "test-w" in out and "not cached" in out
+    assert main(["weights", "fetch", "test-w"]) == 0
+    out = capsys.readouterr().out
+    assert str(cache / "test_w.bin") in out and "CC0-test" in out
+    assert main(["weights", "fetch", "nope"]) == 2
+    assert "no weights named 'nope'" in capsys.readouterr().err
