@@ -13,11 +13,11 @@ Usage: .venv/bin/python benchmarks/bench_ddm.py [--frames 16] [--device cpu] [--
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import platform
 import resource
 import time
 
+from _spawn import measure
 from _table import print_table  # benchmarks/ is on sys.path when a script here runs
 
 
@@ -96,16 +96,6 @@ def run_plain(frames, device, weights, queue):
         torch.cuda.reset_peak_memory_stats()
     first, total, _ = loop(frames)
     queue.put((first, total, *_peak_mb(device)))
-
-
-def measure(target, frames, device, weights):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    p = ctx.Process(target=target, args=(frames, device, weights, queue))
-    p.start()
-    result = queue.get()
-    p.join()
-    return result
 
 
 def main():

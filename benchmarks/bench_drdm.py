@@ -20,12 +20,12 @@ Run it on a quiet machine (`uptime` load below 1.5); the script prints the load 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import platform
 import resource
 import time
 
+from _spawn import measure
 from _table import print_table  # benchmarks/ is on sys.path when a script here runs
 
 LEVEL_2D = 48
@@ -128,16 +128,6 @@ def run_plain(case, weights, grid_3d, level_3d, threads, queue):
     first, total, steps, cpu = loop_once(level, 0)
     queue.put((first, total, steps, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, note,
                tuple(meta.grid), cpu))
-
-
-def measure(target, *args):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    p = ctx.Process(target=target, args=(*args, queue))
-    p.start()
-    result = queue.get()
-    p.join()
-    return result
 
 
 def _load() -> str:

@@ -32,6 +32,7 @@ def test_wheel_in_a_clean_venv_lists_the_plugin_and_its_contributions(tmp_path):
     for ndims in (2, 3):  # the bundled weights travel with the package
         assert f"napari_deformdiff/weights/ddm_phantom_{ndims}d.safetensors" in names
         assert f"napari_deformdiff/weights/drdm_phantom_{ndims}d.safetensors" in names
+        assert f"napari_deformdiff/weights/modiff_phantom_{ndims}d.safetensors" in names
     assert not any(n.startswith("tests/") for n in names)
 
     env_dir = tmp_path / "clean"
@@ -61,5 +62,5 @@ def test_wheel_in_a_clean_venv_lists_the_plugin_and_its_contributions(tmp_path):
     assert str(env_dir) in weights["weights"] and int(weights["step"]) > 0
     assert str(env_dir) in info["file"]  # the wheel's copy, not the source tree
     assert info["widgets"] == ["Phantom generator", "Open volume", "Inspect deformation", "Generate cycle (DDM)",
-                               "Augment (DRDM)", "Export"]
+                               "Augment (DRDM)", "Forecast (Mo-Diff)", "Export"]
     assert info["samples"] == ["cardiac", "cardiac_2d", "lung"]

@@ -31,7 +31,8 @@ def test_manifest_is_valid_registered_and_shipped_in_the_package():
     c = registered.contributions
     assert {s.key for s in c.sample_data} == {"cardiac", "cardiac_2d", "lung"}
     assert {w.display_name for w in c.widgets} == {"Phantom generator", "Open volume", "Inspect deformation",
-                                                   "Generate cycle (DDM)", "Export", "Augment (DRDM)"}
+                                                   "Generate cycle (DDM)", "Export", "Augment (DRDM)",
+                                                   "Forecast (Mo-Diff)"}
     assert c.configurations["compute"].properties["device"].default == "auto"
     assert manifest.name == registered.name
 
@@ -46,7 +47,7 @@ def test_napari_modules_do_not_import_torch():
         "napari_deformdiff._sample_data, napari_deformdiff._qt.phantom_widget, "
         "napari_deformdiff._qt.inspect_widget, napari_deformdiff._qt.export_widget, "
         "napari_deformdiff._qt.open_widget, napari_deformdiff._qt.ddm_widget, "
-        "napari_deformdiff._qt.drdm_widget; print('torch' in sys.modules)"
+        "napari_deformdiff._qt.drdm_widget, napari_deformdiff._qt.modiff_widget; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
     assert out.stdout.strip() == "False"

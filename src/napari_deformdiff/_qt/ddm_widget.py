@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, SpinBox
 
-from .layer_inputs import frame_volume, pick
+from .layer_inputs import chosen_file, follow_layer_list, frame_volume, pick
 from .streaming import GrowingSequence, StreamingWidget, start_stream
 
 if TYPE_CHECKING:
@@ -35,12 +34,7 @@ class DDMWidget(StreamingWidget, Container):
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
         self.extend([self.source, self.target, self.labels, self.frames, self.loop, self.adapt, self.weights,
                      self.device, *self._stream_controls("Run")])
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(lambda _e: self.reset_choices())
-
-    def _weights(self):
-        value = self.weights.value
-        return None if value is None or str(value) in ("", ".") else Path(value)
+        follow_layer_list(self, viewer)
 
     def start(self):
         from napari.utils.notifications import show_error
@@ -61,7 +55,7 @@ class DDMWidget(StreamingWidget, Container):
             check_pair(source, target, labels)
             frames, loop, adapt = self.frames.value, self.loop.value, self.adapt.value
             gamma_schedule(frames, loop)
-            weights = self._weights()
+            weights = chosen_file(self.weights)
             if weights is not None and not weights.is_file():
                 raise InputError(f"DDM: weights file {weights} does not exist.")
             device = gui_device_name(None if self.device.value == "auto" else self.device.value)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox
 
-from .layer_inputs import frame_volume, pick
+from .layer_inputs import chosen_file, follow_layer_list, frame_volume, pick
 from .streaming import GrowingSequence, StreamingWidget, start_stream
 
 if TYPE_CHECKING:
@@ -63,8 +63,7 @@ class DRDMWidget(StreamingWidget, Container):
         self.preview_labels = None
         self.exported = 0
         self._export_total = 0
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(lambda _e: self.reset_choices())
+        follow_layer_list(self, viewer)
 
     # ------------------------------------------------------------------ inputs
 
@@ -76,10 +75,9 @@ class DRDMWidget(StreamingWidget, Container):
             return None
         if choice != WEIGHTS_FILE:
             return choice
-        value = self.weights_file.value
-        if value is None or str(value) in ("", "."):
+        path = chosen_file(self.weights_file)
+        if path is None:
             raise InputError("DRDM: choose a weights file, or the bundled default.")
-        path = Path(value)
         if not path.is_file():
             raise InputError(f"DRDM: weights file {path} does not exist.")
         return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .._layers import layer_attributes, layer_to_volume
@@ -31,3 +33,15 @@ def pick(layers, kind, hint: str = ""):
     if hint:
         found.sort(key=lambda item: hint.lower() not in item[0].lower())
     return found
+
+
+def chosen_file(file_edit) -> Path | None:
+    """The path of a magicgui FileEdit, or None when it is empty."""
+    value = file_edit.value
+    return None if value is None or str(value) in ("", ".") else Path(value)
+
+
+def follow_layer_list(widget, viewer) -> None:
+    """Refresh the widget's layer choices whenever a layer is added or removed."""
+    for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+        event.connect(lambda _e: widget.reset_choices())

@@ -37,3 +37,17 @@ class Frame:
     field: np.ndarray | None = None
     labels: np.ndarray | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class SequencePreview:
+    """The current estimate of a whole sequence while a generator refines it (step `index` of
+    `total`): `images` (N, [Z,] Y, X) float32 at the input's grid; `differential` (optional,
+    same shape) the temporal differential fields I_k - I_{k-1} behind it; `stage` names the
+    part of the model that produced it. Final frames follow as Frame events."""
+
+    index: int
+    total: int
+    images: np.ndarray
+    differential: np.ndarray | None = None
+    stage: str = ""

@@ -57,6 +57,10 @@ class GridMap:
         """(B, C, *input_shape) -> (B, C, *model_shape), linear; outside the input -> 0."""
         return self._resample(image, self.input_shape, self.model_shape, self.ratio, "bilinear")
 
+    def model_to_input(self, values: torch.Tensor) -> torch.Tensor:
+        """A model-grid scalar map (B, C, *model_shape) -> (B, C, *input_shape), linear; outside -> 0."""
+        return self._resample(values, self.model_shape, self.input_shape, 1.0 / self.ratio, "bilinear")
+
     def field_to_input(self, ddf: torch.Tensor) -> torch.Tensor:
         """A model-grid field (B, n, *model_shape) in model voxels -> (B, n, *input_shape) in input voxels."""
         out = self._resample(ddf, self.model_shape, self.input_shape, 1.0 / self.ratio, "bilinear")

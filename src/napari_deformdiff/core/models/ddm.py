@@ -7,8 +7,6 @@ strict key matching. Images entering the networks are in [-1, 1].
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +15,7 @@ from torch import nn
 
 from .. import spatial
 from ..losses import local_ncc, smoothness
+from .config_json import JsonConfig
 from .ddm_field import FieldUNet
 from .ddm_unet import DiffusionUNet
 
@@ -29,7 +28,9 @@ SCHEDULE_BUFFERS = (
 
 
 @dataclass(frozen=True)
-class DDMConfig:
+class DDMConfig(JsonConfig):
+    label = "DDM"
+
     """Architecture, schedule, losses and the model grid (array order, mm) of a DDM model."""
 
     ndims: int = 3
@@ -56,18 +57,6 @@ class DDMConfig:
         if ndims == 2:
             return cls(ndims=2, grid=(128, 128), spacing=(1.5, 1.5))
         raise ValueError(f"ndims must be 2 or 3, got {ndims!r}")
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> DDMConfig:
-        raw = json.loads(text)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - names
-        if unknown:
-            raise ValueError(f"unknown DDM configuration keys: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
     def multiple(self) -> int:
         return 16

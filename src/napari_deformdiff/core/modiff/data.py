@@ -1,0 +1,114 @@
+"""Mo-Diff training and evaluation sequences: ED -> ES (or the whole cycle) of ACDC-layout folders,
+brought onto the model grid with the first frame's intensity scaling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..io.acdc import is_acdc_folder, read_acdc_patient
+from ..io.volume import Volume
+from ..model_grid import GridMap, unit_range
+from ..models.modiff import ModiffConfig
+
+SPANS = ("es", "cycle")
+
+
+@dataclass
+class MotionSequence:
+    name: str
+    frames: Volume  # (N, *S): first frame .. last frame
+    labels: Volume | None = None  # labels of every frame, when known
+
+
+def _patient_folders(folder: Path) -> list[Path]:
+    if is_acdc_folder(folder):
+        return [folder]
+    return [sub for sub in sorted(folder.iterdir()) if sub.is_dir() and is_acdc_folder(sub)]
+
+
+def find_sequences(folders: Sequence[str | Path], span: str = "es") -> list[MotionSequence]:
+    """One sequence per ACDC patient folder found in `folders` (each a patient or a folder of them).
+
+    span "es": frames ED .. ES (cardiac) / end-inspiration .. end-expiration (the phantom's lung);
+    "cycle": every frame of the cine, starting at ED.
+    """
+    if span not in SPANS:
+        raise InputError(f"span must be one of {', '.join(SPANS)}, not {span!r}.")
+    out = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise InputError(f"{folder} is not a folder.")
+        for sub in _patient_folders(folder):
+            p = read_acdc_patient(sub)
+            if p.cine is None:
+                raise InputError(f"{sub.name}: no 4D cine (<patient>_4d.nii.gz); Mo-Diff learns from whole sequences.")
+            ed, es = int(p.info["ED"]) - 1, int(p.info["ES"]) - 1
+            n = p.cine.data.shape[0]
+            idx = np.arange(ed, es + 1) if span == "es" and es > ed else (np.arange(n) + ed) % n
+            frames = Volume(p.cine.data[idx], p.cine.geometry, False, f"{p.patient}", p.cine.time_spacing)
+            labels = None
+            gt = sub / f"{p.patient}_4d_gt.nii.gz"
+            if gt.is_file():
+                from ..io import read_volume
+
+                lab = read_volume(gt, as_labels=True)
+                labels = Volume(lab.data[idx], lab.geometry, True, f"{p.patient} labels")
+            out.append(MotionSequence(f"{folder.name}/{p.patient}", frames, labels))
+    if not out:
+        raise InputError(f"no ACDC patient folders (with Info.cfg and a 4D cine) in {', '.join(map(str, folders))}.")
+    ndims = {s.frames.geometry.ndim for s in out}
+    if len(ndims) > 1:
+        raise InputError("the sequences mix 2D and 3D images; train one model per dimensionality.")
+    return out
+
+
+def grid_map(volume: Volume, config: ModiffConfig) -> GridMap:
+    return GridMap(volume.spatial_shape, volume.geometry.spacing, config.grid, config.spacing)
+
+
+def scaling(first: np.ndarray) -> tuple[float, float]:
+    _, lo, hi = unit_range(first)
+    return lo, hi
+
+
+def sequence_to_model(frames: np.ndarray, grid: GridMap, lo: float, hi: float,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, *input) frames -> (N, *model grid) in [-1, 1] by the given (first frame's) min-max."""
+    t = torch.from_numpy((np.asarray(frames, np.float32) - lo) / (hi - lo))[:, None].to(device)
+    return (grid.image_to_model(t) * 2.0 - 1.0)[:, 0]
+
+
+def model_sequences(sequences: Sequence[MotionSequence], config: ModiffConfig) -> list[torch.Tensor]:
+    out = []
+    for s in sequences:
+        if s.frames.geometry.ndim != config.ndims:
+            raise InputError(f"{s.name}: a {s.frames.geometry.ndim}D sequence cannot train a {config.ndims}D model.")
+        if s.frames.data.shape[0] < config.min_frames:
+            raise InputError(f"{s.name} has {s.frames.data.shape[0]} frames, fewer than the model's "
+                             f"minimum {config.min_frames}.")
+        lo, hi = scaling(s.frames.data[0])
+        out.append(sequence_to_model(s.frames.data, grid_map(s.frames, config), lo, hi))
+    return out
+
+
+def resample_indices(length: int, frames: int) -> np.ndarray:
+    """`frames` indices 0 .. length-1 evenly spread (real frames, first and last kept)."""
+    return np.round(np.linspace(0, length - 1, frames)).astype(int)
+
+
+def draw_clip(seq: torch.Tensor, frames: int, g: torch.Generator) -> torch.Tensor:
+    """The sequence resampled to `frames` frames, with random in-plane flips / transpose."""
+    clip = seq[torch.from_numpy(resample_indices(seq.shape[0], frames))]
+    y, x = clip.ndim - 2, clip.ndim - 1
+    for axis in (y, x):
+        if torch.rand((), generator=g) < 0.5:
+            clip = clip.flip(axis)
+    if clip.shape[y] == clip.shape[x] and torch.rand((), generator=g) < 0.5:
+        clip = clip.transpose(y, x)
+    return clip.contiguous()

@@ -1,0 +1,165 @@
+"""Mo-Diff forecasting, streamed: first frame + frame count -> N frames (events.SequencePreview
+while sampling, then events.Frame for every frame).
+
+Stage 1 samples the differential fields, stage 2 the latent video conditioned on them. Frames
+come back at the input's grid and intensities as first frame + (decoded frame k - decoded
+frame 0): what the model leaves unchanged keeps the first frame's full resolution, and frame 0
+is the given frame itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..events import Frame, Progress, SequencePreview
+from ..io.volume import Volume
+from ..models.modiff import MoDiff, downsample
+from .data import grid_map, scaling, sequence_to_model
+from .sampling import SAMPLERS, sample, timestep_plan
+from .weights import load_modiff
+
+
+def check_request(first: Volume, frames: int, model: MoDiff | None, steps: int, sampler: str) -> None:
+    if first.is_labels:
+        raise InputError("the first frame is a label map; give an intensity image.")
+    if first.has_time:
+        raise InputError(f"the first frame has {first.data.shape[0]} time points; give a single 2D or 3D frame "
+                         "(pick one with the time slider or `deformdiff convert`).")
+    if model is not None:
+        c = model.config
+        if first.geometry.ndim != c.ndims:
+            raise InputError(f"the first frame is {first.geometry.ndim}D but the Mo-Diff model is {c.ndims}D; "
+                             f"pick {first.geometry.ndim}D weights (or the default).")
+        if not c.min_frames <= frames <= c.max_frames:
+            raise InputError(f"frame count {frames} is outside the range this model was trained for "
+                             f"({c.min_frames}-{c.max_frames} frames, first frame included).")
+    if sampler not in SAMPLERS:
+        raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}.")
+    if model is not None:
+        timestep_plan(model.config.timesteps, steps)
+
+
+def refresh_steps(steps: int, refreshes: int) -> set[int]:
+    """Which of `steps` sampling steps show a preview: about `refreshes`, always the last."""
+    count = max(1, min(refreshes, steps))
+    if count == steps:
+        return set(range(steps))
+    return {int(round(x)) for x in np.linspace(steps - 1, 0, count, endpoint=False)[::-1]} | {steps - 1}
+
+
+def generate_modiff(
+    first: Volume,
+    *,
+    frames: int,
+    steps: int = 25,
+    sampler: str = "ddim",
+    seed: int = 0,
+    weights: str | Path | None = None,
+    model: MoDiff | None = None,
+    device: str = "cpu",
+    refreshes: int = 8,
+    preview_budget: float | None = 0.5,
+) -> Iterator[Progress | SequencePreview | Frame]:
+    """Forecast `frames` frames (the first is `first`) from one image; seeded.
+
+    `steps` sampler steps per stage; `sampler` "ddim" (deterministic) or "ancestral";
+    up to `refreshes` SequencePreview events over the run (a few in stage 1, the rest in stage 2).
+    Stage-2 previews decode every frame, so after the first one a preview is skipped while the
+    time spent decoding previews exceeds `preview_budget` times the time spent sampling (None:
+    never skip). Previews never change the forecast.
+    """
+    check_request(first, frames, model, steps, sampler)
+    yield Progress(0, 2 * steps, "loading weights")
+    if model is None:
+        model, _ = load_modiff(weights, ndims=first.geometry.ndim, device=device)
+        check_request(first, frames, model, steps, sampler)
+    device = model.weight_device()
+    c = model.config
+    grid = grid_map(first, c)
+    lo, hi = scaling(first.data)
+    x1 = sequence_to_model(first.data[None], grid, lo, hi, device)[None]  # (1, 1, *grid)
+    first_in = torch.from_numpy(np.ascontiguousarray(first.data, np.float32)).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    counts = torch.tensor([frames], device=device)
+    scale = (hi - lo) / 2.0
+
+    def to_input(model_frames: torch.Tensor) -> np.ndarray:
+        """(N, *grid) model-grid frames -> (N, *input) frames: first + change since frame 0."""
+        delta = grid.model_to_input((model_frames - model_frames[:1])[:, None])[:, 0] * scale
+        out = first_in[None] + delta
+        out[0] = first_in
+        return out.cpu().numpy()
+
+    def differential_to_input(fields: torch.Tensor) -> np.ndarray:
+        up = torch.nn.functional.interpolate(fields, size=tuple(c.grid), mode="bilinear" if c.ndims == 2 else "trilinear",
+                                             align_corners=False) / c.field_scale
+        return (grid.model_to_input(up[0][:, None])[:, 0] * scale).cpu().numpy()
+
+    def check(t: torch.Tensor, what: str) -> None:
+        if not torch.isfinite(t).all():
+            raise InputError(f"the model produced NaN or infinite values in the {what}; check the weights.")
+
+    stage1_show = refresh_steps(steps, max(1, refreshes // 4))
+    stage2_show = refresh_steps(steps, max(1, refreshes - len(stage1_show)))
+    with torch.inference_mode():
+        first_f = downsample(x1, c.field_factor)
+        shape1 = (1, c.max_frames, *c.field_grid)
+        fields = None
+        # Frames beyond N are zero padding in training, so the sampler sees them as noised zeros.
+        pad_noise = torch.randn(shape1, generator=generator).to(device)[:, frames:]
+
+        def padded_as_in_training(x: torch.Tensor, abar: float) -> torch.Tensor:
+            x = x.clone()
+            x[:, frames:] = (1.0 - abar) ** 0.5 * pad_noise
+            return x
+
+        for i, n, x, x0 in sample(lambda x, t: model.tddm(x, t, first_f, counts), shape1, model.alphas_cumprod,
+                                  steps=steps, sampler=sampler, generator=generator, device=device,
+                                  constrain=padded_as_in_training):
+            check(x, "differential fields")
+            yield Progress(i + 1, 2 * steps, f"stage 1 (differential fields) {i + 1}/{n}")
+            if i in stage1_show:
+                est = (x if i == n - 1 else x0)[:, :frames].clone()
+                est[:, 0] = 0
+                coarse = downsample(x1, c.field_factor) + est.cumsum(1) / c.field_scale
+                up = torch.nn.functional.interpolate(coarse, size=tuple(c.grid), mode="bilinear" if c.ndims == 2
+                                                     else "trilinear", align_corners=False)
+                yield SequencePreview(i, 2 * steps, to_input(up[0]), differential_to_input(est), "stage 1")
+            fields = x
+        fields = fields[:, :frames].clone()
+        fields[:, 0] = 0
+        z1 = model.encode(x1)
+        cond = model.latent_fields(fields)
+        shape2 = (1, c.latent_channels, frames, *c.latent_grid)
+
+        def denoise(z, t):
+            return model.video(z, t, z1, cond)
+
+        latents = None
+        started, decoding, shown = time.perf_counter(), 0.0, 0
+        for i, n, z, z0 in sample(denoise, shape2, model.alphas_cumprod, steps=steps, sampler=sampler,
+                                  generator=generator, device=device):
+            check(z, "latent video")
+            yield Progress(steps + i + 1, 2 * steps, f"stage 2 (latent video) {i + 1}/{n}")
+            latents = z
+            sampling = time.perf_counter() - started - decoding
+            if i in stage2_show and i < n - 1 and (
+                    preview_budget is None or shown == 0 or decoding <= preview_budget * sampling):
+                t0 = time.perf_counter()
+                images = to_input(model.decode_video(z0)[0])
+                decoding += time.perf_counter() - t0
+                shown += 1
+                yield SequencePreview(steps + i, 2 * steps, images, None, "stage 2")
+        decoded = model.decode_video(latents)[0]
+        check(decoded, "decoded frames")
+        out = to_input(decoded)
+        info = {"method": "modiff", "steps": steps, "sampler": sampler, "seed": seed,
+                "ablation": c.ablation()}
+        for k in range(frames):
+            yield Frame(k, frames, out[k], info=dict(info))

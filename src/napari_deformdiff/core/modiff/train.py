@@ -1,0 +1,217 @@
+"""Training Mo-Diff stage by stage (VAE, then stage 1, then stage 2), as a generator of progress.
+
+AdamW with a linear warm-up and a cosine decay per stage (as the paper). Every step draws its
+clips, frame count, crops, timesteps and noise from a generator seeded with (seed, stage, step),
+so a run is reproducible and a resumed run continues the same sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..events import Progress
+from ..models.modiff import STAGES, MoDiff, ModiffConfig, downsample
+from ..optim_step import descend
+from .data import MotionSequence, draw_clip, model_sequences
+from .weights import load_modiff, save_modiff, stage_steps
+
+DEFAULT_STEPS = {"vae": 800, "tddm": 1500, "video": 1500}
+DEFAULT_BATCH = {"vae": 8, "tddm": 4, "video": 2}
+DEFAULT_LR = {"vae": 5e-4, "tddm": 2e-4, "video": 2e-4}
+
+
+def lr_factor(step: int, steps: int) -> float:
+    warm = max(1, min(200, steps // 10))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, steps - warm)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _crop(x: torch.Tensor, size: Sequence[int], g: torch.Generator) -> torch.Tensor:
+    index = []
+    for n, c in zip(x.shape[-len(size):], size):
+        start = int(torch.randint(0, n - c + 1, (), generator=g))
+        index.append(slice(start, start + c))
+    return x[(..., *index)]
+
+
+def _frame_count(lengths: Sequence[int], config: ModiffConfig, g: torch.Generator) -> int:
+    hi = min(config.max_frames, *lengths)
+    return int(torch.randint(config.min_frames, hi + 1, (), generator=g))
+
+
+def measure_scales(model: MoDiff, data: list[torch.Tensor], which: str) -> float:
+    """1 / std of the scaled differential fields (k >= 1) or of the VAE latents over the data."""
+    with torch.no_grad():
+        if which == "field":
+            values = [model.fields_of(seq[None])[0, 1:] / model.config.field_scale for seq in data]
+        else:
+            values = [model.encode(seq[::2, None]) / model.config.latent_scale for seq in data]
+    std = float(torch.cat([v.flatten() for v in values]).std())
+    return 1.0 / max(std, 1e-6)
+
+
+def train_modiff(
+    sequences: Sequence[MotionSequence],
+    out: str | Path,
+    *,
+    steps: dict[str, int] | None = None,
+    stages: Sequence[str] = STAGES,
+    config: ModiffConfig | None = None,
+    resume: str | Path | None = None,
+    init: str | Path | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    lr: dict[str, float] | None = None,
+    batch: dict[str, int] | None = None,
+    save_every: int = 100,
+    overwrite: bool = False,
+) -> Iterator[Progress]:
+    """Train the `stages` of a Mo-Diff for `steps[stage]` steps each, saving `out` as it goes.
+
+    resume: continue a checkpoint (weights, stage steps, optimizer state of the stage in progress).
+    init: start from another checkpoint's parts where they fit this configuration (e.g. an
+    ablation that retrains only stage 1 reuses the full model's VAE and stage 2).
+    """
+    out = Path(out)
+    steps = {**DEFAULT_STEPS, **(steps or {})}
+    lr = {**DEFAULT_LR, **(lr or {})}
+    batch = {**DEFAULT_BATCH, **(batch or {})}
+    stages = [s for s in STAGES if s in stages]
+    if not stages:
+        raise InputError(f"choose stages among {', '.join(STAGES)}.")
+    if any(steps[s] < 0 for s in stages) or any(batch[s] < 1 for s in stages):
+        raise InputError("steps must be >= 0 and batch sizes >= 1.")
+    if not sequences:
+        raise InputError("no training sequences.")
+    if out.exists() and not overwrite and (resume is None or Path(resume).resolve() != out.resolve()):
+        raise InputError(f"{out} exists; choose a new name, resume from it, or allow overwriting.")
+    torch.manual_seed(seed)
+    done: dict[str, int] = {}
+    history: dict[str, list[float]] = {}
+    seconds: dict[str, float] = {}
+    if resume is not None:
+        model, meta = load_modiff(resume, device=device)
+        done = stage_steps(meta)
+        seconds = {k: float(v) for k, v in json.loads(meta.get("stage_seconds", "{}")).items()}
+    else:
+        ndims = sequences[0].frames.geometry.ndim
+        config = config or ModiffConfig.default(ndims)
+        model = MoDiff(config).to(device)
+        if init is not None:
+            done = _init_from(model, init, device)
+    config = model.config
+    data = [s.to(device) for s in model_sequences(sequences, config)]
+    lengths = [s.shape[0] for s in data]
+    if max(lengths) < config.min_frames:
+        raise InputError(f"the sequences are shorter than the model's minimum of {config.min_frames} frames.")
+    if "video" in stages and done.get("vae", 0) == 0 and "vae" not in stages:
+        raise InputError("stage 2 (video) needs a trained VAE: train the vae stage first or resume from a checkpoint.")
+    optim_path = out.with_name(out.name + ".optim.pt")
+    total = sum(max(0, steps[s] - done.get(s, 0)) for s in stages)
+    count = 0
+
+    def save(stage: str, optim) -> None:
+        save_modiff(model, out, overwrite=True, seed=str(seed), stage_steps=json.dumps(done),
+                    stage_seconds=json.dumps({k: round(v) for k, v in seconds.items()}),
+                    sequences=str(len(data)), frames_range=f"{config.min_frames}-{config.max_frames}",
+                    last_loss=json.dumps({k: round(float(np.mean(v[-50:])), 5) for k, v in history.items() if v}))
+        tmp = optim_path.with_name("." + optim_path.name + ".partial")
+        torch.save({"stage": stage, "state": optim.state_dict()}, tmp)
+        tmp.replace(optim_path)
+
+    for stage in stages:
+        start = done.get(stage, 0)
+        if start >= steps[stage]:
+            continue
+        part = getattr(model, stage)
+        if stage == "tddm" and start == 0:
+            config = dataclasses.replace(config, field_scale=config.field_scale * measure_scales(model, data, "field"))
+            model.config = config
+        if stage == "video" and start == 0:
+            model.vae.eval()
+            config = dataclasses.replace(config, latent_scale=config.latent_scale * measure_scales(model, data, "latent"))
+            model.config = config
+        optim = torch.optim.AdamW(part.parameters(), lr=lr[stage], weight_decay=1e-2)
+        if resume is not None and optim_path.is_file() and start > 0:
+            saved = torch.load(optim_path, map_location=device, weights_only=True)
+            if saved.get("stage") == stage:
+                optim.load_state_dict(saved["state"])
+        part.train()
+        history.setdefault(stage, [])
+        t0 = time.perf_counter() - seconds.get(stage, 0.0)
+        for step in range(start, steps[stage]):
+            g = torch.Generator().manual_seed((seed * 1_000_003 + STAGES.index(stage)) * 1_000_003 + step)
+            for group in optim.param_groups:
+                group["lr"] = lr[stage] * lr_factor(step, steps[stage])
+            loss = _stage_loss(model, stage, data, lengths, batch[stage], g)
+            value = descend(optim, loss, step)
+            history[stage].append(value)
+            done[stage] = step + 1
+            seconds[stage] = time.perf_counter() - t0
+            count += 1
+            if done[stage] % save_every == 0 or done[stage] == steps[stage]:
+                save(stage, optim)
+            yield Progress(count - 1, total, f"{stage} {step + 1}/{steps[stage]}: loss {value:.4f}")
+        part.eval()
+    if count == 0:
+        yield Progress(0, 1, "nothing to train: every stage already reached its steps")
+
+
+def _stage_loss(model: MoDiff, stage: str, data, lengths, batch: int, g: torch.Generator) -> torch.Tensor:
+    c = model.config
+    picks = [int(i) for i in torch.randint(0, len(data), (batch,), generator=g)]
+    if stage == "vae":
+        crop = tuple(max(c.latent_factor * 4, n // 2) for n in c.grid)
+        frames = []
+        for i in picks:
+            seq = data[i]
+            frame = seq[int(torch.randint(0, seq.shape[0], (), generator=g))][None]
+            frames.append(_crop(draw_clip(frame, 1, g), crop, g))
+        return model.vae_loss(torch.stack(frames), generator=g)["total"]
+    if stage == "tddm":
+        fields, firsts, counts = [], [], []
+        for i in picks:
+            n = _frame_count([lengths[i]], c, g)
+            clip = draw_clip(data[i], n, g)[None]
+            fields.append(model.pad_fields(model.fields_of(clip)))
+            firsts.append(downsample(clip[:, :1], c.field_factor))
+            counts.append(n)
+        counts = torch.tensor(counts, device=fields[0].device)
+        return model.tddm_loss(torch.cat(fields), torch.cat(firsts), counts, generator=g)["total"]
+    n = _frame_count([lengths[i] for i in picks], c, g)
+    clips = torch.stack([draw_clip(data[i], n, g) for i in picks])
+    with torch.no_grad():
+        latents = model.encode_video(clips)
+    return model.video_loss(latents, model.fields_of(clips), generator=g)["total"]
+
+
+def _init_from(model: MoDiff, init: str | Path, device) -> dict[str, int]:
+    """Copy the parts of `init` whose parameters fit `model`; the stage steps of the copied parts."""
+    source, meta = load_modiff(init, device=device)
+    if source.config.ndims != model.config.ndims or source.config.grid != model.config.grid:
+        raise InputError(f"{Path(init).name} is a model of another grid or dimensionality.")
+    copied = {}
+    src_steps = stage_steps(meta)
+    for stage in STAGES:
+        mine, theirs = getattr(model, stage).state_dict(), getattr(source, stage).state_dict()
+        if mine.keys() == theirs.keys() and all(mine[k].shape == theirs[k].shape for k in mine):
+            getattr(model, stage).load_state_dict(theirs)
+            copied[stage] = src_steps.get(stage, 0)
+    scales = {}
+    if "tddm" in copied:
+        scales["field_scale"] = source.config.field_scale
+    if "vae" in copied:
+        scales["latent_scale"] = source.config.latent_scale
+    model.config = dataclasses.replace(model.config, **scales)
+    return copied

@@ -1,0 +1,56 @@
+"""Mo-Diff weights: the bundled phantom models and our safetensors checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import bundled_path, load_strict, read_state, save_safetensors
+from ..errors import InputError
+from ..models.modiff import MoDiff, ModiffConfig
+
+MODEL_NAME = "modiff"
+BUNDLED = {2: "modiff_phantom_2d.safetensors", 3: "modiff_phantom_3d.safetensors"}
+
+
+def default_weights(ndims: int) -> Path:
+    return bundled_path(BUNDLED[ndims])
+
+
+def load_modiff(weights: str | Path | None = None, *, ndims: int | None = None,
+                device: torch.device | str = "cpu") -> tuple[MoDiff, dict[str, str]]:
+    """A MoDiff in eval mode and its checkpoint metadata; a checkpoint of another model or of
+    another dimensionality than `ndims` is refused with a clear message."""
+    if weights is None or str(weights) in ("", "default"):
+        if ndims not in BUNDLED:
+            raise InputError("say whether the image is 2D or 3D to pick the default Mo-Diff weights.")
+        path = default_weights(ndims)
+        if not path.is_file():
+            raise InputError(f"the bundled {ndims}D Mo-Diff weights ({path.name}) are missing from the package.")
+    else:
+        path = Path(weights)
+    state, meta = read_state(path)
+    if meta.get("model") != MODEL_NAME:
+        raise InputError(f"{path.name} is not a Mo-Diff checkpoint (it holds "
+                         f"{meta.get('model') or 'weights of an unknown model'}); pick a file written by "
+                         "`deformdiff train modiff`.")
+    config = ModiffConfig.from_json(meta["config"])
+    if ndims is not None and config.ndims != ndims:
+        raise InputError(f"{path.name} holds a {config.ndims}D Mo-Diff model but the image is {ndims}D; "
+                         f"pick {ndims}D weights (or the default).")
+    model = MoDiff(config)
+    load_strict(model, state, "Mo-Diff", path)
+    meta = dict(meta)
+    meta.setdefault("source", str(path))
+    return model.to(device).eval(), meta
+
+
+def stage_steps(meta: dict[str, str]) -> dict[str, int]:
+    return {k: int(v) for k, v in json.loads(meta.get("stage_steps", "{}")).items()}
+
+
+def save_modiff(model: MoDiff, path: str | Path, *, overwrite: bool = False, **metadata) -> Path:
+    meta = {"model": MODEL_NAME, "config": model.config.to_json(), **metadata}
+    return save_safetensors(path, model.state_dict(), meta, overwrite=overwrite)

@@ -1,0 +1,26 @@
+"""Checks on what a real viewer shows, shared by the GUI tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def canvas_at_steps(viewer, qtbot, steps, wait_ms: int = 300) -> list[np.ndarray]:
+    """Canvas screenshots (RGB, float) with the time slider at each of `steps`."""
+    shots = []
+    for t in steps:
+        viewer.dims.set_current_step(0, t)
+        qtbot.wait(wait_ms)
+        shots.append(viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float))
+    return shots
+
+
+def assert_change_near_the_centre(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """The pixels that changed: a small share of the canvas (the heart moves, the torso does
+    not), centred in the view. Returns the mask."""
+    changed = np.abs(after - before).sum(-1) > 40
+    assert 0.002 < changed.mean() < 0.2, changed.mean()
+    rows, cols = np.nonzero(changed)
+    h, w = changed.shape
+    assert abs(rows.mean() - h / 2) < h / 4 and abs(cols.mean() - w / 2) < w / 4
+    return changed
