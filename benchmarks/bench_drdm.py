@@ -9,11 +9,13 @@ Variants:
 - streamed: deform_instance as the GUI and CLI run it (inference mode, channels-last copy of the
   network, in-place inference path, oneDNN convolutions, no resampling when the input is the model
   grid), consuming every frame;
+- streamed bfloat16: the same with precision="bfloat16" (the network's passes in mixed bfloat16,
+  compiled by torch.compile; the compile time is its first-use row);
 - plain loop: the same recovery one straightforward step at a time in the same run (no_grad, fresh
   tensors, the network's ordinary path, the field always resampled to the input grid, the original
   image warped through it).
 
-Usage: .venv/bin/python benchmarks/bench_drdm.py [--weights drdm-cmr-2d] [--level-3d 4] [--threads N]
+Usage: .venv/bin/python benchmarks/bench_drdm.py [--weights drdm-cmr-2d] [--level-3d 4] [--threads N] [--skip-bf16]
 Run it on a quiet machine (`uptime` load below 1.5); the script prints the load before and after.
 """
 
@@ -62,7 +64,11 @@ def _settings(case, level_3d):
     return level_3d, "paper"
 
 
-def run_streamed(case, weights, grid_3d, level_3d, threads, queue):
+def run_streamed_bf16(case, weights, grid_3d, level_3d, threads, queue):
+    run_streamed(case, weights, grid_3d, level_3d, threads, queue, "bfloat16")
+
+
+def run_streamed(case, weights, grid_3d, level_3d, threads, queue, precision="float32"):
     import torch
 
     from napari_deformdiff.core.drdm.recover import deform_instance
@@ -72,11 +78,13 @@ def run_streamed(case, weights, grid_3d, level_3d, threads, queue):
     model, meta, note = _model(case, weights, grid_3d)
     image = _image(meta.ndims, meta.grid)
     level, loop = _settings(case, level_3d)
-    list(deform_instance(image, 2, model=model, meta=meta, seed=1))  # warm-up (allocator, kernels)
+    w0 = time.perf_counter()
+    list(deform_instance(image, 2, model=model, meta=meta, seed=1, precision=precision))  # warm-up (and compile)
+    warm = time.perf_counter() - w0
     c0 = time.process_time()
     t0 = time.perf_counter()
     first, steps = None, 0
-    for event in deform_instance(image, level, model=model, meta=meta, seed=0, loop=loop):
+    for event in deform_instance(image, level, model=model, meta=meta, seed=0, loop=loop, precision=precision):
         if isinstance(event, Frame):
             if first is None:
                 first = time.perf_counter() - t0
@@ -84,7 +92,7 @@ def run_streamed(case, weights, grid_3d, level_3d, threads, queue):
     total = time.perf_counter() - t0
     cpu = time.process_time() - c0
     queue.put((first, total, steps, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, note,
-               tuple(meta.grid), cpu))
+               tuple(meta.grid), cpu, warm))
 
 
 def run_plain(case, weights, grid_3d, level_3d, threads, queue):
@@ -142,6 +150,7 @@ def main():
                         help="3D model grid when there are no bundled 3D weights")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-3d", action="store_true")
+    parser.add_argument("--skip-bf16", action="store_true", help="no bfloat16 rows")
     parser.add_argument("--quick", action="store_true", help="smoke test: 3 steps in 2D, a tiny 3D grid")
     args = parser.parse_args()
     if args.quick:
@@ -164,6 +173,17 @@ def main():
         ("2D: first frame (forward field)", s2[0], f"plain loop {p2[0]:.3f} s"),
         ("2D: peak RSS (MB)", s2[3], f"plain loop {p2[3]:.0f} MB (value column = MB)"),
     ]
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported() and not args.skip_bf16
+    if bf16:
+        b2 = measure(run_streamed_bf16, "2d", args.weights, grid_3d, args.level_3d, threads)
+        rows += [
+            (f"2D bfloat16, {b2[2]} steps: total", b2[1],
+             f"float32 {s2[1]:.3f} s ({s2[1] / b2[1]:.2f}x), plain loop {p2[1] / b2[1]:.2f}x; target <= 10 s"),
+            ("2D bfloat16: seconds per step", b2[1] / b2[2], f"CPU {b2[6] / b2[2]:.3f} s per step"),
+            ("2D bfloat16: first use (compile + 2 steps)", b2[7], "once per process; later processes reuse "
+             "PyTorch's compile cache"),
+            ("2D bfloat16: peak RSS (MB)", b2[3], "(value column = MB)"),
+        ]
     if not args.skip_3d:
         s3 = measure(run_streamed, "3d", args.weights, grid_3d, args.level_3d, threads)
         p3 = measure(run_plain, "3d", args.weights, grid_3d, args.level_3d, threads)
@@ -175,6 +195,14 @@ def main():
              f"plain loop {p3[6] / p3[2]:.3f} s ({p3[6] / s3[6]:.2f}x)"),
             ("3D: peak RSS (MB)", s3[3], f"plain loop {p3[3]:.0f} MB (value column = MB)"),
         ]
+        if bf16:
+            b3 = measure(run_streamed_bf16, "3d", args.weights, grid_3d, args.level_3d, threads)
+            rows += [
+                (f"3D bfloat16, {b3[2]} steps: total", b3[1], f"float32 {s3[1]:.3f} s ({s3[1] / b3[1]:.2f}x)"),
+                ("3D bfloat16: seconds per step", b3[1] / b3[2], f"CPU {b3[6] / b3[2]:.3f} s per step"),
+                ("3D bfloat16: first use (compile + 2 steps)", b3[7], ""),
+                ("3D bfloat16: peak RSS (MB)", b3[3], "(value column = MB)"),
+            ]
     print_table("DRDM recovery (Algorithm 2), streamed vs plain loop", rows)
     print(f"# {_load()} at end")
 

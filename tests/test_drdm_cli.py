@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from napari_deformdiff.cli import main
 from napari_deformdiff.core.drdm.augment import ExportSettings, export_drdm, find_cases, read_manifest
@@ -75,10 +76,31 @@ def test_pairs_with_a_label_file_and_a_json_manifest(folder, tmp_path, weights):
     assert read_volume(out / row["fixed_labels"]).data.dtype.kind in "iu"
 
 
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bfloat16")
+def test_bfloat16_precision_is_recorded_and_a_resume_does_not_mix_precisions(folder, tmp_path, weights, capsys):
+    path, _, _ = weights
+    out = tmp_path / "bf16"
+    args = ["generate", "drdm", "--image", str(folder / "p1.nii.gz"), "--levels", "4", "--samples", "2",
+            "--out-dir", str(out), "--weights", str(path), "--device", "cpu"]
+    assert main([*args, "--precision", "bfloat16"]) == 0
+    rows = read_manifest(out / "manifest.csv")
+    assert [r["precision"] for r in rows] == ["bfloat16", "bfloat16"]
+    from napari_deformdiff.core.field_io import read_displacement
+
+    field, _ = read_displacement(out / rows[0]["field"])
+    assert np.isfinite(field).all() and np.abs(field).max() > 0.1
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2  # float32 (the default) into a bfloat16 folder
+    assert "precision" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--levels", "0:10"], "outside 1..80"),
     (["--levels", "40:64:8", "--syn-level", "10"], "--pairs"),
     (["--format", "png"], "invalid choice"),
+    (["--precision", "float16"], "invalid choice"),
 ])
 def test_bad_options_fail_with_one_line_and_write_nothing(folder, tmp_path, weights, capsys, extra, message):
     path, _, _ = weights

@@ -80,6 +80,10 @@ def test_preview_grows_a_4d_layer_and_export_writes_the_batch(make_napari_viewer
         assert vol.geometry.almost_equal(case.image.geometry)
         assert read_volume(out / row["labels"]).data.dtype == np.uint8
     assert widget.status.value.startswith("exported 2/2")
+    assert {r["precision"] for r in rows} == {"float32"}
+    widget.precision.value = "bfloat16"
+    assert widget._settings().precision == "bfloat16"  # what Preview and Export pass on
+    widget.precision.value = "float32"
 
     # cancel keeps the complete samples and a manifest that lists them
     widget.samples.value = 50

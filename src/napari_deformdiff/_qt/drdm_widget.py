@@ -49,6 +49,9 @@ class DRDMWidget(StreamingWidget, Container):
                                 value=DEFAULT_WEIGHTS)
         self.weights_file = FileEdit(label="Weights file", mode="r", filter="*.safetensors *.pth *.pt")
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
+        self.precision = ComboBox(label="Precision", choices=["float32", "bfloat16"], value="float32",
+                                  tooltip="bfloat16: about 1.7x faster on CPUs with AMX after a one-time "
+                                          "compilation (10-40 s); the fields differ, their statistics match")
         self.mode = ComboBox(label="Mode", choices=list(MODES), value="augment")
         self.syn_level = SpinBox(label="Pair motion level (0: same)", value=0, min=0, max=80)
         self.out_dir = FileEdit(label="Output folder", mode="d")
@@ -58,8 +61,9 @@ class DRDMWidget(StreamingWidget, Container):
         self.export_button = PushButton(text="Export")
         self.export_button.changed.connect(self.export)
         self.extend([self.image, self.labels, self.level_from, self.level_to, self.level_step, self.samples,
-                     self.seed, self.loop, self.weights, self.weights_file, self.device, self.mode, self.syn_level,
-                     self.out_dir, self.format, self.if_files, controls[0], self.export_button, *controls[1:]])
+                     self.seed, self.loop, self.weights, self.weights_file, self.device, self.precision, self.mode,
+                     self.syn_level, self.out_dir, self.format, self.if_files, controls[0], self.export_button,
+                     *controls[1:]])
         self.preview_labels = None
         self.exported = 0
         self._export_total = 0
@@ -92,7 +96,8 @@ class DRDMWidget(StreamingWidget, Container):
         mode = MODES[self.mode.value]
         syn = self.syn_level.value if mode == "pairs" and self.syn_level.value > 0 else None
         return ExportSettings(levels=f"{lo}:{hi}:{step}", samples=self.samples.value, seed=self.seed.value,
-                              mode=mode, syn_level=syn, loop=self.loop.value, fmt=self.format.value)
+                              mode=mode, syn_level=syn, loop=self.loop.value, fmt=self.format.value,
+                              precision=self.precision.value)
 
     def _case(self):
         from ..core.drdm.augment import Case, check_case, safe_name
@@ -142,7 +147,8 @@ class DRDMWidget(StreamingWidget, Container):
 
             model, meta = load_drdm(weights, ndims=case.image.geometry.ndim, device=device)
             yield from deform_instance(case.image, unit.level, model=model, meta=meta, labels=case.labels,
-                                       seed=unit.seed, loop=settings.loop, device=device)
+                                       seed=unit.seed, loop=settings.loop, device=device,
+                                       precision=settings.precision)
 
         def on_event(event):
             if not hasattr(event, "image"):

@@ -50,10 +50,11 @@ MODES = ("augment", "pairs")
 FORMATS = (".nii.gz", ".nrrd", ".mha")
 MANIFEST_FORMATS = ("csv", "json")
 LOOPS = ("paper", "authors")
+PRECISIONS = ("float32", "bfloat16")  # = models.drdm_bf16.PRECISIONS, repeated so planning does not import torch
 MAX_SAMPLES = 10_000
 STAT_COLUMNS = ("max_mm", "mean_mm", "max_pct", "mean_pct", "folding_pct")
 _COMMON = ("id", "case", "source", "level", "sample", "seed")
-_PROVENANCE = ("loop", "weights")
+_PROVENANCE = ("loop", "weights", "precision")
 COLUMNS = {
     "augment": (*_COMMON, "image", "labels", "field", *STAT_COLUMNS, *_PROVENANCE),
     "pairs": (*_COMMON, "syn_level", "syn_seed", "moving", "fixed", "moving_labels", "fixed_labels", "field",
@@ -117,6 +118,7 @@ class ExportSettings:
     loop: str = "paper"
     fmt: str = ".nii.gz"
     manifest: str = "csv"
+    precision: str = "float32"  # of the recovery network's passes (see recover.py)
 
     def __post_init__(self):
         object.__setattr__(self, "levels", parse_levels(self.levels))
@@ -125,6 +127,8 @@ class ExportSettings:
             raise InputError(f"mode {self.mode!r}: choose 'augment' or 'pairs'.")
         if self.loop not in LOOPS:
             raise InputError(f"recovery loop {self.loop!r}: choose 'paper' or 'authors'.")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision {self.precision!r}: choose 'float32' or 'bfloat16'.")
         if self.manifest not in MANIFEST_FORMATS:
             raise InputError(f"manifest {self.manifest!r}: choose 'csv' or 'json'.")
         if not 1 <= int(self.samples) <= MAX_SAMPLES:
@@ -331,11 +335,12 @@ def prepare_output(out_dir: str | Path, units: Sequence[Unit], settings: ExportS
         for row in read_manifest(manifest):
             unit = by_id.get(str(row.get("id")))
             if unit is None or row.get("seed") != unit.seed or row.get("loop") != settings.loop or (
+                    row.get("precision") or "float32") != settings.precision or (
                     unit.syn_seed is not None and row.get("syn_seed") != unit.syn_seed) or (
                     unit.syn_level is not None and row.get("syn_level") != unit.syn_level):
                 raise InputError(
                     f"{manifest} lists sample {row.get('id')!r} made with other settings (levels, samples, "
-                    "seed, mode or loop); resume with the same settings, or use another folder."
+                    "seed, mode, loop or precision); resume with the same settings, or use another folder."
                 )
             files = [row[c] for c in COLUMNS[settings.mode] if c in unit_files(unit, settings, True) and row.get(c)]
             if all((out / f).is_file() for f in files):
@@ -394,13 +399,16 @@ def warp_array(data: np.ndarray, field: np.ndarray, *, labels: bool) -> np.ndarr
     return spatial.warp(src, u, padding_mode="border")[0, 0].numpy()
 
 
-def _instance_field(image: Volume, level: int, seed: int, *, model, meta, loop: str, device,
+def _instance_field(image: Volume, level: int, seed: int, *, model, meta, settings: ExportSettings, device,
                     what: str, index: int, total: int) -> Iterator[Progress]:
     """Run Algorithm 2 on `image`; yields Progress per recovery step, returns the final field (n, *S)."""
     from .recover import deform_instance
 
     last = None
-    for event in deform_instance(image, level, model=model, meta=meta, seed=seed, loop=loop, device=device):
+    for event in deform_instance(image, level, model=model, meta=meta, seed=seed, loop=settings.loop, device=device,
+                                 precision=settings.precision):
+        if isinstance(event, Progress) and event.message.startswith("compiling"):
+            yield Progress(index, total, f"{what}: {event.message}")
         if isinstance(event, Frame):
             last = event
             yield Progress(index, total, f"{what}: step {event.index + 1}/{event.total}")
@@ -444,7 +452,7 @@ def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Pa
     with_labels = case.labels is not None
     files = unit_files(unit, settings, with_labels)
     original = np.asarray(image.data, dtype=np.float32)
-    phi = yield from _instance_field(image, unit.level, unit.seed, model=model, meta=meta, loop=settings.loop,
+    phi = yield from _instance_field(image, unit.level, unit.seed, model=model, meta=meta, settings=settings,
                                      device=device, what=unit.id, index=index, total=total)
     warped = warp_array(original, phi, labels=False)
     warped_labels = warp_array(case.labels.data, phi, labels=True) if with_labels else None
@@ -457,7 +465,7 @@ def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Pa
     else:
         moving = Volume(warped, image.geometry, False, f"{unit.id} moving")
         field = yield from _instance_field(moving, unit.syn_level, unit.syn_seed, model=model, meta=meta,
-                                           loop=settings.loop, device=device, what=f"{unit.id} (pair)",
+                                           settings=settings, device=device, what=f"{unit.id} (pair)",
                                            index=index, total=total)
         fixed = warp_array(warped, field, labels=False)
         arrays = {"moving": (warped, False), "fixed": (fixed, False)}
@@ -470,7 +478,7 @@ def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Pa
     row: dict[str, Any] = {"id": unit.id, "case": case.name, "source": case.source or case.name,
                            "level": unit.level, "sample": unit.sample, "seed": unit.seed,
                            "syn_level": unit.syn_level, "syn_seed": unit.syn_seed, **files,
-                           "loop": settings.loop, "weights": weights_name}
+                           "loop": settings.loop, "weights": weights_name, "precision": settings.precision}
     row.update(_field_stats(field, image.geometry.spacing))
     row = {k: _format_value(k, v) for k, v in row.items()}
     _write_unit_files(out, files, arrays, field, case, overwrite)
@@ -481,7 +489,7 @@ def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Pa
 def remove_unit_files(out_dir: Path, row: dict) -> None:
     """Delete the files a manifest row names (a unit whose row could not be recorded)."""
     for key, value in row.items():
-        if value and isinstance(value, str) and key not in ("id", "case", "source", "loop", "weights"):
+        if value and isinstance(value, str) and key not in ("id", "case", "source", *_PROVENANCE):
             (Path(out_dir) / value).unlink(missing_ok=True)
 
 

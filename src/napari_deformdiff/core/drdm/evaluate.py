@@ -115,13 +115,14 @@ def folder_images(folder: str | Path, ndims: int, shape: Sequence[int]) -> list[
     return images
 
 
-def _drdm_sample(image: np.ndarray, level: int, *, model, meta, seed: int, loop: str, device):
+def _drdm_sample(image: np.ndarray, level: int, *, model, meta, seed: int, loop: str, device, precision: str):
     """(forward field, recovered field, seconds) of one Algorithm 2 run."""
     from .recover import deform_instance
 
     first = last = None
     t0 = time.perf_counter()
-    for event in deform_instance(image, level, model=model, meta=meta, seed=seed, loop=loop, device=device):
+    for event in deform_instance(image, level, model=model, meta=meta, seed=seed, loop=loop, device=device,
+                                 precision=precision):
         if isinstance(event, Frame):
             if first is None:
                 first = event.field
@@ -134,12 +135,12 @@ def _drdm_sample(image: np.ndarray, level: int, *, model, meta, seed: int, loop:
 
 def evaluate_drdm(images: Sequence[np.ndarray], *, model, meta, levels: Sequence[int] = LEVELS,
                   samples: int = 4, seed: int = 0, loop: str = "paper", compare: bool = False,
-                  device="cpu") -> Iterator[Progress | SampleResult]:
+                  device="cpu", precision: str = "float32") -> Iterator[Progress | SampleResult]:
     """Yield a SampleResult per (level, method, sample) as soon as it is known, and Progress.
 
     Sample i deforms images[i % len(images)] with seed + i, at every level (the same draws for the
     baselines). With compare=True each baseline is tuned per level to DRDM's recovered mean
-    displacement over these samples.
+    displacement over these samples. precision "bfloat16": see recover.py (compiled before timing).
     """
     if not images:
         raise InputError("no images to evaluate on.")
@@ -154,10 +155,18 @@ def evaluate_drdm(images: Sequence[np.ndarray], *, model, meta, levels: Sequence
         tuners = [MagnitudeTuner(b, pick, seeds) for b in baselines(meta.ndims)]
     total = len(levels) * (samples + len(tuners))
     done = 0
+    if precision == "bfloat16":
+        import torch
+
+        from ..models.drdm_bf16 import bfloat16_runner
+
+        yield Progress(0, total, "compiling the bfloat16 network")
+        bfloat16_runner(model, torch.device(device)).warm_up(meta.grid)
     for level in levels:
         recovered = []
         for i, (img, s) in enumerate(zip(pick, seeds)):
-            fwd, rec, seconds = _drdm_sample(img, level, model=model, meta=meta, seed=s, loop=loop, device=device)
+            fwd, rec, seconds = _drdm_sample(img, level, model=model, meta=meta, seed=s, loop=loop, device=device,
+                                             precision=precision)
             yield SampleResult(level, FORWARD, i, *field_stats(fwd), math.nan)
             result = SampleResult(level, RECOVERED, i, *field_stats(rec), seconds)
             recovered.append(result.mean_pct)

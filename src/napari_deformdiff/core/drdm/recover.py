@@ -10,6 +10,9 @@ intensities and geometry.
 
 Loops: "paper" runs t = T', ..., 1 (the paper); "authors" always runs t = steps-1, ..., 0 whatever
 T' is (the authors' script). The network's time index for step t is min(t, steps - 1).
+
+Precision: "float32" (default), or "bfloat16" for the network's passes (models/drdm_bf16.py; the
+fields are composed and images resampled in float32 either way).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ..errors import InputError
 from ..events import Frame, Progress
 from ..io.volume import Volume, is_integer_valued
 from ..model_grid import GridMap, unit_range
+from ..models.drdm_bf16 import bfloat16_runner, check_precision
 from ..models.drdm_net import RecResACNet, authors_to_voxels
 from .forward import MAX_LEVEL, sample_forward
 from .weights import DRDMMeta, load_drdm
@@ -89,7 +93,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (b.index is None or a.index == b.index)
 
 
-def _prepare(image, level, model, meta, labels, loop, device, spacing, weights):
+def _prepare(image, level, model, meta, labels, loop, device, spacing, weights, precision):
     data, sp = _image_array(image, spacing)
     ndims = data.ndim
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 1 <= level <= MAX_LEVEL:
@@ -102,15 +106,22 @@ def _prepare(image, level, model, meta, labels, loop, device, spacing, weights):
     if not isinstance(model, RecResACNet) or model.ndims != ndims or meta.ndims != ndims:
         raise InputError(f"the DRDM model is {meta.ndims}D but the image is {ndims}D.")
     times = recovery_times(level, loop, meta.steps)
-    model = _inference_model(model, torch.device(device))
+    try:
+        check_precision(precision, torch.device(device))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    model = _inference_model(model, torch.device(device), precision)
     dev = model.weight_device()
     grid = model_grid_map(data.shape, sp, meta.grid)
     return data, lab, model, meta, grid, times, dev
 
 
-def _inference_model(model: RecResACNet, dev: torch.device) -> RecResACNet:
+def _inference_model(model: RecResACNet, dev: torch.device, precision: str = "float32"):
     """The model in eval mode on `dev`; on the CPU a channels-last copy (its convolutions run
-    about a quarter faster there), so the caller's model keeps its memory format and mode."""
+    about a quarter faster there), so the caller's model keeps its memory format and mode.
+    bfloat16: the model's cached mixed-precision runner."""
+    if precision == "bfloat16":
+        return bfloat16_runner(model, dev)
     if dev.type == "cpu":
         fmt = torch.channels_last if model.ndims == 2 else torch.channels_last_3d
         return copy.deepcopy(model).to(dev, memory_format=fmt).eval()
@@ -147,19 +158,22 @@ def _recover(data, level, model, meta, grid, times, dev, seed) -> Iterator[tuple
 
 def deform_instance(image: Volume | np.ndarray, level: int, *, model: RecResACNet | None = None,
                     meta: DRDMMeta | None = None, labels=None, seed: int = 0, loop: str = "paper",
-                    device="cpu", spacing=None, weights: str | Path | None = None
+                    device="cpu", spacing=None, weights: str | Path | None = None, precision: str = "float32"
                     ) -> Iterator[Progress | Frame]:
     """Algorithm 2, streamed: Progress, then Frame 0 (the forward-deformed image) and one Frame per step.
 
     Frame.image: the original image (input grid, float32) resampled through the accumulated field;
     Frame.field: that field (n, *S) in input voxels; info {"t", "level", "loop", "seed"}. The last
     Frame carries the labels warped with nearest sampling (values kept). Without `model`, the
-    weights are loaded with load_drdm(weights, ndims=image's).
+    weights are loaded with load_drdm(weights, ndims=image's). `precision`: see the module's docstring.
     """
     yield Progress(0, 1, "preparing")
     data, lab, model, meta, grid, times, dev = _prepare(image, level, model, meta, labels, loop, device,
-                                                        spacing, weights)
+                                                        spacing, weights, precision)
     total = len(times) + 1
+    if not getattr(model, "ready", True):
+        yield Progress(0, total, "compiling the bfloat16 network (once per session, 10-40 s)")
+        model.warm_up(meta.grid)
     yield Progress(0, total, f"forward deformation at level {level}")
     src = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None, None].to(dev)
     lab_t = None if lab is None else torch.from_numpy(np.ascontiguousarray(lab))[None, None].to(dev)
@@ -178,10 +192,10 @@ def deform_instance(image: Volume | np.ndarray, level: int, *, model: RecResACNe
 
 def instance_field(image: Volume | np.ndarray, level: int, *, model: RecResACNet | None = None,
                    meta: DRDMMeta | None = None, seed: int = 0, loop: str = "paper", device="cpu",
-                   spacing=None, weights: str | Path | None = None) -> np.ndarray:
+                   spacing=None, weights: str | Path | None = None, precision: str = "float32") -> np.ndarray:
     """The final field of deform_instance (n, *S) in input voxels, without making the frames."""
     data, _, model, meta, grid, times, dev = _prepare(image, level, model, meta, None, loop, device,
-                                                      spacing, weights)
+                                                      spacing, weights, precision)
     phi = None
     for _, phi in _recover(data, level, model, meta, grid, times, dev, seed):
         pass
