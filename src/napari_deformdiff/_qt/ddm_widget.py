@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, SpinBox
 
 from .layer_inputs import chosen_file, follow_layer_list, frame_volume, pick
-from .streaming import GrowingSequence, StreamingWidget, start_stream
+from .streaming import FrameBuffers, GrowingSequence, StreamingWidget, start_stream
 
 if TYPE_CHECKING:
     import napari
@@ -65,7 +65,7 @@ class DDMWidget(StreamingWidget, Container):
 
         name = f"DDM {self.source.value.name} -> {self.target.value.name}"
         self.sequence = GrowingSequence(self.viewer, name=name, geometry=source.geometry, total=frames,
-                                        with_labels=labels is not None)
+                                        with_labels=labels is not None, buffers=FrameBuffers())
 
         def on_event(event):
             if hasattr(event, "image"):
@@ -79,5 +79,6 @@ class DDMWidget(StreamingWidget, Container):
             lambda: generate_ddm(source, target, frames=frames, loop=loop, labels=labels, weights=weights,
                                  device=device, adapt=adapt),
             total=frames + adapt + 2, description=name, on_event=on_event, on_done=self._done,
+            prepare=self.sequence.buffers.stage,
         )
         return self.worker

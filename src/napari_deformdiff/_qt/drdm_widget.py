@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox
 
 from .layer_inputs import chosen_file, follow_layer_list, frame_volume, pick
-from .streaming import GrowingSequence, StreamingWidget, start_stream
+from .streaming import FrameBuffers, GrowingSequence, StreamingWidget, start_stream
 
 if TYPE_CHECKING:
     import napari
@@ -140,6 +140,7 @@ class DRDMWidget(StreamingWidget, Container):
         self.sequence = None
         self.preview_labels = None
         self._last_frame = None
+        buffers = FrameBuffers()
 
         def events():
             from ..core.drdm.recover import deform_instance
@@ -156,7 +157,7 @@ class DRDMWidget(StreamingWidget, Container):
                 return
             if self.sequence is None:
                 self.sequence = GrowingSequence(self.viewer, name=name, geometry=case.image.geometry,
-                                                total=event.total)
+                                                total=event.total, buffers=buffers)
             self.sequence.add(event)
             self._last_frame = event
             self.status.value = f"step {event.index + 1}/{event.total} (t = {event.info.get('t', '-')})"
@@ -173,7 +174,7 @@ class DRDMWidget(StreamingWidget, Container):
         self._running()
         self.export_button.enabled = False
         self.worker = start_stream(events, total=unit.level + 2, description=name, on_event=on_event,
-                                   on_done=on_done)
+                                   on_done=on_done, prepare=buffers.stage)
         return self.worker
 
     def _add_preview_labels(self, case, name: str) -> None:

@@ -102,7 +102,7 @@ class InspectWidget(Container):
         """Start a worker for the frames the source has and the overlays don't have yet."""
         from .streaming import start_stream
 
-        fields, geometry, _ = field_of(self._source_layer)
+        fields, geometry, expected = field_of(self._source_layer)
         first, last = self.overlays.count, fields.shape[0]
         if first >= last:
             return None
@@ -122,8 +122,9 @@ class InspectWidget(Container):
             self.plot.update(self.overlays.metrics, self._current_frame())
             self._update_readout()
 
+        # a source still streaming in has its generator's progress bar; the plot shows the overlays'
         self.worker = start_stream(events, total=last - first, description="Deformation overlays",
-                                   on_event=on_event, on_done=self._worker_done)
+                                   on_event=on_event, on_done=self._worker_done, progress_bar=last >= expected)
         return self.worker
 
     def _worker_done(self):

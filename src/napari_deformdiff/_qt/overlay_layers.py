@@ -166,7 +166,12 @@ class OverlaySet:
             QTimer.singleShot(REFRESH_SPACING_MS, self._refresh_next)
 
     def _refresh_next(self) -> None:
+        from .streaming import in_nested_event_loop
+
         self._scheduled = False
+        if in_nested_event_loop():  # inside a progress bar's update: not in the same stall
+            self._schedule()
+            return
         if self._dirty:
             self._refresh(self._dirty.pop(0))
             if not self._dirty:

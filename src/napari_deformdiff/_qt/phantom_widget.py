@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 
-from .streaming import GrowingSequence, StreamingWidget, start_stream
+from .streaming import FrameBuffers, GrowingSequence, StreamingWidget, start_stream
 
 if TYPE_CHECKING:
     import napari
@@ -29,13 +29,14 @@ class PhantomWidget(StreamingWidget, Container):
         kind, two_d, seed, total = self.kind.value, self.two_d.value, self.seed.value, self.frames.value
         stream = stream_cardiac_phantom if kind == "cardiac" else stream_lung_phantom
         name = f"{kind} phantom{' 2D' if two_d else ''} seed {seed}"
+        buffers = FrameBuffers()
 
         def on_event(frame):
             if self.sequence is None:
                 spacing = tuple(frame.info["spacing"])
                 self.sequence = GrowingSequence(
                     self.viewer, name=name, geometry=centred_geometry(frame.image.shape, spacing),
-                    total=frame.total, with_labels=True, time_spacing=FRAME_SECONDS[kind],
+                    total=frame.total, with_labels=True, time_spacing=FRAME_SECONDS[kind], buffers=buffers,
                 )
             self.sequence.add(frame)
             self.status.value = f"frame {frame.index + 1}/{frame.total}"
@@ -45,5 +46,6 @@ class PhantomWidget(StreamingWidget, Container):
         self.worker = start_stream(
             lambda: stream(seed, frames=total, two_d=two_d),
             total=total, description=f"Generating {name}", on_event=on_event, on_done=self._done,
+            prepare=buffers.stage,
         )
         return self.worker
