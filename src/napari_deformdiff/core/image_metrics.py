@@ -18,7 +18,7 @@ def nmse(estimate: np.ndarray, reference: np.ndarray) -> float:
 def dice(a: np.ndarray, b: np.ndarray, labels=None) -> float:
     """Mean Dice over `labels` (default: every non-zero label in either map)."""
     if labels is None:
-        labels = sorted(set(np.unique(a).tolist()) | set(np.unique(b).tolist()) - {0})
+        labels = sorted((set(np.unique(a).tolist()) | set(np.unique(b).tolist())) - {0})
     scores = []
     for lab in labels:
         x, y = a == lab, b == lab
