@@ -23,7 +23,7 @@ from _table import print_table  # benchmarks/ is on sys.path when a script here 
 
 def _case():
     from napari_deformdiff.core.phantom import cardiac_phantom
-    from napari_deformdiff.core.phantom_dataset import case_volumes
+    from napari_deformdiff.core.phantom.dataset import case_volumes
 
     case = cardiac_phantom(123, frames=10)
     cine, _ = case_volumes(case, "bench")
@@ -69,7 +69,7 @@ def run_plain(frames, device, weights, queue):
 
     from napari_deformdiff.core import spatial
     from napari_deformdiff.core.ddm.weights import load_ddm
-    from napari_deformdiff.core.model_grid import GridMap, to_model
+    from napari_deformdiff.core.nn.model_grid import GridMap, to_model
 
     source, target = _case()
     model, _ = load_ddm(weights, ndims=3, device=device)

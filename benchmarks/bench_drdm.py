@@ -45,7 +45,7 @@ def _model(case, weights, grid_3d):
     import torch
 
     from napari_deformdiff.core.drdm.weights import DRDMMeta, default_weights, load_drdm
-    from napari_deformdiff.core.models.drdm_net import RecResACNet
+    from napari_deformdiff.core.drdm.nets import RecResACNet
 
     if case == "2d":
         model, meta = load_drdm(weights, ndims=2)
@@ -71,7 +71,7 @@ def run_streamed_bf16(case, weights, grid_3d, level_3d, threads, queue):
 def run_streamed(case, weights, grid_3d, level_3d, threads, queue, precision="float32"):
     import torch
 
-    from napari_deformdiff.core.drdm.recover import deform_instance
+    from napari_deformdiff.core.drdm.generate import deform_instance
     from napari_deformdiff.core.events import Frame
 
     torch.set_num_threads(threads)
@@ -101,9 +101,9 @@ def run_plain(case, weights, grid_3d, level_3d, threads, queue):
 
     from napari_deformdiff.core import spatial
     from napari_deformdiff.core.drdm.forward import sample_forward
-    from napari_deformdiff.core.drdm.recover import model_grid_map, recovery_times, time_index
-    from napari_deformdiff.core.model_grid import unit_range
-    from napari_deformdiff.core.models.drdm_net import authors_to_voxels
+    from napari_deformdiff.core.drdm.generate import model_grid_map, recovery_times, time_index
+    from napari_deformdiff.core.nn.model_grid import unit_range
+    from napari_deformdiff.core.drdm.nets import authors_to_voxels
 
     torch.set_num_threads(threads)
     model, meta, note = _model(case, weights, grid_3d)

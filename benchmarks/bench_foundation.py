@@ -26,7 +26,7 @@ from _table import print_table  # benchmarks/ is on sys.path when a script here 
 from napari_deformdiff.core import spatial
 from napari_deformdiff.core.io import read_volume, write_volume
 from napari_deformdiff.core.phantom import cardiac_phantom, lung_phantom
-from napari_deformdiff.core.phantom_dataset import case_volumes
+from napari_deformdiff.core.phantom.dataset import case_volumes
 
 GRID = (32, 128, 128)
 FRAMES = 16

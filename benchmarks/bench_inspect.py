@@ -34,10 +34,10 @@ def main() -> None:
 
     from napari_deformdiff._layers import attach_field, volume_to_layer_data
     from napari_deformdiff.core import spatial
-    from napari_deformdiff.core.overlays import frame_overlay
-    from napari_deformdiff.core.vector_style import vector_strides
+    from napari_deformdiff.core.inspect.overlays import frame_overlay
+    from napari_deformdiff.core.inspect.vector_style import vector_strides
     from napari_deformdiff.core.phantom import cardiac_phantom
-    from napari_deformdiff.core.phantom_dataset import case_volumes
+    from napari_deformdiff.core.phantom.dataset import case_volumes
 
     app = QApplication.instance() or QApplication([])
     viewer = napari.Viewer(show=True)

@@ -25,7 +25,7 @@ from _table import print_table  # benchmarks/ is on sys.path when a script here 
 def _first(ndims: int):
     from napari_deformdiff.core.io import Volume
     from napari_deformdiff.core.phantom import cardiac_phantom
-    from napari_deformdiff.core.phantom_dataset import case_volumes
+    from napari_deformdiff.core.phantom.dataset import case_volumes
 
     cine, _ = case_volumes(cardiac_phantom(123, frames=32, two_d=ndims == 2), "bench")
     return Volume(cine.data[0], cine.geometry)

@@ -7,7 +7,7 @@ import torch
 
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.io import Volume
-from napari_deformdiff.core.models.ddm import DDM, DDMConfig
+from napari_deformdiff.core.ddm.nets.ddm import DDM, DDMConfig
 
 
 def tiny_config(ndims: int = 2, grid=None, spacing=None) -> DDMConfig:

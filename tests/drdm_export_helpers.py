@@ -15,7 +15,7 @@ from .test_io import OBLIQUE
 def tiny_drdm(ndims: int = 2, seed: int = 0, grid=None):
     """(RecResACNet with seeded random weights and a damped output layer, hand-built DRDMMeta)."""
     from napari_deformdiff.core.drdm.weights import DRDMMeta
-    from napari_deformdiff.core.models.drdm_net import RecResACNet
+    from napari_deformdiff.core.drdm.nets import RecResACNet
 
     torch.manual_seed(seed)
     model = RecResACNet(ndims=ndims).eval()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_deformdiff.core.models.modiff import MoDiff, ModiffConfig
-from napari_deformdiff.core.phantom_dataset import write_phantom_dataset
+from napari_deformdiff.core.modiff.nets.modiff import MoDiff, ModiffConfig
+from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
 
 
 def tiny_config(ndims: int = 2, **kw) -> ModiffConfig:

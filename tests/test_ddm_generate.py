@@ -12,7 +12,7 @@ from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.events import Frame, Progress
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.io import Volume
-from napari_deformdiff.core.model_grid import GridMap, to_model
+from napari_deformdiff.core.nn.model_grid import GridMap, to_model
 
 from .ddm_helpers import blob, pair_volumes, tiny_model
 

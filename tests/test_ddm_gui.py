@@ -10,7 +10,7 @@ from napari_deformdiff.core.ddm.generate import generate_ddm
 from napari_deformdiff.core.ddm.weights import save_ddm
 from napari_deformdiff.core.events import Frame
 from napari_deformdiff.core.io.acdc import read_acdc_patient
-from napari_deformdiff.core.phantom_dataset import write_phantom_dataset
+from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
 
 from .ddm_helpers import tiny_model
 from .gui_helpers import assert_change_near_the_centre, canvas_at_steps

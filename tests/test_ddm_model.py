@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from napari_deformdiff.core.ddm.weights import load_ddm, save_ddm
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.models.ddm import DDM, DDMConfig, linear_schedule
-from napari_deformdiff.core.models.inference import fast_copy
+from napari_deformdiff.core.ddm.nets.ddm import DDM, DDMConfig, linear_schedule
+from napari_deformdiff.core.nn.inference import fast_copy
 
 from .ddm_helpers import tiny_model
 
@@ -147,7 +147,7 @@ def test_fast_inference_copy_gives_the_same_outputs_and_leaves_the_model_alone()
 
 
 def test_our_checkpoints_round_trip_with_config_and_refuse_other_models(tmp_path):
-    from napari_deformdiff.core.checkpoints import save_safetensors
+    from napari_deformdiff.core.weights.files import save_safetensors
 
     model = tiny_model(2, seed=4)
     path = save_ddm(model, tmp_path / "tiny.safetensors", step="12")

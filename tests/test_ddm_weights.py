@@ -19,7 +19,7 @@ from napari_deformdiff.core.events import Frame
 from napari_deformdiff.core.image_metrics import dice, psnr
 from napari_deformdiff.core.io import Volume
 from napari_deformdiff.core.phantom import cardiac_phantom
-from napari_deformdiff.core.phantom_dataset import centred_geometry
+from napari_deformdiff.core.phantom.dataset import centred_geometry
 
 HELD_OUT_SEED = 9001  # training used seeds 1000-1199 (2D) and 1000-1039 (3D)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deformdiff.core.deformation_report import (
+from napari_deformdiff.core.inspect.report import (
     METRIC_COLUMNS,
     frame_metrics,
     sequence_metrics,

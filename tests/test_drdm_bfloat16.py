@@ -15,13 +15,13 @@ from napari_deformdiff.core import spatial
 from napari_deformdiff.core.drdm.augment import ExportSettings
 from napari_deformdiff.core.drdm.evaluate import field_stats, phantom_images
 from napari_deformdiff.core.drdm.forward import sample_forward
-from napari_deformdiff.core.drdm.recover import deform_instance, instance_field
+from napari_deformdiff.core.drdm.generate import deform_instance, instance_field
 from napari_deformdiff.core.drdm.weights import load_drdm
 from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.events import Frame, Progress
-from napari_deformdiff.core.model_grid import unit_range
-from napari_deformdiff.core.models import drdm_bf16
-from napari_deformdiff.core.models.drdm_bf16 import Bfloat16Recovery, bfloat16_runner
+from napari_deformdiff.core.nn.model_grid import unit_range
+from napari_deformdiff.core.drdm import bfloat16 as drdm_bf16
+from napari_deformdiff.core.drdm.bfloat16 import Bfloat16Recovery, bfloat16_runner
 
 from .drdm_export_helpers import tiny_drdm
 

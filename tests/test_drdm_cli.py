@@ -85,7 +85,7 @@ def test_bfloat16_precision_is_recorded_and_a_resume_does_not_mix_precisions(fol
     assert main([*args, "--precision", "bfloat16"]) == 0
     rows = read_manifest(out / "manifest.csv")
     assert [r["precision"] for r in rows] == ["bfloat16", "bfloat16"]
-    from napari_deformdiff.core.field_io import read_displacement
+    from napari_deformdiff.core.io.fields import read_displacement
 
     field, _ = read_displacement(out / rows[0]["field"])
     assert np.isfinite(field).all() and np.abs(field).max() > 0.1

@@ -148,7 +148,7 @@ def test_tuned_baselines_reach_the_target_mean_displacement(baseline):
 @pytest.fixture(scope="module")
 def tiny():
     from napari_deformdiff.core.drdm.weights import DRDMMeta
-    from napari_deformdiff.core.models.drdm_net import RecResACNet
+    from napari_deformdiff.core.drdm.nets import RecResACNet
 
     torch.manual_seed(0)
     model = RecResACNet(ndims=2).eval()
@@ -161,7 +161,7 @@ def tiny():
 
 
 def test_table_numbers_recomputed_independently(tiny):
-    from napari_deformdiff.core.drdm.recover import deform_instance
+    from napari_deformdiff.core.drdm.generate import deform_instance
 
     model, meta, images = tiny
     levels, samples = (3, 6), 3
@@ -212,7 +212,7 @@ def test_compare_tunes_each_baseline_to_drdm(tiny, tmp_path):
 
 def test_folder_images_take_slices_of_acdc_volumes(tmp_path):
     from napari_deformdiff.core.drdm.evaluate import folder_images
-    from napari_deformdiff.core.phantom_dataset import write_phantom_dataset
+    from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
 
     list(write_phantom_dataset(tmp_path / "d", cases=1, seed=4, frames=3, shape=(16, 40, 40), fields=False))
     images = folder_images(tmp_path / "d", 2, (32, 32))

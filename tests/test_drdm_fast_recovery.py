@@ -17,13 +17,13 @@ import torch
 from napari_deformdiff.core import spatial
 from napari_deformdiff.core.drdm.forward import sample_forward
 from napari_deformdiff.core.drdm.evaluate import field_stats
-from napari_deformdiff.core.drdm.recover import (
+from napari_deformdiff.core.drdm.generate import (
     _inference_model, deform_instance, model_grid_map, recovery_times, time_index,
 )
 from napari_deformdiff.core.drdm.weights import DRDMMeta, load_drdm
 from napari_deformdiff.core.events import Frame
-from napari_deformdiff.core.model_grid import unit_range
-from napari_deformdiff.core.models.drdm_net import AtrousBlock, RecResACNet, authors_to_voxels
+from napari_deformdiff.core.nn.model_grid import unit_range
+from napari_deformdiff.core.drdm.nets import AtrousBlock, RecResACNet, authors_to_voxels
 
 OFFICIAL = Path("/work/shared/weights/drdm_cmr2d_official.pth")
 

@@ -134,7 +134,7 @@ def test_drdm_screenshot(make_napari_viewer, qtbot, tmp_path):
 
     from napari_deformdiff.core.drdm.weights import load_drdm
     from napari_deformdiff.core.errors import InputError
-    from napari_deformdiff.core.phantom_dataset import write_phantom_dataset
+    from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
 
     try:
         load_drdm(None, ndims=2)

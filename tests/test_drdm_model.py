@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from napari_deformdiff.core import spatial
-from napari_deformdiff.core.drdm.recover import deform_instance
+from napari_deformdiff.core.drdm.generate import deform_instance
 from napari_deformdiff.core.drdm.weights import (
     BUNDLED, DRDMMeta, load_drdm, save_drdm,
 )
 from napari_deformdiff.core.errors import InputError, OutputExistsError
 from napari_deformdiff.core.events import Frame
-from napari_deformdiff.core.models.drdm_net import (
+from napari_deformdiff.core.drdm.nets import (
     AtrousBlock, RecResACNet, authors_to_voxels, sinusoid_table, voxels_to_authors,
 )
 from napari_deformdiff.core.phantom import cardiac_phantom
@@ -163,7 +163,7 @@ def test_official_weights_load_strictly():
 
 @needs_official
 def test_registry_name_loads_from_the_cache(tmp_path, monkeypatch):
-    from napari_deformdiff.core.weights_registry import REGISTRY
+    from napari_deformdiff.core.weights.registry import REGISTRY
 
     shutil.copy(OFFICIAL, tmp_path / REGISTRY["drdm-cmr-2d"].filename)
     monkeypatch.setenv("DEFORMDIFF_CACHE", str(tmp_path))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_deformdiff.cli import main
-from napari_deformdiff.core.checkpoints import read_state
+from napari_deformdiff.core.weights.files import read_state
 from napari_deformdiff.core.drdm.forward import sample_forward
 from napari_deformdiff.core.drdm.losses import distance_and_angle, drdm_loss, gradient_l1, negative_jacobian
 from napari_deformdiff.core.drdm.train import (
@@ -15,7 +15,7 @@ from napari_deformdiff.core.drdm.train import (
 )
 from napari_deformdiff.core.drdm.weights import load_drdm
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.models.drdm_net import RecResACNet, voxels_to_authors
+from napari_deformdiff.core.drdm.nets import RecResACNet, voxels_to_authors
 from napari_deformdiff.core.phantom import cardiac_phantom
 
 GRID = (32, 32)
@@ -136,13 +136,13 @@ def test_training_batch_shapes_crops_and_seeds(images):
 
 def test_training_images_from_acdc_folders_and_files(tmp_path):
     from napari_deformdiff.core.io import Volume, write_volume
-    from napari_deformdiff.core.phantom_dataset import write_phantom_dataset
+    from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
 
     list(write_phantom_dataset(tmp_path / "acdc", cases=2, seed=1, two_d=True, frames=3))
     imgs, desc = load_training_images(tmp_path / "acdc", ndims=2, grid=GRID)
     assert imgs.shape == (6, 1, *GRID) and "6 images" in desc  # every frame of both 4D cines
     assert float(imgs.min()) >= 0.0 and float(imgs.max()) <= 1.0
-    from napari_deformdiff.core.phantom_dataset import centred_geometry
+    from napari_deformdiff.core.phantom.dataset import centred_geometry
 
     geometry = centred_geometry((8, 40, 40), (6.0, 1.5, 1.5))
     volume = np.random.default_rng(0).random((8, 40, 40)).astype(np.float32)
@@ -250,7 +250,7 @@ def test_bad_arguments_are_refused(tmp_path, images):
 
 
 def test_cli_trains_end_to_end_and_refuses_to_overwrite(tmp_path, capsys):
-    from napari_deformdiff.core.phantom_dataset import write_phantom_dataset
+    from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
 
     list(write_phantom_dataset(tmp_path / "data", cases=1, seed=2, two_d=True, frames=2))
     out = tmp_path / "m.safetensors"

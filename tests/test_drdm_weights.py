@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deformdiff.core.checkpoints import read_state
+from napari_deformdiff.core.weights.files import read_state
 from napari_deformdiff.core.drdm.forward import sample_forward
 from napari_deformdiff.core.drdm.losses import distance_and_angle
-from napari_deformdiff.core.drdm.recover import deform_instance, time_index
+from napari_deformdiff.core.drdm.generate import deform_instance, time_index
 from napari_deformdiff.core.drdm.train import image_on_grid
 from napari_deformdiff.core.drdm.weights import BUNDLED, default_weights, load_drdm
 from napari_deformdiff.core.events import Frame

@@ -11,7 +11,7 @@ from napari.layers import Layer, Vectors
 
 from napari_deformdiff._layers import attach_field, volume_to_layer_data
 from napari_deformdiff.core import spatial
-from napari_deformdiff.core.deformation_report import METRIC_COLUMNS, sequence_metrics
+from napari_deformdiff.core.inspect.report import METRIC_COLUMNS, sequence_metrics
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.io import Volume, read_volume
 
@@ -128,7 +128,7 @@ def test_folding_report_and_no_silent_overwrite(make_napari_viewer, tmp_path, mo
 
 
 def test_a_field_file_opens_as_vectors_and_can_be_inspected(make_napari_viewer, qtbot, tmp_path):
-    from napari_deformdiff.core.field_io import write_displacement
+    from napari_deformdiff.core.io.fields import write_displacement
 
     viewer = make_napari_viewer()
     geometry = Geometry((2.0, 1.5, 1.5), (0.0, 10.0, -4.0), np.eye(3))

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from napari_deformdiff.core.errors import InputError, OutputExistsError
-from napari_deformdiff.core.field_io import (
+from napari_deformdiff.core.io.fields import (
     field_to_mm,
     from_itk_displacement,
     is_displacement_file,

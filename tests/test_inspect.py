@@ -7,7 +7,7 @@ from napari.layers import Image, Labels, Layer, Vectors
 from napari_deformdiff._layers import attach_field, volume_to_layer_data
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.io import Volume
-from napari_deformdiff.core.vector_style import MAX_VECTORS_PER_FRAME, vector_strides
+from napari_deformdiff.core.inspect.vector_style import MAX_VECTORS_PER_FRAME, vector_strides
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-deformdiff"
@@ -90,7 +90,7 @@ def test_vectors_layer_shows_exactly_the_frame_under_the_time_slider(make_napari
     (time coordinate t), coloured by its own |u| in mm, and napari draws those at the shown slice."""
     from napari_deformdiff._layers import vector_colors
     from napari_deformdiff.core.spatial import field_to_vectors
-    from napari_deformdiff.core.vector_style import sampled
+    from napari_deformdiff.core.inspect.vector_style import sampled
 
     viewer = make_napari_viewer()
     rng = np.random.default_rng(1)
@@ -128,7 +128,7 @@ def test_moving_the_slider_shows_frames_that_arrived_before_the_layers_caught_up
     """While frames are still arriving, frames not under the slider wait to reach the image layers;
     moving the slider to such a frame shows its overlays in the same slider change."""
     from napari_deformdiff._qt.overlay_layers import OverlaySet
-    from napari_deformdiff.core.overlays import frame_overlay
+    from napari_deformdiff.core.inspect.overlays import frame_overlay
 
     viewer = make_napari_viewer()
     fields = translation(frames=4)

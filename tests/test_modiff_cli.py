@@ -114,7 +114,7 @@ def test_evaluate_prints_forecast_and_baseline_scores(tiny_weights, tmp_path, ca
 
 
 def test_train_on_breathing_lungs_with_its_own_model_grid(tmp_path, capsys):
-    from napari_deformdiff.core.phantom_dataset import write_phantom_dataset
+    from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
 
     list(write_phantom_dataset(tmp_path / "lung", cases=1, kind="lung", two_d=True, frames=10, fields=False))
     seq = find_sequences([tmp_path / "lung"])[0]

@@ -99,7 +99,7 @@ def test_modiff_screenshot(make_napari_viewer, qtbot, tmp_path):
     import os
     from pathlib import Path
 
-    from napari_deformdiff.core.phantom_dataset import write_phantom_dataset
+    from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
 
     list(write_phantom_dataset(tmp_path / "ds", cases=1, seed=9003, two_d=True, frames=32, fields=False))
     viewer = make_napari_viewer(show=True)

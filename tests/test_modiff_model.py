@@ -10,8 +10,8 @@ import torch
 
 from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.modiff.sampling import sample, timestep_plan
-from napari_deformdiff.core.models.modiff import MoDiff, ModiffConfig, cosine_alphas_cumprod
-from napari_deformdiff.core.models.modiff_video import P3DBlock
+from napari_deformdiff.core.modiff.nets.modiff import MoDiff, ModiffConfig, cosine_alphas_cumprod
+from napari_deformdiff.core.modiff.nets.video import P3DBlock
 
 from .modiff_helpers import tiny_config, tiny_model
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deformdiff.core.checkpoints import read_state
+from napari_deformdiff.core.weights.files import read_state
 from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.modiff.data import draw_clip, find_sequences, model_sequences, resample_indices
 from napari_deformdiff.core.modiff.train import lr_factor, train_modiff

@@ -13,7 +13,7 @@ from napari_deformdiff.core.io.volume import Volume
 from napari_deformdiff.core.modiff.generate import generate_modiff
 from napari_deformdiff.core.modiff.weights import default_weights, load_modiff, stage_steps
 from napari_deformdiff.core.phantom import cardiac_phantom
-from napari_deformdiff.core.phantom_dataset import case_volumes
+from napari_deformdiff.core.phantom.dataset import case_volumes
 
 
 @pytest.mark.parametrize("ndims", [2, 3])

@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage
 
 from napari_deformdiff.core import phantom as ph
-from napari_deformdiff.core.events import Frame
+from napari_deformdiff.core.events import Frame, Plan
 
 SMALL = {"shape": (16, 64, 64), "spacing": (6.3, 3.0, 3.0)}  # the default field of view, coarser
 
@@ -113,6 +113,8 @@ def test_stream_yields_the_same_frames_one_by_one():
     assert inspect.isgeneratorfunction(ph.stream_lung_phantom)
     case = ph.cardiac_phantom(2, frames=4, noise=True, **SMALL)
     gen = ph.stream_cardiac_phantom(2, frames=4, noise=True, **SMALL)
+    plan = next(gen)
+    assert isinstance(plan, Plan) and plan.stages == (("frames", 4),)
     first = next(gen)
     assert isinstance(first, Frame) and first.index == 0 and first.total == 4
     assert first.info["es_index"] == case.es_index and tuple(first.info["spacing"]) == case.spacing
@@ -122,7 +124,7 @@ def test_stream_yields_the_same_frames_one_by_one():
         assert np.array_equal(f.image, case.images[f.index])
         assert np.array_equal(f.labels, case.labels[f.index])
         assert np.array_equal(f.field, case.fields[f.index])
-    lframes = list(ph.stream_lung_phantom(1, frames=3, two_d=True))
+    lframes = [e for e in ph.stream_lung_phantom(1, frames=3, two_d=True) if isinstance(e, Frame)]
     lcase = ph.lung_phantom(1, frames=3, two_d=True)
     assert len(lframes) == 3 and lframes[2].field.shape == (2, 64, 96)
     assert np.array_equal(lframes[2].image, lcase.images[2])

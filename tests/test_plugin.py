@@ -209,7 +209,7 @@ import numpy as np, torch
 from napari_deformdiff.core import spatial, device
 from napari_deformdiff.core.io import read_volume, write_volume
 from napari_deformdiff.core.phantom import cardiac_phantom
-from napari_deformdiff.core.phantom_dataset import case_volumes
+from napari_deformdiff.core.phantom.dataset import case_volumes
 case = cardiac_phantom(1, frames=3, two_d=True)
 image, labels = case_volumes(case, "p")
 write_volume(labels, r"{tmp_path / 'l_gt.nii.gz'}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from napari_deformdiff.cli import main
-from napari_deformdiff.core import weights_registry as wr
+from napari_deformdiff.core.weights import registry as wr
 from napari_deformdiff.core.errors import InputError
 
 OFFICIAL = Path("/work/shared/weights/drdm_cmr2d_official.pth")

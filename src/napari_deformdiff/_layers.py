@@ -159,7 +159,7 @@ def vector_colors(magnitude_mm: np.ndarray) -> np.ndarray:
     """RGBA per vector from the fixed mm bins of core.overlays."""
     from matplotlib.colors import to_rgba
 
-    from .core.vector_style import MAGNITUDE_BIN_COLORS, magnitude_bins
+    from .core.inspect.vector_style import MAGNITUDE_BIN_COLORS, magnitude_bins
 
     palette = np.array([to_rgba(c) for c in MAGNITUDE_BIN_COLORS], np.float32)
     return palette[magnitude_bins(magnitude_mm)]
@@ -170,7 +170,7 @@ def field_vectors_layer_data(
 ) -> tuple:
     """A 4D Vectors LayerDataTuple (one time step per frame) that carries the dense field."""
     from .core.spatial import field_to_vectors
-    from .core.vector_style import sampled, vector_strides
+    from .core.inspect.vector_style import sampled, vector_strides
 
     n = geometry.ndim
     strides = vector_strides(fields.shape[2:], stride)

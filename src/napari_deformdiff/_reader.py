@@ -48,14 +48,14 @@ def read_layers(path: str | list[str]) -> list[tuple]:
 
 
 def _is_field_file(path) -> bool:
-    from .core.field_io import is_displacement_file
+    from .core.io.fields import is_displacement_file
 
     return Path(path).is_file() and is_displacement_file(path)
 
 
 def _field_layer(path) -> tuple:
     from ._layers import field_vectors_layer_data
-    from .core.field_io import read_displacement
+    from .core.io.fields import read_displacement
     from .core.io.atomic import split_suffix
 
     ddf, geometry = read_displacement(path)

@@ -7,7 +7,7 @@ from ._layers import attach_field, volume_to_layer_data
 
 def _sample(kind: str, *, two_d: bool = False) -> list[tuple]:
     from .core.phantom import cardiac_phantom, lung_phantom
-    from .core.phantom_dataset import case_volumes
+    from .core.phantom.dataset import case_volumes
 
     make = cardiac_phantom if kind == "cardiac" else lung_phantom
     case = make(0, two_d=two_d)

@@ -11,32 +11,33 @@ from pathlib import Path
 from .core.errors import InputError, OutputExistsError
 
 
-def _progress(events: Iterable, *, desc: str, total: int | None = None):
-    """Consume core events with a tqdm progress bar; returns the events (for callers that need them)."""
+def _progress(events: Iterable, *, desc: str):
+    """Consume core events with one tqdm bar sized by the generator's Plan; returns the events."""
     from tqdm import tqdm
 
+    from .core.events import RunProgress
+
     seen = []
-    with tqdm(total=total, desc=desc, unit="step", file=sys.stderr) as bar:
+    state = RunProgress()
+    with tqdm(total=None, desc=desc, unit="step", file=sys.stderr) as bar:
         for event in events:
             seen.append(event)
-            if not hasattr(event, "index"):
-                continue
-            if bar.total is None and getattr(event, "total", None):
-                bar.total = event.total
-            bar.n = min(event.index + 1, bar.total or event.index + 1)
-            bar.set_postfix_str(getattr(event, "message", "") or "", refresh=False)
-            bar.refresh()
+            if state.update(event):
+                bar.total = state.total
+                bar.n = state.done
+                bar.set_postfix_str(state.message, refresh=False)
+                bar.refresh()
     return seen
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from .core.phantom_dataset import write_phantom_dataset
+    from .core.phantom.dataset import write_phantom_dataset
 
     events = write_phantom_dataset(
         args.out, cases=args.cases, seed=args.seed, kind=args.kind, two_d=args.two_d,
         frames=args.frames, image_dtype=args.dtype, fields=args.fields, overwrite=args.overwrite,
     )
-    _progress(events, desc=f"{args.kind} phantom", total=args.cases)
+    _progress(events, desc=f"{args.kind} phantom")
     print(f"wrote {args.cases} {args.kind} phantom case(s) in ACDC layout to {args.out}")
     return 0
 
@@ -94,8 +95,8 @@ def _sizes(text: str | None) -> tuple[int, ...] | None:
 def cmd_train_ddm(args: argparse.Namespace) -> int:
     from .core.ddm.train import train_ddm
     from .core.device import choose_device_name
-    from .core.models.ddm import DDMConfig
-    from .core.pairs import find_pairs
+    from .core.ddm.nets.ddm import DDMConfig
+    from .core.io.pairs import find_pairs
 
     pairs = find_pairs(args.data)
     ndims = pairs[0].source.geometry.ndim
@@ -106,7 +107,7 @@ def cmd_train_ddm(args: argparse.Namespace) -> int:
         seed=args.seed, device=device, lr=args.lr, crop=_sizes(args.crop), batch=args.batch, sampling=args.pairs,
         save_every=args.save_every, overwrite=args.overwrite, anchor=args.anchor,
     )
-    _progress(events, desc="train ddm", total=args.steps)
+    _progress(events, desc="train ddm")
     print(f"wrote {args.out}")
     return 0
 
@@ -124,7 +125,7 @@ def cmd_train_drdm(args: argparse.Namespace) -> int:
         seed=args.seed, resume=args.resume, save_every=args.save_every, device=device,
         overwrite=args.overwrite, crop=_sizes(args.crop), field_bank=args.field_bank, init=args.init,
     )
-    _progress(events, desc="train drdm", total=args.steps)
+    _progress(events, desc="train drdm")
     print(f"wrote {args.out}")
     return 0
 
@@ -149,7 +150,7 @@ def cmd_train_modiff(args: argparse.Namespace) -> int:
     from .core.device import choose_device_name
     from .core.modiff.data import find_sequences
     from .core.modiff.train import train_modiff
-    from .core.models.modiff import ModiffConfig
+    from .core.modiff.nets.modiff import ModiffConfig
 
     sequences = find_sequences(args.data, span=args.span)
     ndims = sequences[0].frames.geometry.ndim
@@ -185,7 +186,7 @@ def cmd_train_modiff(args: argparse.Namespace) -> int:
 def _ddm_inputs(args: argparse.Namespace):
     """(source, target, labels, time spacing) from --patient or --source/--target[/--labels]."""
     from .core.io import read_volume
-    from .core.pairs import find_pairs
+    from .core.io.pairs import find_pairs
 
     if args.patient:
         if args.source or args.target:
@@ -214,7 +215,7 @@ def cmd_generate_ddm(args: argparse.Namespace) -> int:
     from .core.ddm.generate import generate_ddm
     from .core.device import choose_device_name
     from .core.events import Frame
-    from .core.field_io import write_displacement_sequence
+    from .core.io.fields import write_displacement_sequence
     from .core.io import Volume, write_volume
 
     if args.labels_out and not (args.labels or args.patient):
@@ -229,7 +230,7 @@ def cmd_generate_ddm(args: argparse.Namespace) -> int:
     device = choose_device_name(args.device)
     events = generate_ddm(source, target, frames=frames, loop=args.loop, labels=labels, weights=args.weights,
                           device=device, adapt=args.adapt, seed=args.seed, batch=args.batch)
-    got = [e for e in _progress(_frames_only(events, frames), desc="ddm", total=frames) if isinstance(e, Frame)]
+    got = [e for e in _progress(events, desc="ddm") if isinstance(e, Frame)]
     geometry = source.geometry
     images = np.stack([f.image for f in got]).astype(np.float32)
     write_volume(Volume(images, geometry, False, "ddm cycle", dt), args.out, overwrite=args.overwrite)
@@ -247,7 +248,6 @@ def cmd_generate_ddm(args: argparse.Namespace) -> int:
 
 def cmd_generate_modiff(args: argparse.Namespace) -> int:
     import numpy as np
-    from tqdm import tqdm
 
     from .core.device import choose_device_name
     from .core.events import Frame, SequencePreview
@@ -268,17 +268,11 @@ def cmd_generate_modiff(args: argparse.Namespace) -> int:
     events = generate_modiff(first, frames=args.frames, steps=args.steps, sampler=args.sampler, seed=args.seed,
                              weights=args.weights, device=device)
     frames, differential = [], None
-    with tqdm(total=2 * args.steps, desc="modiff", unit="step", file=sys.stderr) as bar:
-        for event in events:
-            if isinstance(event, Frame):
-                frames.append(event.image)
-            elif isinstance(event, SequencePreview):
-                if event.differential is not None:
-                    differential = event.differential
-            else:
-                bar.n = event.index
-                bar.set_postfix_str(event.message, refresh=False)
-                bar.refresh()
+    for event in _progress(events, desc="modiff"):
+        if isinstance(event, Frame):
+            frames.append(event.image)
+        elif isinstance(event, SequencePreview) and event.differential is not None:
+            differential = event.differential
     images = np.stack(frames).astype(np.float32)
     write_volume(Volume(images, first.geometry, False, "modiff forecast", dt), args.out, overwrite=args.overwrite)
     print(f"wrote {args.out} ({len(frames)} frames)")
@@ -289,23 +283,10 @@ def cmd_generate_modiff(args: argparse.Namespace) -> int:
     return 0
 
 
-def _frames_only(events, total):
-    """Core events -> progress over frames (preparation and adaptation steps show as messages)."""
-    from .core.events import Frame
-
-    for e in events:
-        if isinstance(e, Frame):
-            yield e
-        elif not e.message.startswith("adapting") or (e.index + 1) % 10 == 0 or e.index + 1 == e.total:
-            print(f"  {e.message}", file=sys.stderr)
-
-
 def cmd_generate_drdm(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from .core.device import choose_device_name
     from .core.drdm.augment import ExportSettings, export_drdm, find_cases, plan_export
-    from .core.events import Frame
 
     if args.syn_level is not None and not args.pairs:
         raise InputError("--syn-level applies to registration pairs: add --pairs.")
@@ -328,11 +309,7 @@ def cmd_generate_drdm(args: argparse.Namespace) -> int:
                                          workers=args.workers, **common)
     else:
         events = export_drdm(cases, args.out_dir, settings, **common)
-    with tqdm(total=total, desc=f"drdm {settings.mode}", unit="sample", file=sys.stderr) as bar:
-        for event in events:
-            bar.n = event.index + 1 if isinstance(event, Frame) else event.index
-            bar.set_postfix_str(getattr(event, "message", "") or "", refresh=False)
-            bar.refresh()
+    _progress(events, desc=f"drdm {settings.mode}")
     print(f"wrote {total} sample(s) to {args.out_dir} (listed in {settings.manifest_name})")
     return 0
 
@@ -341,7 +318,7 @@ def cmd_evaluate_ddm(args: argparse.Namespace) -> int:
     from .core.ddm.evaluate import CaseResult, evaluate_ddm, format_table, summarize
     from .core.ddm.weights import load_ddm
     from .core.device import choose_device_name
-    from .core.pairs import find_pairs
+    from .core.io.pairs import find_pairs
 
     pairs = find_pairs(args.data)
     if args.cases:
@@ -441,7 +418,7 @@ def cmd_evaluate_modiff(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_list(args: argparse.Namespace) -> int:
-    from .core import weights_registry as wr
+    from .core.weights import registry as wr
 
     print(f"cache folder: {wr.cache_dir()} (set {wr.CACHE_ENV} to change it)")
     for name, e in sorted(wr.REGISTRY.items()):
@@ -452,7 +429,7 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_fetch(args: argparse.Namespace) -> int:
-    from .core import weights_registry as wr
+    from .core.weights import registry as wr
 
     was_cached = wr.is_cached(args.name)
     path = wr.fetch(args.name, report=print)

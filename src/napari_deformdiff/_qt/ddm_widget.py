@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, SpinBox
 
 from .layer_inputs import chosen_file, follow_layer_list, frame_volume, pick
+from ..core.events import Frame, Progress
 from .streaming import FrameBuffers, GrowingSequence, StreamingWidget, start_stream
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class DDMWidget(StreamingWidget, Container):
         from .._settings import gui_device_name
         from ..core.ddm.generate import gamma_schedule, generate_ddm
         from ..core.errors import InputError
-        from ..core.pairs import check_pair
+        from ..core.io.pairs import check_pair
 
         try:
             if self.source.value is None or self.target.value is None:
@@ -68,17 +69,17 @@ class DDMWidget(StreamingWidget, Container):
                                         with_labels=labels is not None, buffers=FrameBuffers())
 
         def on_event(event):
-            if hasattr(event, "image"):
+            if isinstance(event, Frame):
                 self.sequence.add(event)
                 self.status.value = f"frame {event.index + 1}/{event.total} (gamma {event.info['gamma']:.2f})"
-            else:
+            elif isinstance(event, Progress):
                 self.status.value = event.message
 
         self._running()
         self.worker = start_stream(
             lambda: generate_ddm(source, target, frames=frames, loop=loop, labels=labels, weights=weights,
                                  device=device, adapt=adapt),
-            total=frames + adapt + 2, description=name, on_event=on_event, on_done=self._done,
+            description=name, on_event=on_event, on_done=self._done,
             prepare=self.sequence.buffers.stage,
         )
         return self.worker

@@ -8,20 +8,18 @@ after the current step and keeps the complete samples (the manifest lists exactl
 
 from __future__ import annotations
 
-import logging
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox
 
 from .layer_inputs import chosen_file, follow_layer_list, frame_volume, pick
+from ..core.events import Frame, Progress
 from .streaming import FrameBuffers, GrowingSequence, StreamingWidget, start_stream
 
 if TYPE_CHECKING:
     import napari
 
-log = logging.getLogger(__name__)
 NO_LABELS = "(none)"
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DEFAULT_WEIGHTS = "bundled default"
@@ -143,7 +141,7 @@ class DRDMWidget(StreamingWidget, Container):
         buffers = FrameBuffers()
 
         def events():
-            from ..core.drdm.recover import deform_instance
+            from ..core.drdm.generate import deform_instance
             from ..core.drdm.weights import load_drdm
 
             model, meta = load_drdm(weights, ndims=case.image.geometry.ndim, device=device)
@@ -152,8 +150,9 @@ class DRDMWidget(StreamingWidget, Container):
                                        precision=settings.precision)
 
         def on_event(event):
-            if not hasattr(event, "image"):
+            if isinstance(event, Progress):
                 self.status.value = event.message
+            if not isinstance(event, Frame):
                 return
             if self.sequence is None:
                 self.sequence = GrowingSequence(self.viewer, name=name, geometry=case.image.geometry,
@@ -173,7 +172,7 @@ class DRDMWidget(StreamingWidget, Container):
 
         self._running()
         self.export_button.enabled = False
-        self.worker = start_stream(events, total=unit.level + 2, description=name, on_event=on_event,
+        self.worker = start_stream(events, description=name, on_event=on_event,
                                    on_done=on_done, prepare=buffers.stage)
         return self.worker
 
@@ -196,8 +195,6 @@ class DRDMWidget(StreamingWidget, Container):
 
     def export(self):
         """Export: the whole batch into the output folder, in a worker; Cancel keeps complete samples."""
-        from napari.qt.threading import create_worker
-        from napari.utils import progress
         from napari.utils.notifications import show_error
 
         from ..core.drdm.augment import check_cases, export_drdm, plan_export, prepare_output
@@ -223,40 +220,25 @@ class DRDMWidget(StreamingWidget, Container):
         total = len(units)
         self.exported = len(done)
         self._export_total = total
-        pbar = progress(total=total, desc=f"DRDM export to {out.name}")
-        pbar.update(len(done))
 
         def events():
             yield from export_drdm([case], out, settings, weights=weights, device=device, overwrite=overwrite,
                                    resume=resume)
 
         def on_event(event):
-            if hasattr(event, "image"):
+            if isinstance(event, Frame):
                 self.exported += 1
-                pbar.update(1)
                 self.status.value = f"exported {self.exported}/{total}: {event.info['id']}"
-            else:
+            elif isinstance(event, Progress):
                 self.status.value = event.message
 
-        def report(exc: Exception) -> None:
-            if isinstance(exc, InputError):
-                show_error(str(exc))
-            else:
-                log.error("DRDM export failed:\n%s", "".join(traceback.format_exception(exc)))
-                show_error(f"DRDM export failed: {type(exc).__name__}: {exc}")
-
         def on_done():
-            pbar.close()
             self.run_button.enabled, self.export_button.enabled, self.cancel_button.enabled = True, True, False
             self.status.value = f"exported {self.exported}/{total} samples to {out}"
             self.worker = None
 
-        worker = create_worker(events, _ignore_errors=True)
-        worker.yielded.connect(on_event)
-        worker.errored.connect(report)
-        worker.finished.connect(on_done)
         self.run_button.enabled, self.export_button.enabled, self.cancel_button.enabled = False, False, True
         self.status.value = "starting export..."
-        self.worker = worker
-        worker.start()
-        return worker
+        self.worker = start_stream(events, description=f"DRDM export to {out.name}", on_event=on_event,
+                                   on_done=on_done)
+        return self.worker

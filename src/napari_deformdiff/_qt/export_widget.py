@@ -70,7 +70,7 @@ class ExportWidget(Container):
         from napari.layers import Labels
         from napari.utils import progress
 
-        from ..core.cine import MovieWriter, pingpong
+        from ..core.io.cine import MovieWriter, pingpong
         from ..core.io import write_volume
         from ..core.io.atomic import split_suffix
 
@@ -97,7 +97,7 @@ class ExportWidget(Container):
         return self._run(self._write_fields, "Fields")
 
     def _write_fields(self, layer):
-        from ..core.field_io import write_displacement_series
+        from ..core.io.fields import write_displacement_series
 
         fields, geometry = self._field(layer)
         return write_displacement_series(Path(self.fields_dir.value), fields, geometry,
@@ -107,7 +107,7 @@ class ExportWidget(Container):
         return self._run(self._write_report, "Folding report")
 
     def _write_report(self, layer):
-        from ..core.deformation_report import sequence_metrics, write_metrics_csv
+        from ..core.inspect.report import sequence_metrics, write_metrics_csv
 
         fields, geometry = self._field(layer)
         return write_metrics_csv(Path(self.report_path.value), sequence_metrics(fields, geometry.spacing))

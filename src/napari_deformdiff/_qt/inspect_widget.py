@@ -13,7 +13,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 
 from .._layers import field_of
-from ..core.vector_style import MAGNITUDE_BIN_COLORS, MAGNITUDE_BIN_NAMES
+from ..core.inspect.vector_style import MAGNITUDE_BIN_COLORS, MAGNITUDE_BIN_NAMES
 from .overlay_layers import OverlaySet
 from .readout_plot import BlitReadoutPlot
 
@@ -111,19 +111,21 @@ class InspectWidget(Container):
         grid_step = self.grid_step.value if self.grid_on.value else None
 
         def events():
-            from ..core.overlays import frame_overlay
+            from ..core.inspect.overlays import stream_overlays
 
-            for t in range(first, last):
-                yield t, frame_overlay(fields[t], spacing, stride=stride, grid_step=grid_step)
+            return stream_overlays(fields[:last], spacing, first=first, stride=stride, grid_step=grid_step)
 
-        def on_event(item):
-            t, overlay = item
-            self.overlays.add(t, overlay)
+        def on_event(event):
+            from ..core.inspect.overlays import OverlayReady
+
+            if not isinstance(event, OverlayReady):
+                return
+            self.overlays.add(event.frame, event.overlay)
             self.plot.update(self.overlays.metrics, self._current_frame())
             self._update_readout()
 
         # a source still streaming in has its generator's progress bar; the plot shows the overlays'
-        self.worker = start_stream(events, total=last - first, description="Deformation overlays",
+        self.worker = start_stream(events, description="Deformation overlays",
                                    on_event=on_event, on_done=self._worker_done, progress_bar=last >= expected)
         return self.worker
 

@@ -9,6 +9,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
 
 from .layer_inputs import chosen_file, follow_layer_list, frame_volume, pick
+from ..core.events import Frame, Progress, SequencePreview
 from .streaming import StreamingWidget, start_stream
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ class ModiffWidget(StreamingWidget, Container):
         final = np.zeros((frames, *first.data.shape), np.float32)
 
         def on_event(event):
-            if hasattr(event, "images"):
+            if isinstance(event, SequencePreview):
                 self.previews += 1
                 self.forecast.show(event.images, f"{name} (preview, {event.stage})")
                 if event.differential is not None:
@@ -101,18 +102,18 @@ class ModiffWidget(StreamingWidget, Container):
                     limit = float(np.abs(event.differential).max()) or 1.0
                     self.differential.layer.contrast_limits = (-limit, limit)
                 self.status.value = f"preview {self.previews} ({event.stage}, step {event.index + 1}/{event.total})"
-            elif hasattr(event, "image"):
+            elif isinstance(event, Frame):
                 final[event.index] = event.image
                 self.made = event.index + 1
                 if self.made == frames:
                     self.forecast.show(final, name)
-            else:
+            elif isinstance(event, Progress):
                 self.status.value = event.message
 
         self._running()
         self.worker = start_stream(
             lambda: generate_modiff(first, frames=frames, steps=steps, sampler=sampler, seed=seed, model=model),
-            total=2 * steps + 1, description=name, on_event=on_event, on_done=self._done,
+            description=name, on_event=on_event, on_done=self._done,
         )
         return self.worker
 

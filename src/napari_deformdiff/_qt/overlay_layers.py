@@ -12,7 +12,7 @@ from ..core.geometry import Geometry
 if TYPE_CHECKING:
     import napari
 
-    from ..core.overlays import FrameOverlay
+    from ..core.inspect.overlays import FrameOverlay
 
 JACOBIAN_LIMITS = {False: (0.0, 2.0), True: (-0.5, 0.5)}  # centred at det 1 (log10: 0)
 # Layer updates run one per event-loop turn, this far apart: a zero-delay chain of them would run

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 
+from ..core.events import Frame
 from .streaming import FrameBuffers, GrowingSequence, StreamingWidget, start_stream
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ class PhantomWidget(StreamingWidget, Container):
 
     def start(self):
         from ..core.phantom import stream_cardiac_phantom, stream_lung_phantom
-        from ..core.phantom_dataset import FRAME_SECONDS, centred_geometry
+        from ..core.phantom.dataset import FRAME_SECONDS, centred_geometry
 
         kind, two_d, seed, total = self.kind.value, self.two_d.value, self.seed.value, self.frames.value
         stream = stream_cardiac_phantom if kind == "cardiac" else stream_lung_phantom
@@ -32,6 +33,8 @@ class PhantomWidget(StreamingWidget, Container):
         buffers = FrameBuffers()
 
         def on_event(frame):
+            if not isinstance(frame, Frame):
+                return
             if self.sequence is None:
                 spacing = tuple(frame.info["spacing"])
                 self.sequence = GrowingSequence(
@@ -45,7 +48,7 @@ class PhantomWidget(StreamingWidget, Container):
         self._running()
         self.worker = start_stream(
             lambda: stream(seed, frames=total, two_d=two_d),
-            total=total, description=f"Generating {name}", on_event=on_event, on_done=self._done,
+            description=f"Generating {name}", on_event=on_event, on_done=self._done,
             prepare=buffers.stage,
         )
         return self.worker

@@ -16,7 +16,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from .._layers import attach_field, volume_to_layer_data
 from ..core.errors import InputError
-from ..core.events import Frame
+from ..core.events import Frame, RunProgress
 from ..core.geometry import Geometry
 from ..core.io import Volume
 
@@ -206,7 +206,7 @@ class StreamHandle(QObject):
     yielded = Signal(object)
     finished = Signal()
 
-    def __init__(self, worker, *, total: int, description: str, on_event: Callable, on_done: Callable[[], None],
+    def __init__(self, worker, *, description: str, on_event: Callable, on_done: Callable[[], None],
                  progress_bar: bool = True):
         super().__init__()
         from napari.utils import progress
@@ -220,10 +220,11 @@ class StreamHandle(QObject):
         self._worker_done = False
         self._closed = False
         self.handled = 0
+        self.progress = RunProgress()  # from the events: the generator's own Plan
         self._shown = 0
         self._last_progress = 0.0
         self._progress_scheduled = False
-        self._pbar = progress(total=total, desc=description) if progress_bar else None
+        self._pbar = progress(total=0, desc=description) if progress_bar else None
         worker.yielded.connect(self._arrived)
         worker.finished.connect(self._worker_finished)
 
@@ -257,7 +258,8 @@ class StreamHandle(QObject):
             finally:
                 self._busy = False
             self.handled += 1
-            self._progress_due()
+            if self.progress.update(event):
+                self._progress_due()
             self.yielded.emit(event)
         if self._queue:
             self._kick(SPACING_MS)
@@ -273,7 +275,7 @@ class StreamHandle(QObject):
 
     def _show_progress(self) -> None:
         self._progress_scheduled = False
-        if self._closed or self._pbar is None or self._shown == self.handled:
+        if self._closed or self._pbar is None or self._shown == self.progress.done:
             return
         if self._busy:
             self._progress_due()
@@ -281,8 +283,10 @@ class StreamHandle(QObject):
         self._busy = True
         try:
             with nested_event_loop():
-                self._pbar.update(self.handled - self._shown)
-            self._shown = self.handled
+                if self.progress.total is not None and self._pbar.total != self.progress.total:
+                    self._pbar.total = self.progress.total
+                self._pbar.update(self.progress.done - self._shown)
+            self._shown = self.progress.done
         finally:
             self._busy = False
         self._last_progress = time.perf_counter()
@@ -309,11 +313,12 @@ class StreamHandle(QObject):
 
 
 def start_stream(
-    make_events: Callable[[], Iterator], *, total: int, description: str,
+    make_events: Callable[[], Iterator], *, description: str,
     on_event: Callable, on_done: Callable[[], None], progress_bar: bool = True,
     prepare: Callable | None = None,
 ) -> StreamHandle:
-    """Run the generator `make_events()` in napari's thread_worker, with a napari progress bar.
+    """Run the generator `make_events()` in napari's thread_worker, with a napari progress bar
+    whose length comes from the generator's Plan (core.events).
 
     `on_event` runs in the GUI thread for every event, one per event-loop turn (StreamHandle);
     `on_done` when the worker has stopped for any reason (finished, cancelled by quit(), or
@@ -330,7 +335,7 @@ def start_stream(
             yield prepare(event) if prepare is not None else event
 
     worker = create_worker(events, _ignore_errors=True)
-    handle = StreamHandle(worker, total=total, description=description, on_event=on_event, on_done=on_done,
+    handle = StreamHandle(worker, description=description, on_event=on_event, on_done=on_done,
                           progress_bar=progress_bar)
 
     def report(exc: Exception) -> None:

@@ -17,10 +17,10 @@ import torch
 
 from .. import spatial
 from ..errors import InputError
-from ..events import Progress
+from ..events import Frame, Plan, Progress
 from ..image_metrics import dice, nmse, psnr
-from ..models.ddm import DDM
-from ..pairs import Pair
+from .nets.ddm import DDM
+from ..io.pairs import Pair
 from .generate import generate_ddm
 
 METHODS = ("initial", "linear blend", "VM (gamma * field)", "DDM")
@@ -61,8 +61,9 @@ def evaluate_ddm(pairs: Sequence[Pair], model: DDM, *, adapt: Sequence[int] = (0
             "no held-out case has true intermediate frames: evaluation needs ACDC folders with the "
             "4D cine (<patient>_4d.nii.gz), e.g. a phantom dataset from `deformdiff phantom`."
         )
+    yield Plan((("cases", len(usable)),))
     for i, p in enumerate(usable):
-        yield Progress(i, len(usable), p.name)
+        yield Progress(i, len(usable), p.name, "cases")
         real = p.cine.data.astype(np.float32)
         n = real.shape[0]
         src = p.source.data.astype(np.float32)
@@ -87,7 +88,7 @@ def evaluate_ddm(pairs: Sequence[Pair], model: DDM, *, adapt: Sequence[int] = (0
         for k in adapt:
             t0 = time.perf_counter()
             out = [e for e in generate_ddm(p.source, p.target, frames=n, labels=lab_src, model=model,
-                                           adapt=k, seed=seed, batch=batch) if hasattr(e, "image")]
+                                           adapt=k, seed=seed, batch=batch) if isinstance(e, Frame)]
             seconds = time.perf_counter() - t0
             frames = np.stack([e.image for e in out])
             fields = np.stack([e.field for e in out])
@@ -106,7 +107,7 @@ def evaluate_ddm(pairs: Sequence[Pair], model: DDM, *, adapt: Sequence[int] = (0
                                           mode="nearest", padding_mode="border")[0, 0].numpy()
                 yield _score(p.name, "VM (gamma * field)", vm, real, data_range, vm_lab, true_labels, vm_fields,
                              seconds + time.perf_counter() - t0)
-    yield Progress(len(usable), len(usable), "done")
+    yield Progress(len(usable), len(usable), "done", "cases")
 
 
 def summarize(results: Sequence[CaseResult]) -> list[dict]:

@@ -17,12 +17,12 @@ import torch
 
 from .. import spatial
 from ..errors import InputError
-from ..events import Frame, Progress
+from ..events import Frame, Plan, Progress
 from ..io.volume import Volume
-from ..model_grid import GridMap, to_model
-from ..models.ddm import DDM
-from ..models.inference import as_channels_last, fast_copy
-from ..pairs import check_pair
+from ..nn.model_grid import GridMap, to_model
+from .nets.ddm import DDM
+from ..nn.inference import as_channels_last, fast_copy
+from ..io.pairs import check_pair
 from .weights import load_ddm
 
 MAX_FRAMES = 200
@@ -54,7 +54,7 @@ def adapt_model(model: DDM, source: torch.Tensor, target: torch.Tensor, steps: i
         optim.zero_grad(set_to_none=True)
         losses["total"].backward()
         optim.step()
-        yield Progress(k, steps, f"adapting {k + 1}/{steps}: ncc {float(losses['ncc'].detach()):.3f}")
+        yield Progress(k + 1, steps, f"adapting {k + 1}/{steps}: ncc {float(losses['ncc'].detach()):.3f}", "adapt")
     model.eval()
 
 
@@ -78,7 +78,7 @@ def generate_ddm(
     adapt_lr: float = 1e-4,
     seed: int = 0,
 ) -> Iterator[Progress | Frame]:
-    """Yield Progress events, then Frame(index, total, image, field, labels, info) for every frame.
+    """Yield a Plan, Progress events, then Frame(index, total, image, field, labels, info) per frame.
 
     frames: N frames ED -> ES (gamma = linspace(0, 1, N)) or, with loop, ED -> ES -> ED.
     Fields are pull displacements in the source's voxels (array-axis components); labels are
@@ -92,7 +92,8 @@ def generate_ddm(
     if adapt < 0:
         raise InputError("adapt steps must be 0 or more.")
     ndims = source.geometry.ndim
-    yield Progress(0, 1, "loading weights")
+    yield Plan((("weights", 1), ("adapt", adapt), ("frames", frames)))
+    yield Progress(0, 1, "loading weights", "weights")
     if model is None:
         model, _ = load_ddm(weights, ndims=ndims, device=device)
     elif model.ndims != ndims:
@@ -137,7 +138,7 @@ def generate_ddm(
         first = fields_for(np.array([gammas[0]]), zero_code)[0]
         done[round(float(gammas[0]), 9)] = first
         yield frame(0, gammas[0], first)
-        yield Progress(0, 1, "diffusion pass")
+        yield Progress(1, frames, "diffusion pass", "frames")
         code = net.code(s_fast, as_channels_last(t))
         _check_finite(code, "latent code")
         pending = [k for k in range(1, frames)]

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..events import Progress
-from ..optim_step import descend
-from ..model_grid import GridMap, to_model
-from ..models.ddm import DDM, DDMConfig
-from ..pairs import Pair
+from ..events import Plan, Progress
+from ..nn.optim_step import descend
+from ..nn.model_grid import GridMap, to_model
+from .nets.ddm import DDM, DDMConfig
+from ..io.pairs import Pair
 from .weights import load_ddm, save_ddm
 
 
@@ -109,7 +109,7 @@ def train_ddm(
     `batch` pairs per step (the paper uses 1; on a CPU 2-4 uses the cores better).
     `sampling`: "ends" trains on source -> target only (the paper); "cine" also on random frame
     pairs of the pair's cine (ACDC 4D files), see draw_pair.
-    Yields Progress(step, steps, "loss ...") after every step. With `resume`, weights, optimizer
+    Yields a Plan, then Progress(step, steps, "loss ...", "train") after every step. With `resume`, weights, optimizer
     state and the step count come from that checkpoint (and its .optim.pt beside it). Each step
     draws its pair, augmentation, timestep and noise from a generator seeded with (seed, step),
     so a run is reproducible and a resumed run continues the same sequence.
@@ -159,6 +159,8 @@ def train_ddm(
         torch.save(optim.state_dict(), tmp)
         tmp.replace(optim_path)
 
+    yield Plan((("train", steps),))
+    yield Progress(start, steps, "starting" if start == 0 else f"resuming at step {start}", "train")
     for step in range(start, steps):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         chosen = [augment(*draw_pair(data[int(i)], g, sampling), g, crop)
@@ -171,6 +173,6 @@ def train_ddm(
         done = step + 1
         if done % save_every == 0 or done == steps:
             save(done)
-        yield Progress(done - 1, steps, f"loss {total:.4f} (ncc {float(losses['ncc'].detach()):.3f}, "
-                                         f"eps {float(losses['diffusion'].detach()):.4f})")
+        yield Progress(done, steps, f"loss {total:.4f} (ncc {float(losses['ncc'].detach()):.3f}, "
+                                         f"eps {float(losses['diffusion'].detach()):.4f})", "train")
     model.eval()

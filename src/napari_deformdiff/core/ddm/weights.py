@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import bundled_path, load_strict, read_state, save_safetensors
+from ..weights.files import bundled_path, load_strict, read_state, save_safetensors
 from ..errors import InputError
-from ..models.ddm import DDM, DDMConfig
+from .nets.ddm import DDM, DDMConfig
 
 MODEL_NAME = "ddm"
 BUNDLED = {3: "ddm_phantom_3d.safetensors", 2: "ddm_phantom_2d.safetensors"}

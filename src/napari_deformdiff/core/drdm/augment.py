@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputExistsError
-from ..events import Frame, Progress
+from ..events import Frame, Plan, Progress
 from ..io.atomic import atomic_output, split_suffix
 from ..io.volume import Volume, is_integer_valued
 
@@ -402,16 +402,16 @@ def warp_array(data: np.ndarray, field: np.ndarray, *, labels: bool) -> np.ndarr
 def _instance_field(image: Volume, level: int, seed: int, *, model, meta, settings: ExportSettings, device,
                     what: str, index: int, total: int) -> Iterator[Progress]:
     """Run Algorithm 2 on `image`; yields Progress per recovery step, returns the final field (n, *S)."""
-    from .recover import deform_instance
+    from .generate import deform_instance
 
     last = None
     for event in deform_instance(image, level, model=model, meta=meta, seed=seed, loop=settings.loop, device=device,
                                  precision=settings.precision):
-        if isinstance(event, Progress) and event.message.startswith("compiling"):
-            yield Progress(index, total, f"{what}: {event.message}")
+        if isinstance(event, Progress) and event.stage == "compile":
+            yield Progress(index, total, f"{what}: {event.message}", "samples")
         if isinstance(event, Frame):
             last = event
-            yield Progress(index, total, f"{what}: step {event.index + 1}/{event.total}")
+            yield Progress(index, total, f"{what}: step {event.index + 1}/{event.total}", "samples")
     if last is None or last.field is None:
         raise RuntimeError("the recovery produced no field")
     return np.asarray(last.field, dtype=np.float32)
@@ -420,7 +420,7 @@ def _instance_field(image: Volume, level: int, seed: int, *, model, meta, settin
 def _write_unit_files(out: Path, files: dict[str, str], arrays: dict[str, tuple[np.ndarray, bool]],
                       field: np.ndarray, case: Case, overwrite: bool) -> None:
     """Write every file of a unit, or (on any failure) none: the ones already written are removed."""
-    from ..field_io import write_displacement
+    from ..io.fields import write_displacement
     from ..io import write_volume
 
     geometry = case.image.geometry
@@ -482,7 +482,7 @@ def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Pa
     row.update(_field_stats(field, image.geometry.spacing))
     row = {k: _format_value(k, v) for k, v in row.items()}
     _write_unit_files(out, files, arrays, field, case, overwrite)
-    frame = Frame(index, total, preview, field, preview_labels, {"row": row, "id": unit.id})
+    frame = Frame(index, total, preview, field, preview_labels, {"row": row, "id": unit.id}, "samples")
     return row, frame
 
 
@@ -562,7 +562,8 @@ def export_drdm(
     units = plan_export(cases, settings)
     out = Path(out_dir)
     rows = prepare_output(out, units, settings, overwrite=overwrite, resume=resume)
-    yield Progress(0, len(units), "loading weights")
+    yield Plan((("weights", 1), ("samples", len(units))))
+    yield Progress(0, 1, "loading weights", "weights")
     model, meta, label = load_for_export(cases, settings, weights=weights, model=model, meta=meta, device=device)
     by_name = {c.name: c for c in cases}
     done_ids = {r["id"] for r in rows}
@@ -571,7 +572,7 @@ def export_drdm(
     for k, unit in enumerate(units):
         if unit.id in done_ids:
             continue
-        yield Progress(k, len(units), f"{unit.id}: sampling the random deformation")
+        yield Progress(k, len(units), f"{unit.id}: sampling the random deformation", "samples")
         try:
             # files of a unit the manifest does not list are leftovers of an interrupted run: replaced
             row, frame = yield from run_unit(by_name[unit.case], unit, settings, out, model=model, meta=meta,

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import InputError, OutputExistsError
-from ..events import Frame, Progress
+from ..events import Frame, Plan, Progress
 from .augment import (
     Case,
     ExportSettings,
@@ -109,7 +109,8 @@ def export_drdm_distributed(
     done_ids = {r["id"] for r in rows}
     todo = [u for u in units if u.id not in done_ids]
     order = {u.id: k for k, u in enumerate(units)}
-    yield Progress(len(rows), len(units), f"starting Dask ({scheduler})")
+    yield Plan((("samples", len(units)),))
+    yield Progress(len(rows), len(units), f"starting Dask ({scheduler})", "samples")
     client, cluster = connect(scheduler, workers=workers, threads_per_worker=threads_per_worker)
     futures = []
     try:
@@ -130,7 +131,7 @@ def export_drdm_distributed(
             except OSError as exc:
                 raise write_error(exc, out, len(rows), manifest) from exc
             rows = record_unit(out, rows, row, settings, order, manifest)
-            yield Progress(len(rows), len(units), f"{row['id']} done ({len(rows)}/{len(units)})")
+            yield Progress(len(rows), len(units), f"{row['id']} done ({len(rows)}/{len(units)})", "samples")
     finally:
         for f in futures:
             if not f.done():

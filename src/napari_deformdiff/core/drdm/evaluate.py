@@ -76,7 +76,7 @@ def _resize(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 def phantom_images(ndims: int, shape: Sequence[int], count: int, *, seed: int = 0) -> list[np.ndarray]:
     """`count` cardiac phantom images (ED frames of seeds seed, seed+1, ...) at `shape`, in [0, 1]."""
-    from ..model_grid import unit_range
+    from ..nn.model_grid import unit_range
     from ..phantom import cardiac_phantom
 
     images = []
@@ -93,7 +93,7 @@ def folder_images(folder: str | Path, ndims: int, shape: Sequence[int]) -> list[
     """
     from ..io import read_path
     from ..io.dispatch import can_read
-    from ..model_grid import unit_range
+    from ..nn.model_grid import unit_range
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -117,7 +117,7 @@ def folder_images(folder: str | Path, ndims: int, shape: Sequence[int]) -> list[
 
 def _drdm_sample(image: np.ndarray, level: int, *, model, meta, seed: int, loop: str, device, precision: str):
     """(forward field, recovered field, seconds) of one Algorithm 2 run."""
-    from .recover import deform_instance
+    from .generate import deform_instance
 
     first = last = None
     t0 = time.perf_counter()
@@ -155,12 +155,13 @@ def evaluate_drdm(images: Sequence[np.ndarray], *, model, meta, levels: Sequence
         tuners = [MagnitudeTuner(b, pick, seeds) for b in baselines(meta.ndims)]
     total = len(levels) * (samples + len(tuners))
     done = 0
+    yield Plan((("compile", 1 if precision == "bfloat16" else 0), ("samples", total)))
     if precision == "bfloat16":
         import torch
 
-        from ..models.drdm_bf16 import bfloat16_runner
+        from .bfloat16 import bfloat16_runner
 
-        yield Progress(0, total, "compiling the bfloat16 network")
+        yield Progress(0, 1, "compiling the bfloat16 network", "compile")
         bfloat16_runner(model, torch.device(device)).warm_up(meta.grid)
     for level in levels:
         recovered = []
@@ -172,14 +173,14 @@ def evaluate_drdm(images: Sequence[np.ndarray], *, model, meta, levels: Sequence
             recovered.append(result.mean_pct)
             yield result
             done += 1
-            yield Progress(done, total, f"level {level}: DRDM sample {i + 1}/{samples}")
+            yield Progress(done, total, f"level {level}: DRDM sample {i + 1}/{samples}", "samples")
         target = float(np.mean(recovered))
         for tuner in tuners:
             magnitude = tuner.tune(target)
             for i, draw in enumerate(tuner.run(magnitude)):
                 yield SampleResult(level, tuner.baseline.name, i, *field_stats(draw.field), draw.seconds, magnitude)
             done += 1
-            yield Progress(done, total, f"level {level}: {tuner.baseline.name} at {magnitude:.3g} vox")
+            yield Progress(done, total, f"level {level}: {tuner.baseline.name} at {magnitude:.3g} vox", "samples")
 
 
 def _mean_std(values) -> tuple[float, float]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.drdm_net import authors_to_voxels, voxels_to_authors
+from .nets import authors_to_voxels, voxels_to_authors
 from ..spatial import jacobian_determinant, warp
 
 GRADIENT_THRESHOLD = 1e-4

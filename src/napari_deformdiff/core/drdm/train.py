@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import read_state
+from ..weights.files import read_state
 from ..errors import InputError
 from ..events import Progress
-from ..optim_step import descend
-from ..model_grid import unit_range
-from ..models.drdm_net import RecResACNet
+from ..nn.optim_step import descend
+from ..nn.model_grid import unit_range
+from .nets import RecResACNet
 from ..spatial import warp
 from .forward import MAX_LEVEL, sample_forward
 from .losses import drdm_loss
-from .recover import model_grid_map, time_index
+from .generate import model_grid_map, time_index
 from .weights import DRDMMeta, load_drdm, save_drdm
 
 PHANTOM = "phantom"
@@ -316,7 +316,7 @@ def train_drdm(
     inflated with inflate_to_3d). `steps` is the total number of optimisation steps (a resumed run
     continues up to it). With `resume`, weights and the step count come from that checkpoint and
     the Adam state from its side file `<name>.optim.pt` (read with weights_only=True).
-    Yields Progress(step, steps, "loss ...") after every step.
+    Yields a Plan, then Progress(step, steps, "loss ...", "train") after every step.
     """
     out = Path(out)
     if ndims not in (2, 3):
@@ -387,6 +387,8 @@ def train_drdm(
         torch.save(optim.state_dict(), tmp)
         tmp.replace(optim_path)
 
+    yield Plan((("train", steps),))
+    yield Progress(start, steps, "starting" if start == 0 else f"resuming at step {start}", "train")
     for step in range(start, steps):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         for group in optim.param_groups:
@@ -400,6 +402,6 @@ def train_drdm(
         if done % save_every == 0 or done == steps:
             save(done)
         parts = {k: float(v.detach()) for k, v in losses.items()}
-        yield Progress(done - 1, steps, f"loss {total:.4f} (distance {parts['distance']:.3f}, "
-                                         f"angle {parts['angle']:.3f}, folding {parts['folding']:.2g})")
+        yield Progress(done, steps, f"loss {total:.4f} (distance {parts['distance']:.3f}, "
+                                         f"angle {parts['angle']:.3f}, folding {parts['folding']:.2g})", "train")
     model.eval()

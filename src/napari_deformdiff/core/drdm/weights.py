@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import bundled_path, load_strict, read_state, save_safetensors
+from ..weights.files import bundled_path, load_strict, read_state, save_safetensors
 from ..errors import InputError
-from ..models.drdm_net import RecResACNet
+from .nets import RecResACNet
 
 MODEL_NAME = "drdm"
 BUNDLED = {2: "drdm_phantom_2d.safetensors", 3: "drdm_phantom_3d.safetensors"}
@@ -65,7 +65,7 @@ def _resolve(weights, ndims) -> tuple[Path, str]:
     text = str(weights)
     path = Path(text).expanduser()
     if not path.exists():
-        from ..weights_registry import REGISTRY, fetch
+        from ..weights.registry import REGISTRY, fetch
 
         if text in REGISTRY:
             return fetch(text), text

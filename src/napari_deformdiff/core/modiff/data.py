@@ -13,8 +13,8 @@ import torch
 from ..errors import InputError
 from ..io.acdc import is_acdc_folder, read_acdc_patient
 from ..io.volume import Volume
-from ..model_grid import GridMap, unit_range
-from ..models.modiff import ModiffConfig
+from ..nn.model_grid import GridMap, unit_range
+from .nets.modiff import ModiffConfig
 
 SPANS = ("es", "cycle")
 

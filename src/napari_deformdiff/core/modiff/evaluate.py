@@ -18,10 +18,10 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
-from ..events import Frame, Progress
+from ..events import Frame, Plan, Progress
 from ..image_metrics import psnr
 from ..io.volume import Volume
-from ..models.modiff import MoDiff
+from .nets.modiff import MoDiff
 from .data import MotionSequence, resample_indices, scaling
 from .generate import generate_modiff
 
@@ -86,8 +86,9 @@ def evaluate_modiff(sequences: Sequence[MotionSequence], models: dict[str, MoDif
         raise InputError("no Mo-Diff model to evaluate.")
     max_frames = min(m.config.max_frames for m in models.values())
     total = len(sequences)
+    yield Plan((("cases", total),))
     for i, seq in enumerate(sequences):
-        yield Progress(i, total, f"case {i + 1}/{total}: {seq.name}")
+        yield Progress(i, total, f"case {i + 1}/{total}: {seq.name}", "cases")
         truth = truth_clip(seq, frames, max_frames)
         first = Volume(truth[0], seq.frames.geometry, False, seq.name)
         lo, hi = scaling(truth[0])
@@ -105,7 +106,7 @@ def evaluate_modiff(sequences: Sequence[MotionSequence], models: dict[str, MoDif
             t0 = time.perf_counter()
             out = [e.image for e in generate_ddm(first, last, frames=len(truth), model=ddm) if isinstance(e, Frame)]
             yield score(seq.name, "DDM (sees the last frame)", np.stack(out), truth, lo, hi, time.perf_counter() - t0)
-    yield Progress(total, total, "done")
+    yield Progress(total, total, "done", "cases")
 
 
 def summarize(results: Sequence[CaseResult]) -> list[dict]:

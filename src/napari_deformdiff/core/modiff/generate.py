@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..events import Frame, Progress, SequencePreview
+from ..events import Frame, Plan, Progress, SequencePreview
 from ..io.volume import Volume
-from ..models.modiff import MoDiff, downsample
+from .nets.modiff import MoDiff, downsample
 from .data import grid_map, scaling, sequence_to_model
 from .sampling import SAMPLERS, sample, timestep_plan
 from .weights import load_modiff
@@ -75,7 +75,8 @@ def generate_modiff(
     never skip). Previews never change the forecast.
     """
     check_request(first, frames, model, steps, sampler)
-    yield Progress(0, 2 * steps, "loading weights")
+    yield Plan((("weights", 1), ("stage 1", steps), ("stage 2", steps), ("frames", frames)))
+    yield Progress(0, 1, "loading weights", "weights")
     if model is None:
         model, _ = load_modiff(weights, ndims=first.geometry.ndim, device=device)
         check_request(first, frames, model, steps, sampler)
@@ -123,14 +124,14 @@ def generate_modiff(
                                   steps=steps, sampler=sampler, generator=generator, device=device,
                                   constrain=padded_as_in_training):
             check(x, "differential fields")
-            yield Progress(i + 1, 2 * steps, f"stage 1 (differential fields) {i + 1}/{n}")
+            yield Progress(i + 1, n, f"stage 1 (differential fields) {i + 1}/{n}", "stage 1")
             if i in stage1_show:
                 est = (x if i == n - 1 else x0)[:, :frames].clone()
                 est[:, 0] = 0
                 coarse = downsample(x1, c.field_factor) + est.cumsum(1) / c.field_scale
                 up = torch.nn.functional.interpolate(coarse, size=tuple(c.grid), mode="bilinear" if c.ndims == 2
                                                      else "trilinear", align_corners=False)
-                yield SequencePreview(i, 2 * steps, to_input(up[0]), differential_to_input(est), "stage 1")
+                yield SequencePreview(i, n, to_input(up[0]), differential_to_input(est), "stage 1")
             fields = x
         fields = fields[:, :frames].clone()
         fields[:, 0] = 0
@@ -146,7 +147,7 @@ def generate_modiff(
         for i, n, z, z0 in sample(denoise, shape2, model.alphas_cumprod, steps=steps, sampler=sampler,
                                   generator=generator, device=device):
             check(z, "latent video")
-            yield Progress(steps + i + 1, 2 * steps, f"stage 2 (latent video) {i + 1}/{n}")
+            yield Progress(i + 1, n, f"stage 2 (latent video) {i + 1}/{n}", "stage 2")
             latents = z
             sampling = time.perf_counter() - started - decoding
             if i in stage2_show and i < n - 1 and (
@@ -155,7 +156,7 @@ def generate_modiff(
                 images = to_input(model.decode_video(z0)[0])
                 decoding += time.perf_counter() - t0
                 shown += 1
-                yield SequencePreview(steps + i, 2 * steps, images, None, "stage 2")
+                yield SequencePreview(i, n, images, None, "stage 2")
         decoded = model.decode_video(latents)[0]
         check(decoded, "decoded frames")
         out = to_input(decoded)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..events import Progress
-from ..models.modiff import STAGES, MoDiff, ModiffConfig, downsample
-from ..optim_step import descend
+from ..events import Plan, Progress
+from .nets.modiff import STAGES, MoDiff, ModiffConfig, downsample
+from ..nn.optim_step import descend
 from .data import MotionSequence, draw_clip, model_sequences
 from .weights import load_modiff, save_modiff, stage_steps
 
@@ -119,6 +119,7 @@ def train_modiff(
         raise InputError("stage 2 (video) needs a trained VAE: train the vae stage first or resume from a checkpoint.")
     optim_path = out.with_name(out.name + ".optim.pt")
     total = sum(max(0, steps[s] - done.get(s, 0)) for s in stages)
+    yield Plan(tuple((s, steps[s]) for s in stages))
     count = 0
 
     def save(stage: str, optim) -> None:
@@ -162,10 +163,10 @@ def train_modiff(
             count += 1
             if done[stage] % save_every == 0 or done[stage] == steps[stage]:
                 save(stage, optim)
-            yield Progress(count - 1, total, f"{stage} {step + 1}/{steps[stage]}: loss {value:.4f}")
+            yield Progress(step + 1, steps[stage], f"{stage} {step + 1}/{steps[stage]}: loss {value:.4f}", stage)
         part.eval()
     if count == 0:
-        yield Progress(0, 1, "nothing to train: every stage already reached its steps")
+        yield Progress(0, 0, "nothing to train: every stage already reached its steps")
 
 
 def _stage_loss(model: MoDiff, stage: str, data, lengths, batch: int, g: torch.Generator) -> torch.Tensor:

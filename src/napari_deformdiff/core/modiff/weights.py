@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import bundled_path, load_strict, read_state, save_safetensors
+from ..weights.files import bundled_path, load_strict, read_state, save_safetensors
 from ..errors import InputError
-from ..models.modiff import MoDiff, ModiffConfig
+from .nets.modiff import MoDiff, ModiffConfig
 
 MODEL_NAME = "modiff"
 BUNDLED = {2: "modiff_phantom_2d.safetensors", 3: "modiff_phantom_3d.safetensors"}

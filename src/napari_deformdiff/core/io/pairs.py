@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .io import read_volume
-from .io.acdc import is_acdc_folder, read_acdc_patient
-from .io.atomic import split_suffix
-from .io.dispatch import can_read
-from .io.volume import Volume
+from ..errors import InputError
+from .dispatch import read_volume
+from .acdc import is_acdc_folder, read_acdc_patient
+from .atomic import split_suffix
+from .dispatch import can_read
+from .volume import Volume
 
 
 @dataclass

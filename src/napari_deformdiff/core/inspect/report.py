@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
-from .io.atomic import atomic_output
-from .spatial import displacement_stats, jacobian_determinant
+from ..errors import InputError
+from ..io.atomic import atomic_output
+from ..spatial import displacement_stats, jacobian_determinant
 
 __all__ = ["METRIC_COLUMNS", "frame_metrics", "sequence_metrics", "write_metrics_csv"]
 

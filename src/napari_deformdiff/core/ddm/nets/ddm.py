@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import spatial
-from ..losses import local_ncc, smoothness
-from .config_json import JsonConfig
-from .ddm_field import FieldUNet
-from .ddm_unet import DiffusionUNet
+from ... import spatial
+from ...nn.losses import local_ncc, smoothness
+from ...nn.config_json import JsonConfig
+from .field_unet import FieldUNet
+from .diffusion_unet import DiffusionUNet
 
 SCHEDULE_BUFFERS = (
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",

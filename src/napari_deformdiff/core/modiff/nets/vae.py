@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import conv
-from .modiff_blocks import Down, ResBlock, Up, groups
+from ...nn.layers import conv
+from .blocks import Down, ResBlock, Up, groups
 
 
 class FrameVAE(nn.Module):

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import conv
-from .modiff_blocks import ResBlock, TimeEmbedding, groups, sinusoid
+from ...nn.layers import conv
+from .blocks import ResBlock, TimeEmbedding, groups, sinusoid
 
 
 def per_frame(fn, x: torch.Tensor) -> torch.Tensor:

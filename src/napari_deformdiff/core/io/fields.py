@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, OutputExistsError
-from .geometry import Geometry
-from .io.atomic import atomic_output, split_suffix
+from ..errors import InputError, OutputExistsError
+from ..geometry import Geometry
+from .atomic import atomic_output, split_suffix
 
 __all__ = [
     "FIELD_SUFFIXES",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import check_ndims, conv, conv_transpose
+from ...nn.layers import check_ndims, conv, conv_transpose
 
 
 class ConvBlock(nn.Module):

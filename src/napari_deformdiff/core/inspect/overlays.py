@@ -7,12 +7,15 @@ layer's scale/translate/affine puts them in world space.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import deformation_report, spatial
+from .. import spatial
+from ..events import Plan
+from . import report as deformation_report
 from .vector_style import magnitude_bins, sampled, vector_strides
 
 
@@ -36,6 +39,27 @@ def grid_image(shape: tuple[int, ...], step: int = 8) -> torch.Tensor:
     grid[..., ::step, :] = 1.0
     grid[..., :, ::step] = 1.0
     return grid
+
+
+@dataclass
+class OverlayReady:
+    """The overlays of frame `frame` are ready (unit `index` of `total` of the stream)."""
+
+    index: int
+    total: int
+    frame: int
+    overlay: FrameOverlay
+    stage: str = "overlays"
+
+
+def stream_overlays(fields: np.ndarray, spacing: tuple[float, ...], *, first: int = 0, stride: int | None = None,
+                    grid_step: int | None = 8) -> Iterator[Plan | OverlayReady]:
+    """A Plan, then the overlays of frames first..T-1 of `fields` (T, n, *S), one event each."""
+    total = fields.shape[0] - first
+    yield Plan((("overlays", total),))
+    for k in range(total):
+        overlay = frame_overlay(fields[first + k], spacing, stride=stride, grid_step=grid_step)
+        yield OverlayReady(k, total, first + k, overlay)
 
 
 def frame_overlay(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, OutputExistsError
-from .io.atomic import atomic_output, split_suffix
+from ..errors import InputError, OutputExistsError
+from .atomic import atomic_output, split_suffix
 
 __all__ = ["MOVIE_SUFFIXES", "MovieWriter", "pingpong", "write_movie"]
 

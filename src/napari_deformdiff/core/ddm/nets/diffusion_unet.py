@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import check_ndims, conv
+from ...nn.layers import check_ndims, conv
 
 
 class TimeEmbedding(nn.Module):

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def descend(optim: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> float:

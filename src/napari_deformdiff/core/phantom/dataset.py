@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .events import Progress
-from .geometry import Geometry
-from .io.acdc import write_acdc_patient
-from .io.volume import Volume
-from .phantom import PhantomCase, cardiac_phantom, lung_phantom
+from ..errors import InputError
+from ..events import Plan, Progress
+from ..geometry import Geometry
+from ..io.acdc import write_acdc_patient
+from ..io.volume import Volume
+from . import PhantomCase, cardiac_phantom, lung_phantom
 
 FRAME_SECONDS = {"cardiac": 0.04, "lung": 0.4}  # typical cine MR / 4D CT frame spacing
 UINT16_SCALE = {"cardiac": 1000.0}  # MR-like integer storage: intensity 1.0 -> 1000
@@ -68,8 +68,9 @@ def write_phantom_dataset(
         raise InputError(f"{out_dir} exists and is not empty; choose an empty or new folder.")
     out_dir.mkdir(parents=True, exist_ok=True)
     kwargs = {k: v for k, v in (("frames", frames), ("shape", shape), ("spacing", spacing)) if v is not None}
+    yield Plan((("cases", cases),))
     for i in range(cases):
-        yield Progress(i, cases, f"case {i + 1}/{cases}")
+        yield Progress(i, cases, f"case {i + 1}/{cases}", "cases")
         case = makers[kind](seed + i, two_d=two_d, **kwargs)
         patient = f"patient{i + 1:03d}"
         cine, labels = case_volumes(case, patient)
@@ -86,4 +87,4 @@ def write_phantom_dataset(
         if fields:
             np.savez_compressed(folder / f"{patient}_4d_ddf.npz", ddf=case.fields,
                                 spacing=np.asarray(case.spacing))
-    yield Progress(cases, cases, "done")
+    yield Progress(cases, cases, "done", "cases")

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config_json import JsonConfig
-from .layers import check_ndims
-from .modiff_tddm import TemporalDifferentialUNet
-from .modiff_vae import FrameVAE
-from .modiff_video import LatentVideoUNet
+from ...nn.config_json import JsonConfig
+from ...nn.layers import check_ndims
+from .tddm import TemporalDifferentialUNet
+from .vae import FrameVAE
+from .video import LatentVideoUNet
 
 STAGES = ("vae", "tddm", "video")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
-from .io.atomic import atomic_output
+from ..errors import InputError
+from ..io.atomic import atomic_output
 
 BUNDLED_PACKAGE = "napari_deformdiff.weights"
 

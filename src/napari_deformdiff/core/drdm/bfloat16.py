@@ -18,7 +18,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .drdm_net import RecResACNet, recursive_refinement
+from .nets import RecResACNet, recursive_refinement
 
 PRECISIONS = ("float32", "bfloat16")
 

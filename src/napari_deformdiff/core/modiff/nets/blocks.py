@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import conv
+from ...nn.layers import conv
 
 
 def groups(channels: int) -> int:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import spatial
-from .layers import check_ndims, conv, conv_transpose
+from ..nn.layers import check_ndims, conv, conv_transpose
 
 SLOPE = 1e-6
 

@@ -26,11 +26,11 @@ import torch
 
 from .. import spatial
 from ..errors import InputError
-from ..events import Frame, Progress
+from ..events import Frame, Plan, Progress
 from ..io.volume import Volume, is_integer_valued
-from ..model_grid import GridMap, unit_range
-from ..models.drdm_bf16 import bfloat16_runner, check_precision
-from ..models.drdm_net import RecResACNet, authors_to_voxels
+from ..nn.model_grid import GridMap, unit_range
+from .bfloat16 import bfloat16_runner, check_precision
+from .nets import RecResACNet, authors_to_voxels
 from .forward import MAX_LEVEL, sample_forward
 from .weights import DRDMMeta, load_drdm
 
@@ -160,21 +160,22 @@ def deform_instance(image: Volume | np.ndarray, level: int, *, model: RecResACNe
                     meta: DRDMMeta | None = None, labels=None, seed: int = 0, loop: str = "paper",
                     device="cpu", spacing=None, weights: str | Path | None = None, precision: str = "float32"
                     ) -> Iterator[Progress | Frame]:
-    """Algorithm 2, streamed: Progress, then Frame 0 (the forward-deformed image) and one Frame per step.
+    """Algorithm 2, streamed: a Plan, Progress, then Frame 0 (the forward-deformed image) and one Frame per step.
 
     Frame.image: the original image (input grid, float32) resampled through the accumulated field;
     Frame.field: that field (n, *S) in input voxels; info {"t", "level", "loop", "seed"}. The last
     Frame carries the labels warped with nearest sampling (values kept). Without `model`, the
     weights are loaded with load_drdm(weights, ndims=image's). `precision`: see the module's docstring.
     """
-    yield Progress(0, 1, "preparing")
     data, lab, model, meta, grid, times, dev = _prepare(image, level, model, meta, labels, loop, device,
                                                         spacing, weights, precision)
     total = len(times) + 1
-    if not getattr(model, "ready", True):
-        yield Progress(0, total, "compiling the bfloat16 network (once per session, 10-40 s)")
+    compile_first = not getattr(model, "ready", True)
+    yield Plan((("compile", int(compile_first)), ("frames", total)))
+    if compile_first:
+        yield Progress(0, 1, "compiling the bfloat16 network (once per session, 10-40 s)", "compile")
         model.warm_up(meta.grid)
-    yield Progress(0, total, f"forward deformation at level {level}")
+    yield Progress(0, total, f"forward deformation at level {level}", "frames")
     src = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None, None].to(dev)
     lab_t = None if lab is None else torch.from_numpy(np.ascontiguousarray(lab))[None, None].to(dev)
     to_input = _field_to_input(grid)

@@ -1,1 +1,0 @@
-"""Neural networks of the generators (torch only)."""
