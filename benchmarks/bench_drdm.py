@@ -44,13 +44,14 @@ def _model(case, weights, grid_3d):
     """(model, meta, note) for case '2d' or '3d'."""
     import torch
 
-    from napari_deformdiff.core.drdm.weights import DRDMMeta, default_weights, load_drdm
+    from napari_deformdiff.core.drdm.weights import DRDMMeta, load_drdm
+    from napari_deformdiff.core.weights.resolve import default_weights
     from napari_deformdiff.core.drdm.nets import RecResACNet
 
     if case == "2d":
         model, meta = load_drdm(weights, ndims=2)
         return model, meta, f"weights {meta.name}"
-    if default_weights(3).is_file():
+    if default_weights("drdm", 3).is_file():
         model, meta = load_drdm(None, ndims=3)
         return model, meta, f"bundled 3D weights {meta.name}"
     torch.manual_seed(0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from napari_deformdiff.core.ddm.nets.ddm import DDM, DDMConfig
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.io import Volume
-from napari_deformdiff.core.ddm.nets.ddm import DDM, DDMConfig
 
 
 def tiny_config(ndims: int = 2, grid=None, spacing=None) -> DDMConfig:

@@ -9,13 +9,13 @@ from napari_deformdiff.core.drdm.augment import Case
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.io import Volume
 
-from .test_io import OBLIQUE
+from .geometry_cases import OBLIQUE
 
 
 def tiny_drdm(ndims: int = 2, seed: int = 0, grid=None):
     """(RecResACNet with seeded random weights and a damped output layer, hand-built DRDMMeta)."""
-    from napari_deformdiff.core.drdm.weights import DRDMMeta
     from napari_deformdiff.core.drdm.nets import RecResACNet
+    from napari_deformdiff.core.drdm.weights import DRDMMeta
 
     torch.manual_seed(seed)
     model = RecResACNet(ndims=ndims).eval()

@@ -7,8 +7,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from napari_deformdiff.core.io.cine import MovieWriter, pingpong, write_movie
 from napari_deformdiff.core.errors import InputError, OutputExistsError
+from napari_deformdiff.core.io.cine import MovieWriter, pingpong, write_movie
 
 N_FRAMES = 7
 

@@ -9,7 +9,7 @@ from napari_deformdiff.core.io import read_path, read_volume
 from napari_deformdiff.core.io.acdc import read_acdc_patient
 from napari_deformdiff.core.phantom import cardiac_phantom
 
-from .test_io import itk_oblique_image
+from .geometry_cases import itk_oblique_image
 
 
 def test_phantom_dataset_in_acdc_layout(tmp_path, capsys):

@@ -10,13 +10,13 @@ from napari_deformdiff.cli import main
 from napari_deformdiff.core.ddm.generate import generate_ddm
 from napari_deformdiff.core.ddm.weights import save_ddm
 from napari_deformdiff.core.events import Frame
-from napari_deformdiff.core.io.fields import from_itk_displacement
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.image_metrics import psnr
 from napari_deformdiff.core.io import Volume, read_volume, write_volume
+from napari_deformdiff.core.io.fields import from_itk_displacement
 
 from .ddm_helpers import blob, tiny_model
-from .test_io import OBLIQUE
+from .geometry_cases import OBLIQUE
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from napari_deformdiff.core.ddm.nets.ddm import DDM, DDMConfig, linear_schedule
 from napari_deformdiff.core.ddm.weights import load_ddm, save_ddm
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.ddm.nets.ddm import DDM, DDMConfig, linear_schedule
 from napari_deformdiff.core.nn.inference import fast_copy
 
 from .ddm_helpers import tiny_model

@@ -9,9 +9,9 @@ import torch
 from napari_deformdiff.core.ddm.train import train_ddm
 from napari_deformdiff.core.ddm.weights import load_ddm
 from napari_deformdiff.core.errors import InputError
+from napari_deformdiff.core.io.pairs import Pair, find_pairs
 from napari_deformdiff.core.nn.losses import local_ncc, smoothness
 from napari_deformdiff.core.nn.model_grid import GridMap, to_model
-from napari_deformdiff.core.io.pairs import Pair, find_pairs
 
 from .ddm_helpers import pair_volumes, tiny_config
 

@@ -14,19 +14,20 @@ import numpy as np
 import pytest
 
 from napari_deformdiff.core.ddm.generate import generate_ddm
-from napari_deformdiff.core.ddm.weights import default_weights, load_ddm
+from napari_deformdiff.core.ddm.weights import load_ddm
 from napari_deformdiff.core.events import Frame
 from napari_deformdiff.core.image_metrics import dice, psnr
 from napari_deformdiff.core.io import Volume
 from napari_deformdiff.core.phantom import cardiac_phantom
 from napari_deformdiff.core.phantom.dataset import centred_geometry
+from napari_deformdiff.core.weights.resolve import default_weights
 
 HELD_OUT_SEED = 9001  # training used seeds 1000-1199 (2D) and 1000-1039 (3D)
 
 
 @pytest.mark.parametrize(("ndims", "share"), [(2, 0.6), (3, 0.3)])
 def test_bundled_weights_make_a_held_out_heart_contract(ndims, share):
-    assert default_weights(ndims).is_file()
+    assert default_weights("ddm", ndims).is_file()
     model, meta = load_ddm(None, ndims=ndims)
     assert meta["model"] == "ddm" and int(meta["step"]) >= 500
     case = cardiac_phantom(HELD_OUT_SEED, two_d=ndims == 2, frames=20)

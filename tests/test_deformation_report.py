@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from napari_deformdiff.core.errors import InputError, OutputExistsError
 from napari_deformdiff.core.inspect.report import (
     METRIC_COLUMNS,
     frame_metrics,
     sequence_metrics,
     write_metrics_csv,
 )
-from napari_deformdiff.core.errors import InputError, OutputExistsError
 
 
 def _translation(shape, shift) -> np.ndarray:

@@ -340,7 +340,7 @@ def test_a_checkpoint_of_the_wrong_dimensionality_is_refused(tmp_path):
     from napari_deformdiff.core.drdm.weights import save_drdm
 
     model, meta = tiny_drdm(3)
-    path = save_drdm(tmp_path / "tiny3d.safetensors", model, meta, {})
+    path = save_drdm(model, tmp_path / "tiny3d.safetensors", meta=meta)
     settings = ExportSettings(levels=4, samples=1)
     with pytest.raises(InputError, match="3D|2D"):
         list(export_drdm([case_2d()], tmp_path / "out", settings, weights=path))

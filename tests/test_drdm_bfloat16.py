@@ -5,14 +5,15 @@ uncompiled fallback when torch.compile fails."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from napari_deformdiff.core import spatial
+from napari_deformdiff.core.drdm import bfloat16 as drdm_bf16
 from napari_deformdiff.core.drdm.augment import ExportSettings
+from napari_deformdiff.core.drdm.bfloat16 import Bfloat16Recovery, bfloat16_runner
 from napari_deformdiff.core.drdm.evaluate import field_stats, phantom_images
 from napari_deformdiff.core.drdm.forward import sample_forward
 from napari_deformdiff.core.drdm.generate import deform_instance, instance_field
@@ -20,14 +21,13 @@ from napari_deformdiff.core.drdm.weights import load_drdm
 from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.events import Frame, Progress
 from napari_deformdiff.core.nn.model_grid import unit_range
-from napari_deformdiff.core.drdm import bfloat16 as drdm_bf16
-from napari_deformdiff.core.drdm.bfloat16 import Bfloat16Recovery, bfloat16_runner
 
 from .drdm_export_helpers import tiny_drdm
+from .shared_data import MISSING_OFFICIAL
+from .shared_data import OFFICIAL_DRDM as OFFICIAL
 
-OFFICIAL = Path("/work/shared/weights/drdm_cmr2d_official.pth")
 needs_official = pytest.mark.skipif(not OFFICIAL.is_file(),
-                                    reason="the authors' weights are not in /work/shared/weights")
+                                    reason=MISSING_OFFICIAL)
 needs_bf16 = pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
                                 reason="this CPU has no native bfloat16")
 CPU = torch.device("cpu")

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from napari_deformdiff.cli import main
-from napari_deformdiff.core.drdm.augment import ExportSettings, export_drdm, find_cases, read_manifest
+from napari_deformdiff.core.drdm.augment import (
+    ExportSettings,
+    export_drdm,
+    find_cases,
+    read_manifest,
+)
 from napari_deformdiff.core.io import Volume, read_volume, write_volume
 
 from .drdm_export_helpers import case_2d, tiny_drdm
@@ -20,7 +25,7 @@ def weights(tmp_path_factory):
     from napari_deformdiff.core.drdm.weights import save_drdm
 
     model, meta = tiny_drdm(2, seed=4)
-    return save_drdm(tmp_path_factory.mktemp("w") / "tiny2d.safetensors", model, meta, {}), model, meta
+    return save_drdm(model, tmp_path_factory.mktemp("w") / "tiny2d.safetensors", meta=meta), model, meta
 
 
 @pytest.fixture
@@ -125,7 +130,7 @@ def test_float_labels_and_a_3d_checkpoint_are_refused(folder, tmp_path, capsys):
     assert main([*args, "--labels", str(tmp_path / "bad_labels.nii.gz")]) == 2
     assert "not integers" in capsys.readouterr().err
     model, meta = tiny_drdm(3)
-    three_d = save_drdm(tmp_path / "tiny3d.safetensors", model, meta, {})
+    three_d = save_drdm(model, tmp_path / "tiny3d.safetensors", meta=meta)
     assert main([*args, "--weights", str(three_d)]) == 2
     err = capsys.readouterr().err
     assert "deformdiff: error:" in err and "3D" in err and "2D" in err

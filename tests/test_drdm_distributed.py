@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_deformdiff.core.drdm.augment import ExportSettings, export_drdm, read_manifest
+from napari_deformdiff.core.drdm.augment import (
+    ExportSettings,
+    export_drdm,
+    read_manifest,
+)
 from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.io import read_volume
 
@@ -20,7 +24,7 @@ def test_local_cluster_writes_the_same_samples_and_manifest_as_one_process(tmp_p
     from napari_deformdiff.core.drdm.weights import save_drdm
 
     model, meta = tiny_drdm(2, seed=6)
-    weights = save_drdm(tmp_path / "tiny.safetensors", model, meta, {})
+    weights = save_drdm(model, tmp_path / "tiny.safetensors", meta=meta)
     cases = [case_2d("a"), case_2d("b", shape=(36, 40), labels=False)]
     settings = ExportSettings(levels="4:6:2", samples=2, seed=11)
     list(export_drdm(cases, tmp_path / "one", settings, weights=weights))
@@ -53,7 +57,7 @@ def test_stopping_a_cluster_export_keeps_a_consistent_manifest_and_resume_on_a_r
     from napari_deformdiff.core.drdm.weights import save_drdm
 
     model, meta = tiny_drdm(2, seed=6)
-    weights = save_drdm(tmp_path / "tiny.safetensors", model, meta, {})
+    weights = save_drdm(model, tmp_path / "tiny.safetensors", meta=meta)
     cases = [case_2d("a")]
     settings = ExportSettings(levels="4:8:2", samples=2, seed=11)
     out = tmp_path / "dask"

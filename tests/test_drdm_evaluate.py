@@ -15,15 +15,25 @@ import pytest
 import torch
 
 from napari_deformdiff.core import spatial
+from napari_deformdiff.core.drdm.elastic_baselines import (
+    MagnitudeTuner,
+    MonaiElastic,
+    TorchIOElastic,
+    mean_displacement_pct,
+)
 from napari_deformdiff.core.drdm.evaluate import (
-    FORWARD, PAPER_TABLE1, RECOVERED, Row, evaluate_drdm, field_stats, format_table, phantom_images, summarize,
+    FORWARD,
+    PAPER_TABLE1,
+    RECOVERED,
+    Row,
+    evaluate_drdm,
+    field_stats,
+    format_table,
+    phantom_images,
+    summarize,
     write_csv,
 )
 from napari_deformdiff.core.events import Frame
-
-from napari_deformdiff.core.drdm.elastic_baselines import (
-    MagnitudeTuner, MonaiElastic, TorchIOElastic, mean_displacement_pct,
-)
 
 
 def _has(module: str) -> bool:
@@ -147,8 +157,8 @@ def test_tuned_baselines_reach_the_target_mean_displacement(baseline):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from napari_deformdiff.core.drdm.weights import DRDMMeta
     from napari_deformdiff.core.drdm.nets import RecResACNet
+    from napari_deformdiff.core.drdm.weights import DRDMMeta
 
     torch.manual_seed(0)
     model = RecResACNet(ndims=2).eval()
@@ -230,7 +240,7 @@ def test_cli_prints_the_table_and_writes_the_csv(tiny, tmp_path, capsys):
     from napari_deformdiff.core.drdm.weights import save_drdm
 
     model, meta, _ = tiny
-    weights = save_drdm(tmp_path / "tiny.safetensors", model, meta)
+    weights = save_drdm(model, tmp_path / "tiny.safetensors", meta=meta)
     csv_path = tmp_path / "t1.csv"
     argv = ["evaluate", "drdm", "--weights", str(weights), "--levels", "3,30", "--samples", "2", "--csv", str(csv_path)]
     assert main(argv) == 0

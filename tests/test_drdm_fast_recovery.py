@@ -8,24 +8,27 @@ grid and the original image warped through it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from napari_deformdiff.core import spatial
-from napari_deformdiff.core.drdm.forward import sample_forward
 from napari_deformdiff.core.drdm.evaluate import field_stats
+from napari_deformdiff.core.drdm.forward import sample_forward
 from napari_deformdiff.core.drdm.generate import (
-    _inference_model, deform_instance, model_grid_map, recovery_times, time_index,
+    _inference_model,
+    deform_instance,
+    model_grid_map,
+    recovery_times,
+    time_index,
 )
+from napari_deformdiff.core.drdm.nets import AtrousBlock, RecResACNet, authors_to_voxels
 from napari_deformdiff.core.drdm.weights import DRDMMeta, load_drdm
 from napari_deformdiff.core.events import Frame
 from napari_deformdiff.core.nn.model_grid import unit_range
-from napari_deformdiff.core.drdm.nets import AtrousBlock, RecResACNet, authors_to_voxels
 
-OFFICIAL = Path("/work/shared/weights/drdm_cmr2d_official.pth")
+from .shared_data import MISSING_OFFICIAL
+from .shared_data import OFFICIAL_DRDM as OFFICIAL
 
 
 def plain_recovery(image, level, model, meta, *, seed, loop="paper", spacing=None):
@@ -67,7 +70,7 @@ def _slice(shape):
     return (np.exp(-((yy / 0.5) ** 2 + (xx / 0.35) ** 2)) * 200 + 30 * (np.hypot(yy, xx) < 0.3)).astype(np.float32)
 
 
-needs_official = pytest.mark.skipif(not OFFICIAL.is_file(), reason="the authors' weights are not in /work/shared/weights")
+needs_official = pytest.mark.skipif(not OFFICIAL.is_file(), reason=MISSING_OFFICIAL)
 
 
 @needs_official

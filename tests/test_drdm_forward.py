@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from napari_deformdiff.core import spatial
 from napari_deformdiff.core.drdm import forward
 from napari_deformdiff.core.drdm.forward import (
-    CONTROL_GRID, MAX_LEVEL, control_field, n_ddf, n_dvf, sample_forward, to_image_field,
+    CONTROL_GRID,
+    MAX_LEVEL,
+    control_field,
+    n_ddf,
+    n_dvf,
+    sample_forward,
+    to_image_field,
 )
 from napari_deformdiff.core.errors import InputError
 

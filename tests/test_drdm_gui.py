@@ -13,10 +13,10 @@ from napari_deformdiff.core.drdm.augment import read_manifest
 from napari_deformdiff.core.io import read_volume
 
 from .drdm_export_helpers import case_2d, tiny_drdm
+from .shared_data import OFFICIAL_DRDM as OFFICIAL
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-deformdiff"
-OFFICIAL = Path("/work/shared/weights/drdm_cmr2d_official.pth")
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def weights(tmp_path):
     from napari_deformdiff.core.drdm.weights import save_drdm
 
     model, meta = tiny_drdm(2, seed=8)
-    return save_drdm(tmp_path / "tiny.safetensors", model, meta, {})
+    return save_drdm(model, tmp_path / "tiny.safetensors", meta=meta)
 
 
 def add_case(viewer, case):

@@ -13,19 +13,28 @@ import torch.nn.functional as F
 
 from napari_deformdiff.core import spatial
 from napari_deformdiff.core.drdm.generate import deform_instance
+from napari_deformdiff.core.drdm.nets import (
+    AtrousBlock,
+    RecResACNet,
+    authors_to_voxels,
+    sinusoid_table,
+    voxels_to_authors,
+)
 from napari_deformdiff.core.drdm.weights import (
-    BUNDLED, DRDMMeta, load_drdm, save_drdm,
+    DRDMMeta,
+    load_drdm,
+    save_drdm,
 )
 from napari_deformdiff.core.errors import InputError, OutputExistsError
 from napari_deformdiff.core.events import Frame
-from napari_deformdiff.core.drdm.nets import (
-    AtrousBlock, RecResACNet, authors_to_voxels, sinusoid_table, voxels_to_authors,
-)
 from napari_deformdiff.core.phantom import cardiac_phantom
+from napari_deformdiff.core.weights.resolve import BUNDLED
 
-REFERENCE = Path("/work/shared/reference/drdm_official_state_dict.tsv")
-OFFICIAL = Path("/work/shared/weights/drdm_cmr2d_official.pth")
-needs_official = pytest.mark.skipif(not OFFICIAL.is_file(), reason="the authors' weights are not here")
+from .shared_data import DRDM_REFERENCE_KEYS as REFERENCE
+from .shared_data import MISSING_OFFICIAL
+from .shared_data import OFFICIAL_DRDM as OFFICIAL
+
+needs_official = pytest.mark.skipif(not OFFICIAL.is_file(), reason=MISSING_OFFICIAL)
 
 
 def reference_layout() -> list[tuple[str, tuple[int, ...]]]:
@@ -198,10 +207,10 @@ def test_foreign_checkpoints_are_refused(tmp_path):
 
 
 def test_missing_bundled_weights_say_so(monkeypatch, tmp_path):
-    import napari_deformdiff.core.drdm.weights as drdm_weights
+    import napari_deformdiff.core.weights.resolve as resolve
 
-    monkeypatch.setattr(drdm_weights, "bundled_path", lambda name: tmp_path / name)  # a broken install
-    with pytest.raises(InputError, match=BUNDLED[2]):
+    monkeypatch.setattr(resolve, "bundled_path", lambda name: tmp_path / name)  # a broken install
+    with pytest.raises(InputError, match=BUNDLED[("drdm", 2)]):
         load_drdm(None, ndims=2)
 
 
@@ -209,14 +218,14 @@ def test_save_and_load_round_trip(tmp_path):
     torch.manual_seed(2)
     net = RecResACNet(3).eval()
     meta = DRDMMeta(3, (16, 16, 16), 80, "tiny", "test")
-    path = save_drdm(tmp_path / "tiny.safetensors", net, meta, {"train_steps": 5})
+    path = save_drdm(net, tmp_path / "tiny.safetensors", meta=meta, train_steps=5)
     loaded, got = load_drdm(path, ndims=3)
     assert got == meta
     x = torch.rand(1, 1, 16, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded(x, torch.tensor([4])), net(x, torch.tensor([4])))
     with pytest.raises(OutputExistsError):
-        save_drdm(path, net, meta)
+        save_drdm(net, path, meta=meta)
     with pytest.raises(InputError, match="3D DRDM model but the image is 2D"):
         load_drdm(path, ndims=2)
 

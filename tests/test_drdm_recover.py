@@ -10,14 +10,18 @@ from napari_deformdiff.core import spatial
 from napari_deformdiff.core.drdm import generate as recover
 from napari_deformdiff.core.drdm.forward import ForwardSample, sample_forward
 from napari_deformdiff.core.drdm.generate import (
-    deform_instance, instance_field, model_grid_map, recovery_times, time_index,
+    deform_instance,
+    instance_field,
+    model_grid_map,
+    recovery_times,
+    time_index,
 )
+from napari_deformdiff.core.drdm.nets import RecResACNet
 from napari_deformdiff.core.drdm.weights import DRDMMeta
 from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.events import Frame, Progress
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.io import Volume
-from napari_deformdiff.core.drdm.nets import RecResACNet
 from napari_deformdiff.core.phantom import cardiac_phantom
 
 SPACING = (1.8, 1.4)

@@ -7,16 +7,27 @@ import pytest
 import torch
 
 from napari_deformdiff.cli import main
-from napari_deformdiff.core.weights.files import read_state
 from napari_deformdiff.core.drdm.forward import sample_forward
-from napari_deformdiff.core.drdm.losses import distance_and_angle, drdm_loss, gradient_l1, negative_jacobian
+from napari_deformdiff.core.drdm.losses import (
+    distance_and_angle,
+    drdm_loss,
+    gradient_l1,
+    negative_jacobian,
+)
+from napari_deformdiff.core.drdm.nets import RecResACNet, voxels_to_authors
 from napari_deformdiff.core.drdm.train import (
-    FieldBank, inflate_to_3d, load_training_images, make_optimizer, train_drdm, training_batch, zero_output,
+    FieldBank,
+    inflate_to_3d,
+    load_training_images,
+    make_optimizer,
+    train_drdm,
+    training_batch,
+    zero_output,
 )
 from napari_deformdiff.core.drdm.weights import load_drdm
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.drdm.nets import RecResACNet, voxels_to_authors
 from napari_deformdiff.core.phantom import cardiac_phantom
+from napari_deformdiff.core.weights.files import read_state
 
 GRID = (32, 32)
 
@@ -229,7 +240,7 @@ def test_inflated_3d_network_is_the_2d_network_slice_by_slice(tmp_path):
     assert float(b[:, 0].abs().max()) == 0.0  # no through-plane displacement yet
     from napari_deformdiff.core.drdm.weights import DRDMMeta, save_drdm
 
-    save_drdm(tmp_path / "m2.safetensors", m2, DRDMMeta(2, (32, 32)))
+    save_drdm(m2, tmp_path / "m2.safetensors", meta=DRDMMeta(2, (32, 32)))
     imgs = torch.rand(2, 1, 16, 16, 16)
     list(train_drdm("x", tmp_path / "m3.safetensors", ndims=3, grid=(16, 16, 16), steps=1, batch=1, lr=0.0,
                     max_level=2, field_bank=1, init=tmp_path / "m2.safetensors", images=imgs))

@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deformdiff.core.weights.files import read_state
 from napari_deformdiff.core.drdm.forward import sample_forward
-from napari_deformdiff.core.drdm.losses import distance_and_angle
 from napari_deformdiff.core.drdm.generate import deform_instance, time_index
+from napari_deformdiff.core.drdm.losses import distance_and_angle
 from napari_deformdiff.core.drdm.train import image_on_grid
-from napari_deformdiff.core.drdm.weights import BUNDLED, default_weights, load_drdm
+from napari_deformdiff.core.drdm.weights import load_drdm
 from napari_deformdiff.core.events import Frame
 from napari_deformdiff.core.phantom import cardiac_phantom
 from napari_deformdiff.core.spatial import displacement_stats, folding_ratio, warp
+from napari_deformdiff.core.weights.files import read_state
+from napari_deformdiff.core.weights.resolve import BUNDLED, default_weights
 
 GRID = {2: (128, 128), 3: (32, 64, 64)}
 TRAINABLE = {2: 435_435, 3: 1_305_646}
@@ -43,8 +44,8 @@ def phantom_image(seed: int, ndims: int):
 
 @pytest.mark.parametrize("ndims", [2, 3])
 def test_bundled_file_loads_strictly_with_its_metadata(ndims):
-    path = default_weights(ndims)
-    assert path.name == BUNDLED[ndims] and path.is_file()
+    path = default_weights("drdm", ndims)
+    assert path.name == BUNDLED[("drdm", ndims)] and path.is_file()
     assert path.stat().st_size < 8_000_000  # small enough to ship in the wheel
     model, meta = load_drdm(None, ndims=ndims)
     assert meta.ndims == ndims and meta.grid == GRID[ndims] and meta.steps == 80 and model.ndims == ndims

@@ -11,11 +11,11 @@ from napari.layers import Layer, Vectors
 
 from napari_deformdiff._layers import attach_field, volume_to_layer_data
 from napari_deformdiff.core import spatial
-from napari_deformdiff.core.inspect.report import METRIC_COLUMNS, sequence_metrics
 from napari_deformdiff.core.geometry import Geometry
+from napari_deformdiff.core.inspect.report import METRIC_COLUMNS, sequence_metrics
 from napari_deformdiff.core.io import Volume, read_volume
 
-from .test_io import rotation
+from .geometry_cases import rotation
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-deformdiff"

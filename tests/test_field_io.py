@@ -10,6 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from napari_deformdiff.core.errors import InputError, OutputExistsError
+from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.io.fields import (
     field_to_mm,
     from_itk_displacement,
@@ -21,7 +22,6 @@ from napari_deformdiff.core.io.fields import (
     write_displacement,
     write_displacement_series,
 )
-from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.spatial import identity_grid, warp
 
 SHAPE3 = (24, 40, 36)

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 from napari.layers import Image, Labels
 
-from .test_io import OBLIQUE, itk_oblique_image, write_acdc_by_hand
+from .geometry_cases import OBLIQUE, itk_oblique_image, write_acdc_by_hand
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-deformdiff"

@@ -6,8 +6,11 @@ from napari.layers import Image, Labels, Layer, Vectors
 
 from napari_deformdiff._layers import attach_field, volume_to_layer_data
 from napari_deformdiff.core.geometry import Geometry
+from napari_deformdiff.core.inspect.vector_style import (
+    MAX_VECTORS_PER_FRAME,
+    vector_strides,
+)
 from napari_deformdiff.core.io import Volume
-from napari_deformdiff.core.inspect.vector_style import MAX_VECTORS_PER_FRAME, vector_strides
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-deformdiff"
@@ -89,8 +92,8 @@ def test_vectors_layer_shows_exactly_the_frame_under_the_time_slider(make_napari
     """The 4D Vectors layer holds one frame: after each slider move, that frame's sampled field
     (time coordinate t), coloured by its own |u| in mm, and napari draws those at the shown slice."""
     from napari_deformdiff._layers import vector_colors
-    from napari_deformdiff.core.spatial import field_to_vectors
     from napari_deformdiff.core.inspect.vector_style import sampled
+    from napari_deformdiff.core.spatial import field_to_vectors
 
     viewer = make_napari_viewer()
     rng = np.random.default_rng(1)
@@ -189,10 +192,10 @@ def test_overlays_follow_a_streaming_generator(make_napari_viewer, qtbot):
         pass
     qtbot.waitUntil(lambda: inspect.overlays is not None and inspect.overlays.count == 8 and inspect.worker is None
                     and inspect.overlays.idle, timeout=60_000)
+    import torch
+
     from napari_deformdiff.core.phantom import cardiac_phantom
     from napari_deformdiff.core.spatial import jacobian_determinant
-
-    import torch
 
     truth = cardiac_phantom(0, frames=8, two_d=True)
     det = jacobian_determinant(torch.from_numpy(truth.fields)).numpy()

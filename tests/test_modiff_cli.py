@@ -14,8 +14,8 @@ from napari_deformdiff.core.modiff.data import find_sequences, resample_indices
 from napari_deformdiff.core.modiff.generate import generate_modiff
 from napari_deformdiff.core.modiff.weights import load_modiff, save_modiff, stage_steps
 
+from .geometry_cases import OBLIQUE
 from .modiff_helpers import phantom_sequences, tiny_model
-from .test_io import OBLIQUE
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,13 @@ import pytest
 import torch
 
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.modiff.sampling import sample, timestep_plan
-from napari_deformdiff.core.modiff.nets.modiff import MoDiff, ModiffConfig, cosine_alphas_cumprod
+from napari_deformdiff.core.modiff.nets.modiff import (
+    MoDiff,
+    ModiffConfig,
+    cosine_alphas_cumprod,
+)
 from napari_deformdiff.core.modiff.nets.video import P3DBlock
+from napari_deformdiff.core.modiff.sampling import sample, timestep_plan
 
 from .modiff_helpers import tiny_config, tiny_model
 

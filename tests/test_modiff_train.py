@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deformdiff.core.weights.files import read_state
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.modiff.data import draw_clip, find_sequences, model_sequences, resample_indices
+from napari_deformdiff.core.modiff.data import (
+    draw_clip,
+    find_sequences,
+    model_sequences,
+    resample_indices,
+)
 from napari_deformdiff.core.modiff.train import lr_factor, train_modiff
 from napari_deformdiff.core.modiff.weights import load_modiff, stage_steps
+from napari_deformdiff.core.weights.files import read_state
 
 from .modiff_helpers import phantom_sequences, tiny_config
 

@@ -11,15 +11,16 @@ from napari_deformdiff.core.events import Frame
 from napari_deformdiff.core.image_metrics import psnr
 from napari_deformdiff.core.io.volume import Volume
 from napari_deformdiff.core.modiff.generate import generate_modiff
-from napari_deformdiff.core.modiff.weights import default_weights, load_modiff, stage_steps
+from napari_deformdiff.core.modiff.weights import load_modiff, stage_steps
 from napari_deformdiff.core.phantom import cardiac_phantom
 from napari_deformdiff.core.phantom.dataset import case_volumes
+from napari_deformdiff.core.weights.resolve import default_weights
 
 
 @pytest.mark.parametrize("ndims", [2, 3])
 def test_bundled_weights_load_with_their_training_record(ndims):
-    assert default_weights(ndims).is_file()
-    assert default_weights(ndims).stat().st_size < 20e6  # the 3D file keeps its parameters as float16
+    assert default_weights("modiff", ndims).is_file()
+    assert default_weights("modiff", ndims).stat().st_size < 20e6  # the 3D file keeps its parameters as float16
     model, meta = load_modiff(None, ndims=ndims)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     c = model.config

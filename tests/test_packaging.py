@@ -54,8 +54,8 @@ def test_wheel_in_a_clean_venv_lists_the_plugin_and_its_contributions(tmp_path):
         "print(json.dumps({'file': napari_deformdiff.__file__, "
         "'widgets': [w.display_name for w in m.contributions.widgets], "
         "'samples': [s.key for s in m.contributions.sample_data]}));"
-        "from napari_deformdiff.core.ddm.weights import load_ddm, default_weights;"
-        "print(json.dumps({'weights': str(default_weights(2)), 'step': load_ddm(None, ndims=2)[1]['step']}))"
+        "from napari_deformdiff.core.ddm.weights import load_ddm; from napari_deformdiff.core.weights.resolve import default_weights;"
+        "print(json.dumps({'weights': str(default_weights('ddm', 2)), 'step': load_ddm(None, ndims=2)[1]['step']}))"
     )
     lines = run(py, "-c", code, timeout=300).strip().splitlines()
     info, weights = json.loads(lines[-2]), json.loads(lines[-1])

@@ -13,7 +13,7 @@ from napari_deformdiff._writer import write_image, write_labels
 from napari_deformdiff.core import device
 from napari_deformdiff.core.errors import InputError
 
-from .test_io import OBLIQUE, itk_oblique_image, write_acdc_by_hand
+from .geometry_cases import OBLIQUE, itk_oblique_image, write_acdc_by_hand
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,7 +225,7 @@ print(back.is_labels, np.array_equal(back.data, case.labels), device.choose_devi
 def test_single_slice_cine_layer_is_2d_and_writes_back_in_3d(tmp_path):
     import nibabel as nib
 
-    from .test_io import rotation
+    from .geometry_cases import rotation
 
     affine = np.eye(4)
     affine[:3, :3] = rotation(15, -25, 50) @ np.diag([1.3, 1.3, 7.0])

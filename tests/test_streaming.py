@@ -68,7 +68,11 @@ def test_cancel_keeps_the_events_already_made_and_finishes(make_napari_viewer, q
 
 
 def test_frames_are_copied_in_the_worker_and_the_layers_show_views(make_napari_viewer, qtbot):
-    from napari_deformdiff._qt.streaming import FrameBuffers, GrowingSequence, start_stream
+    from napari_deformdiff._qt.streaming import (
+        FrameBuffers,
+        GrowingSequence,
+        start_stream,
+    )
 
     viewer = make_napari_viewer()
     buffers = FrameBuffers()

@@ -11,15 +11,16 @@ import shutil
 import socket
 import threading
 from functools import partial
-from pathlib import Path
 
 import pytest
 
 from napari_deformdiff.cli import main
-from napari_deformdiff.core.weights import registry as wr
 from napari_deformdiff.core.errors import InputError
+from napari_deformdiff.core.weights import registry as wr
 
-OFFICIAL = Path("/work/shared/weights/drdm_cmr2d_official.pth")
+from .shared_data import MISSING_OFFICIAL
+from .shared_data import OFFICIAL_DRDM as OFFICIAL
+
 PAYLOAD = bytes(range(256)) * 40 + b"weights"
 
 
@@ -140,7 +141,7 @@ def test_cache_dir_defaults_to_the_user_cache(monkeypatch, tmp_path):
     assert wr.cache_dir() == tmp_path / "mine"
 
 
-@pytest.mark.skipif(not OFFICIAL.is_file(), reason="the authors' weights are not in /work/shared/weights")
+@pytest.mark.skipif(not OFFICIAL.is_file(), reason=MISSING_OFFICIAL)
 def test_preseeded_official_file_needs_no_network(cache, monkeypatch):
     e = wr.REGISTRY["drdm-cmr-2d"]
     assert OFFICIAL.stat().st_size == e.size

@@ -6,16 +6,12 @@ from pathlib import Path
 
 import torch
 
-from ..weights.files import bundled_path, load_strict, read_state, save_safetensors
+from ..weights.files import load_strict, read_state, save_safetensors
+from ..weights.resolve import resolve
 from ..errors import InputError
 from .nets.ddm import DDM, DDMConfig
 
 MODEL_NAME = "ddm"
-BUNDLED = {3: "ddm_phantom_3d.safetensors", 2: "ddm_phantom_2d.safetensors"}
-
-
-def default_weights(ndims: int) -> Path:
-    return bundled_path(BUNDLED[ndims])
 
 
 def _ndims_of_state(state: dict[str, torch.Tensor]) -> int | None:
@@ -27,18 +23,11 @@ def load_ddm(weights: str | Path | None = None, *, ndims: int | None = None,
              device: torch.device | str = "cpu") -> tuple[DDM, dict[str, str]]:
     """A DDM in eval mode on `device`, and the checkpoint's metadata.
 
-    weights: None (the bundled phantom model of `ndims`), one of our .safetensors files, or a
-    state dict in the authors' layout (.pth / .pt, read with weights_only=True).
+    weights: see core.weights.resolve (bundled, registry name, or a file): one of our .safetensors
+    files or a state dict in the authors' layout (.pth / .pt, read with weights_only=True).
     A checkpoint whose dimensionality differs from `ndims` is refused.
     """
-    if weights is None or str(weights) in ("", "default"):
-        if ndims not in BUNDLED:
-            raise InputError("say whether the image is 2D or 3D to pick the default DDM weights.")
-        path = default_weights(ndims)
-        if not path.is_file():
-            raise InputError(f"the bundled {ndims}D DDM weights ({path.name}) are missing from the package.")
-    else:
-        path = Path(weights)
+    path, _ = resolve(weights, MODEL_NAME, ndims)
     state, meta = read_state(path)
     if meta:
         if meta.get("model") != MODEL_NAME:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .. import spatial
 from ..errors import InputError
-from ..events import Frame, Progress
+from ..events import Frame, Plan, Progress
 
 LEVELS = (30, 45, 55, 65, 70)
 # The paper's Table 1 (cardiac MRI): level -> (max %, mean %, negative-Jacobian per mille).

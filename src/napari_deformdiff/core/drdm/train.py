@@ -17,7 +17,7 @@ import torch
 
 from ..weights.files import read_state
 from ..errors import InputError
-from ..events import Progress
+from ..events import Plan, Progress
 from ..nn.optim_step import descend
 from ..nn.model_grid import unit_range
 from .nets import RecResACNet
@@ -376,13 +376,13 @@ def train_drdm(
     def save(step: int) -> None:
         meta = DRDMMeta(ndims=ndims, grid=grid, steps=model.steps, name=out.stem, source=description)
         seconds = seconds_before + time.perf_counter() - started
-        save_drdm(out, model, meta, {
-            "train_steps": str(step), "data": description, "seconds": f"{seconds:.0f}", "seed": str(seed),
-            "lr": str(lr), "output_lr_scale": str(output_lr_scale), "warmup": str(warmup), "batch": str(batch), "images": str(images.shape[0]),
-            "crop": "none" if crop is None else ",".join(map(str, crop)), "field_bank": str(field_bank or 0),
-            "init": init_note,
-            "last_loss": f"{np.mean(history[-50:]) if history else float('nan'):.5f}",
-        }, overwrite=True)
+        save_drdm(
+            model, out, meta=meta, overwrite=True,
+            train_steps=str(step), data=description, seconds=f"{seconds:.0f}", seed=str(seed), lr=str(lr),
+            output_lr_scale=str(output_lr_scale), warmup=str(warmup), batch=str(batch), images=str(images.shape[0]),
+            crop="none" if crop is None else ",".join(map(str, crop)), field_bank=str(field_bank or 0),
+            init=init_note, last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}",
+        )
         tmp = optim_path.with_name("." + optim_path.name + ".partial")
         torch.save(optim.state_dict(), tmp)
         tmp.replace(optim_path)

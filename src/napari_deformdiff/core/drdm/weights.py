@@ -14,14 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..weights.files import bundled_path, load_strict, read_state, save_safetensors
+from ..weights.files import load_strict, read_state, save_safetensors
+from ..weights.resolve import resolve
 from ..errors import InputError
 from .nets import RecResACNet
 
 MODEL_NAME = "drdm"
-BUNDLED = {2: "drdm_phantom_2d.safetensors", 3: "drdm_phantom_3d.safetensors"}
 AUTHORS_GRID = {2: (256, 256), 3: (128, 128, 128)}
-OFFICIAL_2D = "drdm-cmr-2d"
 
 
 @dataclass
@@ -46,36 +45,6 @@ class DRDMMeta:
         return {"ndims": self.ndims, "grid": list(self.grid), "steps": self.steps, "embed_dim": self.embed_dim}
 
 
-def default_weights(ndims: int) -> Path:
-    return bundled_path(BUNDLED[ndims])
-
-
-def _resolve(weights, ndims) -> tuple[Path, str]:
-    """(path, name) of the weights to read."""
-    if weights is None or str(weights) in ("", "default"):
-        if ndims not in BUNDLED:
-            raise InputError("say whether the image is 2D or 3D to pick the default DRDM weights.")
-        path = default_weights(ndims)
-        if not path.is_file():
-            raise InputError(
-                f"the bundled {ndims}D DRDM weights ({path.name}) are not in this package; pass a "
-                f"weights file" + (f" or the name {OFFICIAL_2D!r} (the authors' 2D cardiac model)" if ndims == 2 else "")
-                + ".")
-        return path, path.stem
-    text = str(weights)
-    path = Path(text).expanduser()
-    if not path.exists():
-        from ..weights.registry import REGISTRY, fetch
-
-        if text in REGISTRY:
-            return fetch(text), text
-        raise InputError(f"DRDM weights {text!r}: no such file, and not a known name "
-                         f"({', '.join(sorted(REGISTRY)) or 'none'}).")
-    if path.is_dir():
-        raise InputError(f"DRDM weights {path} is a folder; give a .safetensors or .pth file.")
-    return path, path.stem
-
-
 def _authors_meta(state: dict[str, torch.Tensor], path: Path, name: str) -> DRDMMeta:
     out = state.get("conv_out.weight")
     emb = state.get("time_embed.weight")
@@ -96,7 +65,7 @@ def load_drdm(weights: str | Path | None = None, *, ndims: int,
     into the cache, sha256 checked), one of our .safetensors files, or an authors' .pth state dict.
     A checkpoint of another dimensionality, another model or another layout -> InputError.
     """
-    path, name = _resolve(weights, ndims)
+    path, name = resolve(weights, MODEL_NAME, ndims)
     state, raw = read_state(path)
     if raw:
         model_name = raw.get("model", "unknown")
@@ -118,12 +87,12 @@ def load_drdm(weights: str | Path | None = None, *, ndims: int,
     return model.to(device).eval(), meta
 
 
-def save_drdm(path: str | Path, model: RecResACNet, meta: DRDMMeta, extra_metadata: dict | None = None,
-              *, overwrite: bool = False) -> Path:
+def save_drdm(model: RecResACNet, path: str | Path, *, meta: DRDMMeta, overwrite: bool = False,
+              **extra_metadata) -> Path:
     """Atomic safetensors file with {"model": "drdm", "config": ..., "name", "source", **extra}."""
     if model.ndims != meta.ndims or model.steps != meta.steps or model.embed_dim != meta.embed_dim:
         raise InputError(f"DRDM metadata {asdict(meta)} does not describe this network "
                          f"(ndims {model.ndims}, steps {model.steps}, embed_dim {model.embed_dim}).")
     metadata = {"model": MODEL_NAME, "config": meta.config(), "name": meta.name, "source": meta.source,
-                **(extra_metadata or {})}
+                **extra_metadata}
     return save_safetensors(path, model.state_dict(), metadata, overwrite=overwrite)

@@ -118,7 +118,6 @@ def train_modiff(
     if "video" in stages and done.get("vae", 0) == 0 and "vae" not in stages:
         raise InputError("stage 2 (video) needs a trained VAE: train the vae stage first or resume from a checkpoint.")
     optim_path = out.with_name(out.name + ".optim.pt")
-    total = sum(max(0, steps[s] - done.get(s, 0)) for s in stages)
     yield Plan(tuple((s, steps[s]) for s in stages))
     count = 0
 

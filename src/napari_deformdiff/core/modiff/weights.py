@@ -7,30 +7,19 @@ from pathlib import Path
 
 import torch
 
-from ..weights.files import bundled_path, load_strict, read_state, save_safetensors
+from ..weights.files import load_strict, read_state, save_safetensors
+from ..weights.resolve import resolve
 from ..errors import InputError
 from .nets.modiff import MoDiff, ModiffConfig
 
 MODEL_NAME = "modiff"
-BUNDLED = {2: "modiff_phantom_2d.safetensors", 3: "modiff_phantom_3d.safetensors"}
-
-
-def default_weights(ndims: int) -> Path:
-    return bundled_path(BUNDLED[ndims])
 
 
 def load_modiff(weights: str | Path | None = None, *, ndims: int | None = None,
                 device: torch.device | str = "cpu") -> tuple[MoDiff, dict[str, str]]:
     """A MoDiff in eval mode and its checkpoint metadata; a checkpoint of another model or of
     another dimensionality than `ndims` is refused with a clear message."""
-    if weights is None or str(weights) in ("", "default"):
-        if ndims not in BUNDLED:
-            raise InputError("say whether the image is 2D or 3D to pick the default Mo-Diff weights.")
-        path = default_weights(ndims)
-        if not path.is_file():
-            raise InputError(f"the bundled {ndims}D Mo-Diff weights ({path.name}) are missing from the package.")
-    else:
-        path = Path(weights)
+    path, _ = resolve(weights, MODEL_NAME, ndims)
     state, meta = read_state(path)
     if meta.get("model") != MODEL_NAME:
         raise InputError(f"{path.name} is not a Mo-Diff checkpoint (it holds "

@@ -40,6 +40,8 @@ class WeightsEntry:
     citation: str
     description: str
     source: str = ""  # human-readable origin (repository, path, commit)
+    method: str = ""  # the model it loads into: ddm, drdm or modiff
+    ndims: int = 0
 
     def notice(self) -> str:
         """Licence and citation, shown when the file is first downloaded."""
@@ -65,6 +67,8 @@ REGISTRY: dict[str, WeightsEntry] = {
                      "slices, 80 steps)"),
         source=(f"github.com/jianqingzheng/def_diff_rec, models/cmr_recresacnet/000000_cmr_recresacnet.pth "
                 f"at commit {_DRDM_COMMIT}"),
+        method="drdm",
+        ndims=2,
     ),
 }
 
