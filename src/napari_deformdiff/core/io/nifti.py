@@ -27,7 +27,8 @@ def read_nifti(path: str | Path, *, as_labels: bool | None = None) -> Volume:
 
     path = Path(path)
     try:
-        img = nib.load(str(path))
+        with np.errstate(invalid="ignore", over="ignore"):  # nibabel's affine of a bad header
+            img = nib.load(str(path))
         raw = np.asanyarray(img.dataobj.get_unscaled())
         header = _unchecked_header(img)
     except (ImageFileError, EOFError, OSError, ValueError, AttributeError) as exc:

@@ -236,7 +236,7 @@ def _choose(sto, qto, qcode, scode, pix, notes):
     u, w, vt = np.linalg.svd(r)
     if np.all(np.isfinite(r)) and w[-1] > 1e-8:
         polar = np.eye(4)
-        polar[:3, :3] = u @ vt
+        polar[:3, :3] = (u @ vt).T  # what ITK's permissive mode yields (checked against it)
         polar[:3, 3] = s64[:3, 3]
         notes.append(
             "the sform is sheared (not orthonormal) and there is no qform: ITK refuses this file "
