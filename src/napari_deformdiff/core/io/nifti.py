@@ -29,8 +29,15 @@ def read_nifti(path: str | Path, *, as_labels: bool | None = None) -> Volume:
     try:
         with np.errstate(invalid="ignore", over="ignore"):  # nibabel's affine of a bad header
             img = nib.load(str(path))
+        if not isinstance(img, nib.analyze.AnalyzeImage):  # e.g. CIFTI-2, also .nii
+            raise InputError(
+                f"{path.name}: a {type(img).__name__.replace('Image', '')} file, not a NIfTI "
+                "volume; it is not supported."
+            )
         raw = np.asanyarray(img.dataobj.get_unscaled())
         header = _unchecked_header(img)
+    except InputError:
+        raise
     except (ImageFileError, EOFError, OSError, ValueError, AttributeError) as exc:
         raise InputError(
             f"{path.name}: not a readable NIfTI file (truncated or corrupt?): {exc}"
