@@ -162,8 +162,8 @@ def test_qform_and_sform_agree_no_warning(tmp_path):
 @pytest.mark.parametrize("bad", [0.0, float("nan"), float("inf")])
 @pytest.mark.parametrize("which", ["qform", "sform"])
 def test_zero_or_invalid_pixdim_becomes_one(tmp_path, bad, which):
-    kw = dict(qform_code=1) if which == "qform" else dict(
-        sform_code=1, sform=affine(np.eye(3), (1, 3, 4), (1, 2, 3)))
+    kw = {"qform_code": 1} if which == "qform" else {
+        "sform_code": 1, "sform": affine(np.eye(3), (1, 3, 4), (1, 2, 3))}
     path = write_raw(tmp_path / "z.nii", int_data(), pix=(1, bad, 3, 4), **kw)
     v, img = assert_same_as_itk(path, n_warnings=1)
     assert img.GetSpacing() == pytest.approx((1, 3, 4))
@@ -285,7 +285,7 @@ def test_scl_slope_inter_as_itk(tmp_path, dtype):
 def test_nifti2_uses_the_same_rules(tmp_path):
     """Deliberate difference: SimpleITK 2.5 has no NIfTI-2 reader; we read it like NIfTI-1."""
     sform = affine(ROT, (1, 1, 1), (1, 2, 3))
-    kw = dict(pix=(1, 1.5625, 1.5625, 10), sform=sform, sform_code=2)
+    kw = {"pix": (1, 1.5625, 1.5625, 10), "sform": sform, "sform_code": 2}
     p2 = write_raw(tmp_path / "v2.nii", int_data(), v2=True, **kw)
     p1 = write_raw(tmp_path / "v1.nii", int_data(), **kw)
     with pytest.raises(RuntimeError):

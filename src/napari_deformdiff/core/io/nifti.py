@@ -52,7 +52,7 @@ def read_nifti(path: str | Path, *, as_labels: bool | None = None) -> Volume:
     if raw.ndim > 4:
         raise InputError(f"{path.name}: {raw.ndim}-D NIfTI images are not supported (shape {raw.shape}).")
     is_nifti = isinstance(header, nib.Nifti1Header)  # NIfTI-2 headers subclass it
-    fields = {key: header[key] for key in header.keys()}
+    fields = {key: header[key] for key in header}
     try:
         decided = geometry_from_header(fields, is_nifti=is_nifti)
     except ValueError as exc:
