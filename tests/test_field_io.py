@@ -238,3 +238,51 @@ def test_bad_inputs(tmp_path):
     sitk.WriteImage(to_itk_displacement(np.zeros((2, 4, 5), np.float32), Geometry.identity(2)), str(vtk))
     for p in (scalar, rgb, corrupt, tmp_path / "missing.mha", vtk, tmp_path):
         assert not is_displacement_file(p)
+
+
+def test_itk_resample_of_acdc_header_original_matches_our_warp(tmp_path):
+    """Issue 13: an ACDC-style header (sform_code 2 with unit scales, qform_code 0, the true
+    spacing only in pixdim) read by us, warped, field exported: SimpleITK resampling the ORIGINAL
+    file through that field reproduces our frame."""
+    import nibabel as nib
+
+    from napari_deformdiff.core.io import read_volume
+
+    from .test_nifti_geometry import write_raw
+
+    source_ijk = (_smooth(SHAPE3, 5, waves=4) * 300 + 600).round().astype(np.int16).T
+    sform = np.eye(4)
+    sform[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ _rotation((0.2, -0.1, 0.5))
+    sform[:3, 3] = (101.5, 87.25, -42.0)
+    original = write_raw(tmp_path / "patient001_frame01.nii.gz", source_ijk,
+                         pix=(1, 1.5625, 1.5625, 10), sform=sform, sform_code=2, qform_code=0,
+                         xyzt_units=2 | 8)
+    volume = read_volume(original)
+    assert volume.geometry.spacing == pytest.approx((10, 1.5625, 1.5625))
+    assert len(volume.warnings) == 1
+
+    source = volume.data.astype(np.float32)
+    u = _field(SHAPE3, 3.0, 17)
+    ours = warp(
+        torch.from_numpy(source)[None, None], torch.from_numpy(u)[None], mode="linear",
+        padding_mode="zeros",
+    )[0, 0].numpy()
+
+    def itk_psnr(geometry) -> float:
+        path = write_displacement(tmp_path / f"u{id(geometry)}.nii.gz", u, geometry)
+        disp = sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkVectorFloat64)
+        src = sitk.Cast(sitk.ReadImage(original), sitk.sitkFloat32)  # the ORIGINAL file
+        theirs = sitk.GetArrayFromImage(
+            sitk.Resample(src, src, sitk.DisplacementFieldTransform(disp), sitk.sitkLinear, 0.0,
+                          sitk.sitkFloat32)
+        )
+        interior = (slice(4, -4),) * 3
+        return _psnr(theirs[interior], ours[interior])
+
+    psnr = itk_psnr(volume.geometry)
+    print(f"ACDC header: PSNR {psnr:.1f} dB")
+    assert psnr >= 40.0
+    # nibabel's affine alone (1 mm spacing) was the bug: its field misses badly
+    wrong = Geometry.from_nifti_affine(nib.load(original).affine)
+    assert wrong.spacing == pytest.approx((1, 1, 1))
+    assert itk_psnr(wrong) < 30.0

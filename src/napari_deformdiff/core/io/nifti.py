@@ -14,21 +14,31 @@ import numpy as np
 from ..errors import InputError
 from ..geometry import Geometry
 from .atomic import atomic_output
+from .nifti_geometry import geometry_from_header
 from .volume import Volume, as_label_array, check_values, decide_labels
 
 SUFFIXES = (".nii", ".nii.gz")
-_TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 
 
 def read_nifti(path: str | Path, *, as_labels: bool | None = None) -> Volume:
+    """Voxels with nibabel, geometry and intensity scaling decided as ITK does."""
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
     path = Path(path)
     try:
-        img = nib.load(str(path))
-        raw = np.asanyarray(img.dataobj)
-    except (ImageFileError, EOFError, OSError, ValueError) as exc:
+        with np.errstate(invalid="ignore", over="ignore"):  # nibabel's affine of a bad header
+            img = nib.load(str(path))
+        if not isinstance(img, nib.analyze.AnalyzeImage):  # e.g. CIFTI-2, also .nii
+            raise InputError(
+                f"{path.name}: a {type(img).__name__.replace('Image', '')} file, not a NIfTI "
+                "volume; it is not supported."
+            )
+        raw = np.asanyarray(img.dataobj.get_unscaled())
+        header = _unchecked_header(img)
+    except InputError:
+        raise
+    except (ImageFileError, EOFError, OSError, ValueError, AttributeError) as exc:
         raise InputError(
             f"{path.name}: not a readable NIfTI file (truncated or corrupt?): {exc}"
         ) from exc
@@ -37,24 +47,57 @@ def read_nifti(path: str | Path, *, as_labels: bool | None = None) -> Volume:
             f"{path.name}: this is a vector image (e.g. a displacement field), not a scalar "
             "volume; open it as a field instead."
         )
+    while raw.ndim > 3 and raw.shape[-1] == 1:  # ITK drops trailing singleton dimensions
+        raw = raw[..., 0]
     if raw.ndim > 4:
         raise InputError(f"{path.name}: {raw.ndim}-D NIfTI images are not supported (shape {raw.shape}).")
+    is_nifti = isinstance(header, nib.Nifti1Header)  # NIfTI-2 headers subclass it
+    fields = {key: header[key] for key in header}
+    try:
+        decided = geometry_from_header(fields, is_nifti=is_nifti)
+    except ValueError as exc:
+        raise InputError(f"{path.name}: invalid geometry in the header: {exc}") from exc
     warnings = check_values(raw, path.name)
+    if is_nifti:
+        raw = _rescale_as_itk(raw, header["scl_slope"], header["scl_inter"])
+    if raw.dtype.byteorder not in ("=", "|"):
+        raw = raw.astype(raw.dtype.newbyteorder("="))
     while raw.ndim < 3:
         raw = raw[..., None]
     data = np.ascontiguousarray(raw.T)  # (i, j, k[, t]) -> ([t,] k, j, i)
-    geometry = Geometry.from_nifti_affine(img.affine)
-    time_spacing = None
-    if raw.ndim == 4:
-        zooms = img.header.get_zooms()
-        unit = img.header.get_xyzt_units()[1]
-        if len(zooms) > 3 and zooms[3] > 0:
-            time_spacing = float(zooms[3]) * _TIME_UNIT_SECONDS.get(unit, 1.0)
+    geometry = decided.geometry
+    time_spacing = decided.time_spacing if raw.ndim == 4 else None
+    warnings += [f"{path.name}: {w}" for w in decided.warnings]
     data, geometry = squeeze_single_slice(data, geometry, has_time=raw.ndim == 4)
     is_labels = decide_labels(data, path, as_labels)
     if is_labels:
         data = as_label_array(data)
     return Volume(data, geometry, is_labels, _stem(path), time_spacing, str(path), warnings)
+
+
+def _unchecked_header(img):
+    """The header fields as stored: nibabel's loader would already 'fix' negative pixdim."""
+    from nibabel.openers import ImageOpener
+
+    holder = img.file_map.get("header") or img.file_map["image"]
+    with ImageOpener(holder.filename, "rb") as fh:
+        return type(img.header).from_fileobj(fh, check=False)
+
+
+def _rescale_as_itk(raw: np.ndarray, slope, inter) -> np.ndarray:
+    """scl_slope/scl_inter as ITK applies them: integers become float32, floats keep their type."""
+    slope = float(slope) if np.isfinite(slope) else 0.0
+    inter = float(inter) if np.isfinite(inter) else 0.0
+    eps = np.finfo(np.float64).eps
+    if abs(slope) < eps:
+        slope = 1.0
+    if abs(slope - 1.0) <= eps and abs(inter) <= eps:
+        return raw
+    if raw.dtype.kind in "iub":
+        return (raw.astype(np.float32).astype(np.float64) * slope + inter).astype(np.float32)
+    if raw.dtype.kind == "f":
+        return (raw.astype(np.float64) * slope + inter).astype(raw.dtype.newbyteorder("="))
+    return raw
 
 
 def write_nifti(volume: Volume, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -72,10 +115,10 @@ def write_nifti(volume: Volume, path: str | Path, *, overwrite: bool = False) ->
     img.set_sform(affine, code="scanner")
     img.set_qform(affine, code="scanner")
     img.header.set_xyzt_units("mm", "sec")
+    zooms = list(geometry.as_3d().spacing[::-1])  # pixdim must be the spacing (ITK reads it)
     if volume.has_time:
-        zooms = list(img.header.get_zooms())
-        zooms[3] = volume.time_spacing or 1.0
-        img.header.set_zooms(zooms)
+        zooms.append(volume.time_spacing or 1.0)
+    img.header.set_zooms(zooms)
     if volume.is_labels:
         img.header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
     path = Path(path)
