@@ -353,7 +353,39 @@ def test_viewer_layers_and_scale_bar_in_mm(make_napari_viewer, tmp_path, qtbot):
     (layer,) = widget.open()
     assert [str(u) for u in layer.units] == ["pixel", "millimeter", "millimeter", "millimeter"]
     assert layer.metadata["deformdiff"]["metadata"]["time_source"] == "TriggerTime"
-    viewer.scale_bar.visible = True
+    scale_bar = viewer.canvas.overlays.scale_bar
+    scale_bar.visible = True
     qtbot.wait(100)
-    overlay = viewer.window._qt_viewer.canvas._overlay_to_visual[viewer.scale_bar][0]
+    overlay = viewer.window._qt_viewer.canvas._viewer_overlay_to_visual[scale_bar][0]
     assert overlay.node.text.text.endswith("mm")
+
+
+# --- a real echo (pydicom-data 1.0.0), when cached --------------------------------------------
+
+
+def test_real_apical_four_chamber_echo():
+    from pydicom import dcmread
+    from pydicom.pixels import pixel_array
+
+    from ._dicom_real import echo_path
+
+    path = echo_path()
+    if path is None:
+        pytest.skip("real echo not cached: run `python -m tests._dicom_real` to fetch pydicom-data 1.0.0")
+    header = dcmread(path, stop_before_pixels=True)
+    v = read_volume(path)
+    assert v.has_time and v.geometry.ndim == 2 and v.data.shape == (120, 480, 640)
+    # spacing from the ultrasound region (cm), frame time 33.333 ms
+    region = header.SequenceOfUltrasoundRegions[0]
+    assert v.geometry.spacing == pytest.approx((10 * region.PhysicalDeltaY, 10 * region.PhysicalDeltaX))
+    assert v.geometry.spacing[1] == pytest.approx(0.5105, abs=1e-4)
+    assert v.time_spacing == pytest.approx(0.033333)
+    assert len(v.metadata["trigger_times_ms"]) == 120
+    assert v.metadata["trigger_times_ms"][-1] == pytest.approx(119 * 33.333)
+    # YBR_FULL's Y is the BT.601 luminance: compare with the undecoded Y channel of two frames
+    # (equal up to rounding, except where saturated colours were clipped to RGB)
+    for index in (0, 77):
+        ybr = pixel_array(path, index=index, as_rgb=False)
+        diff = np.abs(v.data[index] - ybr[..., 0])
+        assert np.percentile(diff, 99.9) <= 1.5 and diff.mean() < 0.6, (np.percentile(diff, 99.9), diff.mean())
+    assert v.data[50].std() > 10  # an image, not a blank frame

@@ -418,13 +418,19 @@ def _frames_first(arr: np.ndarray, n_frames: int) -> np.ndarray:
 
 def _luminance(ds, arr: np.ndarray, what: str, warnings: list[str]) -> np.ndarray:
     """Colour frames (RGB, YBR converted by pydicom, palette) -> luminance, with a warning."""
+    import pydicom
+
+    try:
+        from pydicom.pixels import apply_color_lut, convert_color_space
+    except ImportError:  # pydicom 2
+        from pydicom.pixel_data_handlers.util import apply_color_lut, convert_color_space
     photometric = _photometric(ds)
     if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
-
         arr = apply_color_lut(arr, ds)
     elif int(ds.get("SamplesPerPixel", 1)) == 1:
         return arr
+    elif photometric.startswith("YBR") and int(pydicom.__version__.split(".")[0]) < 3:
+        arr = convert_color_space(arr, photometric, "RGB")  # pydicom 3 returns RGB already
     message = (f"{what}: colour ({photometric}) images converted to luminance "
                "(0.299 R + 0.587 G + 0.114 B).")
     if message not in warnings:
