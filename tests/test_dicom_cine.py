@@ -21,6 +21,7 @@ from .test_io import rotation
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 
 SPACING = (0.7, 0.8, 6.5)  # x (between columns), y (between rows), z (between slices) mm
 ORIGIN = (-30.0, 12.5, 48.0)
@@ -308,6 +309,48 @@ def test_ultrasound_multiframe_rgb_is_2d_plus_t_luminance(tmp_path):
     np.testing.assert_allclose(v.metadata["trigger_times_ms"], np.arange(n) * 33.3)
     assert v.metadata["time_source"] == "FrameTime"
     assert any("luminance" in w for w in v.warnings)
+
+
+def test_palette_and_ybr_images_become_luminance(tmp_path):
+    rows, cols = 9, 11
+    rng = np.random.default_rng(13)
+    # a single palette-colour frame: 8-bit indices into 16-bit red/green/blue tables
+    index = rng.integers(0, 256, size=(rows, cols)).astype(np.uint8)
+    tables = rng.integers(0, 65536, size=(3, 256)).astype(np.uint16)
+    ds = base_dataset(US_IMAGE, generate_uid(), rows, cols)
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    for colour, table in zip(("Red", "Green", "Blue"), tables, strict=True):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", table.astype("<u2").tobytes())
+    ds.PixelSpacing = ["0.3", "0.4"]
+    ds.PixelData = index.tobytes()
+    ds.save_as(tmp_path / "palette.dcm", enforce_file_format=True)
+    v = read_volume(tmp_path / "palette.dcm")
+    assert not v.has_time and v.data.shape == (rows, cols)
+    rgb = tables[:, index].astype(np.float64)
+    np.testing.assert_allclose(v.data, 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2], rtol=1e-5)
+    assert v.geometry.spacing == pytest.approx((0.3, 0.4))
+    assert any("PALETTE COLOR" in w for w in v.warnings)
+
+    # a YBR_FULL cine: luminance is Y (chroma kept near neutral so RGB is not clipped)
+    n = 4
+    ybr = np.empty((n, rows, cols, 3), np.uint8)
+    ybr[..., 0] = rng.integers(40, 216, size=(n, rows, cols))
+    ybr[..., 1:] = rng.integers(120, 137, size=(n, rows, cols, 2))
+    ds = base_dataset(US_MULTIFRAME, generate_uid(), rows, cols)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.NumberOfFrames = n
+    ds.FrameTimeVector = [0.0, 30.0, 40.0, 50.0]  # increments between frames
+    ds.PixelData = ybr.tobytes()
+    ds.save_as(tmp_path / "ybr.dcm", enforce_file_format=True)
+    v = read_volume(tmp_path / "ybr.dcm")
+    assert v.data.shape == (n, rows, cols)
+    assert np.abs(v.data - ybr[..., 0]).max() <= 1.0  # rounding of the YBR -> RGB conversion
+    np.testing.assert_allclose(v.metadata["trigger_times_ms"], [0.0, 30.0, 70.0, 120.0])
+    assert v.time_spacing == pytest.approx(0.04) and v.metadata["time_source"] == "FrameTimeVector"
+    assert any("no pixel spacing" in w for w in v.warnings)
 
 
 # --- (i) reader hook, CLI, layers -------------------------------------------------------------

@@ -112,7 +112,8 @@ def read_dicom_file(path: str | Path, *, as_labels: bool | None = None) -> Volum
     frames = _enhanced_frames(ds, pixels) if enhanced else _multiframe_frames(ds, pixels, path)
     names = (
         ("NominalCardiacTriggerDelayTime", "TemporalPositionIndex", "frame order")
-        if enhanced else ("FrameTime", "TemporalPositionIdentifier", "frame order")
+        if enhanced else (next((k for k in ("FrameTimeVector", "FrameTime") if k in header), ""),
+                          "TemporalPositionIdentifier", "frame order")
     )
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
     volume = _assemble(frames, path, stem, as_labels, names, warnings)
