@@ -123,7 +123,7 @@ def random_stored(shape, seed) -> np.ndarray:
 
 
 def check_cine(tmp_path, v, stored, written, *, slope=SLOPE, intercept=INTERCEPT, compare_sitk=True):
-    nt, nz = stored.shape[:2]
+    nt = stored.shape[0]
     assert v.has_time and v.data.shape == stored.shape
     np.testing.assert_allclose(v.data, stored.astype(np.float64) * slope + intercept, rtol=1e-6)
     assert_geometry(v.geometry, *expected_geometry())

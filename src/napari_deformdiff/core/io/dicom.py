@@ -23,6 +23,7 @@ ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 _POSITION_TOL_MM = 0.01
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luminance weights
 _FRAME_TIME_TAGS = (0x00181063, 0x00181065)  # FrameTime, FrameTimeVector
+_HEADER_ERRORS = (OSError, ValueError, KeyError, AttributeError, EOFError, TypeError)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class _Frame:
 def read_dicom_folder(folder: str | Path, *, as_labels: bool | None = None) -> list[Volume]:
     """Every DICOM series in `folder` (not recursive), one Volume per series (and orientation)."""
     from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
 
     folder = Path(folder)
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name.upper() != "DICOMDIR"]
@@ -57,7 +59,7 @@ def read_dicom_folder(folder: str | Path, *, as_labels: bool | None = None) -> l
     for p in files:
         try:
             ds = dcmread(p, stop_before_pixels=True)
-        except Exception:  # not DICOM, truncated, ...: GDCM skipped such files too
+        except (InvalidDicomError, *_HEADER_ERRORS):  # not DICOM, truncated, ...: skipped, as GDCM did
             continue
         if "Rows" in ds and "Columns" in ds:
             series[str(ds.get("SeriesInstanceUID", ""))].append((p, ds))
@@ -91,13 +93,14 @@ def read_dicom_folder(folder: str | Path, *, as_labels: bool | None = None) -> l
 def read_dicom_file(path: str | Path, *, as_labels: bool | None = None) -> Volume:
     """One DICOM file: enhanced/multi-frame cines and colour images here, the rest by SimpleITK."""
     from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
 
     from .itk import read_itk
 
     path = Path(path)
     try:
         header = dcmread(path, stop_before_pixels=True)
-    except Exception:
+    except (InvalidDicomError, *_HEADER_ERRORS):
         return read_itk(path, as_labels=as_labels)  # SimpleITK gives its own diagnosis
     n_frames = int(header.get("NumberOfFrames", 1) or 1)
     enhanced = "PerFrameFunctionalGroupsSequence" in header
@@ -156,7 +159,7 @@ def _file_frame(path: Path, ds, warnings: list[str]) -> _Frame:
         from pydicom import dcmread
 
         full = dcmread(path)
-        return _luminance(full, _pixel_array(full, path), "the series", warnings)
+        return _luminance(full, _pixel_array(full, path), path.parent.name, warnings)
 
     return _Frame(
         ds.Rows, ds.Columns,
@@ -407,7 +410,8 @@ def _rescaled(raw: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np
 def _pixel_array(ds, path: Path) -> np.ndarray:
     try:
         return ds.pixel_array
-    except Exception as exc:  # missing decoder, truncated pixel data, ...
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError, OSError) as exc:
+        # a missing decoder, truncated pixel data, ...
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         what = f" ({syntax.name})" if syntax is not None else ""
         raise InputError(f"{path.name}: the pixel data could not be decoded{what}: {exc}") from exc
@@ -424,7 +428,10 @@ def _luminance(ds, arr: np.ndarray, what: str, warnings: list[str]) -> np.ndarra
     try:
         from pydicom.pixels import apply_color_lut, convert_color_space
     except ImportError:  # pydicom 2
-        from pydicom.pixel_data_handlers.util import apply_color_lut, convert_color_space
+        from pydicom.pixel_data_handlers.util import (
+            apply_color_lut,
+            convert_color_space,
+        )
     photometric = _photometric(ds)
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
