@@ -135,7 +135,8 @@ def describe_time(volume: Volume) -> list[str]:
         shown = [f"{t:g}" for t in times]
         if len(shown) > 12:
             shown = shown[:6] + ["..."] + shown[-3:]
-        lines.append("trigger times ms: " + ", ".join(shown))
+        kind = "frame" if meta["time_source"].startswith("FrameTime") else "trigger"
+        lines.append(f"{kind} times ms: " + ", ".join(shown))
     return lines
 
 
