@@ -2,8 +2,10 @@
 
 A layer of a Volume gets scale = spacing, translate = origin and an affine that rotates by the
 direction cosines about the origin (identity for axis-aligned volumes), all in array-axis order,
-with a leading time axis of scale 1 (one step per frame) for time series. The exact geometry
-also travels in layer.metadata["deformdiff"], so writers give back what was read.
+with a leading time axis of scale 1 (one step per frame) for time series. Spatial axes carry
+units "mm" (scale bar, status bar); the time axis keeps napari's unitless step, as its scale is
+one per frame, not seconds. The exact geometry and the reader's metadata (trigger times, ...)
+also travel in layer.metadata["deformdiff"], so writers give back what was read.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ def layer_transform(geometry: Geometry, *, has_time: bool) -> dict[str, Any]:
     origin = np.asarray(geometry.origin)
     rotation[:n, n] = origin - geometry.direction @ origin  # rotate about the origin point
     scale, translate = list(geometry.spacing), list(geometry.origin)
+    units = ["mm"] * n
     if has_time:
         affine = np.eye(n + 2)
         affine[1:, 1:] = rotation
-        return {"scale": [1.0, *scale], "translate": [0.0, *translate], "affine": affine}
-    return {"scale": scale, "translate": translate, "affine": rotation}
+        return {"scale": [1.0, *scale], "translate": [0.0, *translate], "affine": affine,
+                "units": [None, *units]}  # None: napari's default (pixel) for the frame axis
+    return {"scale": scale, "translate": translate, "affine": rotation, "units": units}
 
 
 def volume_to_layer_data(volume: Volume, **kwargs: Any) -> tuple:
@@ -42,6 +46,7 @@ def volume_to_layer_data(volume: Volume, **kwargs: Any) -> tuple:
             "geometry": volume.geometry.to_dict(),
             "time_spacing": volume.time_spacing,
             "source": volume.source,
+            "metadata": dict(volume.metadata),
         }
     }
     layer_kwargs: dict[str, Any] = {
@@ -96,6 +101,7 @@ def layer_to_volume(data: Any, attributes: dict[str, Any], *, is_labels: bool) -
         attributes.get("name", ""),
         meta.get("time_spacing") if has_time else None,
         meta.get("source", ""),
+        metadata=dict(meta.get("metadata") or {}),
     )
 
 

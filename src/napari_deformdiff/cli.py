@@ -46,6 +46,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .core.io import read_path
+    from .core.io.dicom import describe_time
 
     for path in args.paths:
         for v in read_path(path):
@@ -54,6 +55,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             dt = f" every {v.time_spacing:g} s" if v.time_spacing else ""
             print(f"{v.name}: {kind}, {v.geometry.ndim}D{time}{dt}, shape {v.data.shape}, {v.data.dtype}")
             print(f"  {v.geometry.describe()}")
+            for line in describe_time(v):
+                print(f"  {line}")
             finite = v.data[np.isfinite(v.data)] if v.data.dtype.kind == "f" else v.data
             if finite.size:
                 print(f"  values {float(finite.min()):g} .. {float(finite.max()):g}")

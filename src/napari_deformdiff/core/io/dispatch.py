@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from . import acdc, itk, nifti
+from . import acdc, dicom, itk, nifti
 from .atomic import split_suffix
 from .volume import Volume
 
@@ -56,6 +56,8 @@ def read_volume(path: str | Path, *, as_labels: bool | None = None) -> Volume:
     suffix = suffix_of(path)
     if suffix in nifti.SUFFIXES:
         return nifti.read_nifti(path, as_labels=as_labels)
+    if suffix in (".dcm", ".dicom"):
+        return dicom.read_dicom_file(path, as_labels=as_labels)
     if suffix in itk.SUFFIXES:
         return itk.read_itk(path, as_labels=as_labels)
     raise InputError(
@@ -70,7 +72,7 @@ def read_path(path: str | Path, *, as_labels: bool | None = None) -> list[Volume
     if path.is_dir():
         if acdc.is_acdc_folder(path):
             return acdc.read_acdc_patient(path).volumes()
-        return itk.read_dicom_series(path, as_labels=as_labels)
+        return dicom.read_dicom_folder(path, as_labels=as_labels)
     return [read_volume(path, as_labels=as_labels)]
 
 

@@ -1,4 +1,4 @@
-"""NRRD/NHDR, MHA/MHD and DICOM (series folder or single/multi-frame file) with SimpleITK.
+"""NRRD/NHDR, MHA/MHD and DICOM (plain series and single files; cines: dicom.py) with SimpleITK.
 
 SimpleITK arrays are already ([T,] Z, Y, X); its spacing/origin/direction are (x, y, z[, t]) and
 are converted by Geometry.from_itk. A 4D image is a time series of 3D volumes.
@@ -32,37 +32,6 @@ def read_itk(path: str | Path, *, as_labels: bool | None = None) -> Volume:
             f"file): {_itk_message(exc)}"
         ) from exc
     return _volume_from_itk(image, path, split_suffix(path.name)[0], as_labels)
-
-
-def read_dicom_series(folder: str | Path, *, as_labels: bool | None = None) -> list[Volume]:
-    """Every DICOM series in `folder` (not recursive), one Volume each."""
-    import SimpleITK as sitk
-
-    folder = Path(folder)
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise InputError(
-            f"{folder.name}: no readable DICOM series in this folder "
-            f"({sum(1 for p in folder.iterdir() if p.is_file())} files checked)."
-        )
-    volumes = []
-    for series_id in series_ids:
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        reader.MetaDataDictionaryArrayUpdateOn()
-        try:
-            image = reader.Execute()
-        except RuntimeError as exc:
-            raise InputError(
-                f"{folder.name}: DICOM series {series_id} could not be read: {_itk_message(exc)}"
-            ) from exc
-        description = ""
-        if reader.HasMetaDataKey(0, "0008|103e"):
-            description = reader.GetMetaData(0, "0008|103e").strip()
-        name = f"{folder.name} {description or series_id[-8:]}".strip()
-        volumes.append(_volume_from_itk(image, folder, name, as_labels))
-    return volumes
 
 
 def write_itk(volume: Volume, path: str | Path, *, overwrite: bool = False) -> Path:

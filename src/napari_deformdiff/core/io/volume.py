@@ -19,6 +19,8 @@ class Volume:
 
     `time_spacing` is the time between frames in seconds (None if unknown or not a time series).
     `warnings` collects non-fatal findings of the reader (NaN/Inf values, a single voxel, ...).
+    `metadata` holds reader facts worth keeping, e.g. {"trigger_times_ms": [...],
+    "time_source": "TriggerTime", "series_description": ...}.
     """
 
     data: np.ndarray
@@ -28,6 +30,7 @@ class Volume:
     time_spacing: float | None = None
     source: str = ""
     warnings: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
 
     @property
     def has_time(self) -> bool:
