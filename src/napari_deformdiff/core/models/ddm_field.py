@@ -71,7 +71,7 @@ def skip_first_from_up_first(state: dict[str, torch.Tensor], prefix: str = "fiel
             continue
         w, up = state[key], state[up_key].shape[1]
         if not 0 < up < w.shape[1]:
-            raise ValueError(f"{key} has {w.shape[1]} input channels, which cannot hold {up} upsampled ones and a skip.")
+            raise ValueError(f"{key} has {w.shape[1]} input channels: no room for {up} upsampled ones and a skip.")
         out[key] = torch.cat([w[:, up:], w[:, :up]], dim=1)
     return out
 
