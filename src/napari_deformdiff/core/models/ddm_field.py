@@ -5,7 +5,7 @@ conv + conv block on the skip concatenation), keepblock, outconv. Output: a disp
 voxels, channels in tensor-axis order, no integration.
 
 Every up block concatenates the SKIP features first, then the upsampled ones, as the authors'
-network does. Our code before this layout put the upsampled features first; the shapes are the
+network does. Our code before this fix put the upsampled features first; the shapes are the
 same, so such weights load either way but only compute what they were trained to compute after
 `skip_first_from_up_first` (exact: a permutation of the input channels of the four convolutions
 that read the concatenation).
