@@ -12,11 +12,12 @@ import torch
 
 from ..errors import InputError
 from ..events import Plan, Progress
-from ..nn.optim_step import descend
-from ..nn.model_grid import GridMap, to_model
-from .nets.ddm import DDM, DDMConfig
 from ..io.pairs import Pair
-from .weights import load_ddm, save_ddm
+from ..nn.model_grid import GridMap, to_model
+from ..nn.optim_step import descend
+from .nets.ddm import DDM, DDMConfig
+from .nets.field_unet import skip_first_from_up_first
+from .weights import OLD_FIELD_CONCAT, field_concat_of, load_ddm, save_ddm
 
 
 def model_grid_of(volume, config: DDMConfig) -> GridMap:
@@ -24,6 +25,18 @@ def model_grid_of(volume, config: DDMConfig) -> GridMap:
 
 
 PAIR_SAMPLING = ("ends", "cine")
+
+
+def moments_skip_first(model: torch.nn.Module, optim: torch.optim.Optimizer) -> None:
+    """Permute Adam's moments saved beside an old-layout checkpoint (cat[up, skip]) like its
+    weights, so that a resumed run continues exactly where it stopped (see load_ddm)."""
+    names = {p: n for n, p in model.named_parameters()}
+    for key in ("exp_avg", "exp_avg_sq"):
+        moments = {names[p]: s[key] for p, s in optim.state.items() if key in s}
+        converted = skip_first_from_up_first(moments)
+        for p, s in optim.state.items():
+            if key in s:
+                s[key] = converted[names[p]]
 
 
 def pair_frames(pairs: Sequence[Pair], config: DDMConfig, sampling: str = "ends") -> list[list[torch.Tensor]]:
@@ -146,6 +159,8 @@ def train_ddm(
         resume_optim = Path(resume).with_name(Path(resume).name + ".optim.pt")
         if resume_optim.is_file():
             optim.load_state_dict(torch.load(resume_optim, map_location=device, weights_only=True))
+            if field_concat_of(meta, Path(resume).name) == OLD_FIELD_CONCAT:
+                moments_skip_first(model, optim)
     data = [[f.to(device) for f in frames] for frames in pair_frames(pairs, config, sampling)]
     started = time.perf_counter()
     history: list[float] = []

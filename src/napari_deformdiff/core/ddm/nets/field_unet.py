@@ -3,6 +3,12 @@
 Names follow the authors' checkpoints (``field_fn.*``): inconv, downconv1-4, upconv1-4 (transposed
 conv + conv block on the skip concatenation), keepblock, outconv. Output: a displacement field in
 voxels, channels in tensor-axis order, no integration.
+
+Every up block concatenates the SKIP features first, then the upsampled ones, as the authors'
+network does. Our code before this fix put the upsampled features first; the shapes are the
+same, so such weights load either way but only compute what they were trained to compute after
+`skip_first_from_up_first` (exact: a permutation of the input channels of the four convolutions
+that read the concatenation).
 """
 
 from __future__ import annotations
@@ -42,7 +48,32 @@ class UpBlock(nn.Module):
         self.block = ConvBlock(ndims, dim + skip, dim_out)
 
     def forward(self, x, skip):
-        return self.block(torch.cat([self.upconv(x), skip], dim=1))
+        return self.block(torch.cat([skip, self.upconv(x)], dim=1))
+
+
+UP_BLOCKS = ("upconv1", "upconv2", "upconv3", "upconv4")
+
+
+def skip_first_from_up_first(state: dict[str, torch.Tensor], prefix: str = "field_fn.") -> dict[str, torch.Tensor]:
+    """A copy of `state` with the deformation module's weights moved from the old concatenation
+    order cat[up, skip] to the authors' cat[skip, up]: the same outputs up to float rounding.
+
+    Only the input channels of the four convolutions that read the concatenation are permuted;
+    every other tensor is passed through. The number of upsampled channels is read from the
+    transposed conv of the same block (weight shape (in, out, *k)). Works on any tensors keyed
+    like the parameters (e.g. Adam's moments), as long as both weights of a block are present.
+    """
+    out = dict(state)
+    for name in UP_BLOCKS:
+        key = f"{prefix}{name}.block.block.0.weight"
+        up_key = f"{prefix}{name}.upconv.weight"
+        if key not in state and up_key not in state:
+            continue
+        w, up = state[key], state[up_key].shape[1]
+        if not 0 < up < w.shape[1]:
+            raise ValueError(f"{key} has {w.shape[1]} input channels: no room for {up} upsampled ones and a skip.")
+        out[key] = torch.cat([w[:, up:], w[:, :up]], dim=1)
+    return out
 
 
 class OutConv(nn.Module):
