@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
-from .progress import _check_outputs, _progress, _run_options, _sizes
+from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv
 
 
 def cmd_train_ddm(args: argparse.Namespace) -> int:
@@ -92,7 +92,7 @@ def cmd_generate_ddm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_ddm_csv(results: list, path: Path, overwrite: bool) -> None:
+def _write_ddm_csv(results: list, path: Path, *, overwrite: bool) -> None:
     from ..core.io.atomic import atomic_output
 
     with atomic_output(path, overwrite=overwrite) as tmp:
@@ -119,11 +119,7 @@ def cmd_evaluate_ddm(args: argparse.Namespace) -> int:
     results = [e for e in _progress(evaluate_ddm(pairs, model, adapt=adapt, seed=args.seed), desc="evaluate ddm")
                if isinstance(e, CaseResult)]
     print(f"weights: {meta.get('source')}")
-    print(format_table(summarize(results)))
-    if args.csv:
-        _write_ddm_csv(results, args.csv, args.overwrite)
-        print(f"wrote {args.csv}")
-    return 0
+    return _table_and_csv(format_table(summarize(results)), results, _write_ddm_csv, args.csv, args.overwrite)
 
 
 def _add_train(train) -> None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
-from .progress import _check_outputs, _progress, _run_options, _sizes
+from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv
 
 
 def cmd_train_drdm(args: argparse.Namespace) -> int:
@@ -90,11 +90,7 @@ def cmd_evaluate_drdm(args: argparse.Namespace) -> int:
     events = evaluate_drdm(images, model=model, meta=meta, levels=levels, samples=args.samples, seed=args.seed,
                            loop=args.loop, compare=args.compare, device=device, precision=args.precision)
     results = [e for e in _progress(events, desc="evaluate drdm") if isinstance(e, SampleResult)]
-    print(format_table(summarize(results)))
-    if args.csv:
-        write_csv(results, args.csv, overwrite=args.overwrite)
-        print(f"wrote {args.csv}")
-    return 0
+    return _table_and_csv(format_table(summarize(results)), results, write_csv, args.csv, args.overwrite)
 
 
 def _add_train(train) -> None:

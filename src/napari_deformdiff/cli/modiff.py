@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
-from .progress import _check_outputs, _per_stage, _progress, _run_options, _sizes
+from .progress import _check_outputs, _per_stage, _progress, _run_options, _sizes, _table_and_csv
 
 
 def _modiff_config(args: argparse.Namespace, ndims: int, frames: list[int]):
@@ -138,11 +138,7 @@ def cmd_evaluate_modiff(args: argparse.Namespace) -> int:
     events = evaluate_modiff(sequences, models, frames=args.frames, steps=args.steps, sampler=args.sampler,
                              seed=args.seed, ddm=ddm)
     results = [e for e in _progress(events, desc="evaluate modiff") if isinstance(e, CaseResult)]
-    print(format_table(summarize(results)))
-    if args.csv:
-        write_csv(results, args.csv, overwrite=args.overwrite)
-        print(f"wrote {args.csv}")
-    return 0
+    return _table_and_csv(format_table(summarize(results)), results, write_csv, args.csv, args.overwrite)
 
 
 def _add_train(train) -> None:

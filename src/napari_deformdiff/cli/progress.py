@@ -57,6 +57,15 @@ def _check_outputs(paths, overwrite: bool) -> None:
             raise OutputExistsError(f"{p} already exists; choose another name or pass --overwrite.")
 
 
+def _table_and_csv(table: str, results: list, write_csv, csv, overwrite: bool) -> int:
+    """An evaluation's end: print its table, write its per-item results to --csv if given."""
+    print(table)
+    if csv:
+        write_csv(results, csv, overwrite=overwrite)
+        print(f"wrote {csv}")
+    return 0
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
     """--device, --seed and --overwrite, shared by the model commands."""
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
