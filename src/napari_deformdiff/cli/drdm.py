@@ -1,0 +1,169 @@
+"""DRDM commands: train drdm, generate drdm (augmentation / registration pairs), evaluate drdm."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..core.errors import InputError
+from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv
+
+
+def cmd_train_drdm(args: argparse.Namespace) -> int:
+    from ..core.device import choose_device_name
+    from ..core.drdm.train import DEFAULT_GRID, train_drdm
+
+    grid = _sizes(args.grid) or DEFAULT_GRID[args.ndims]
+    device = choose_device_name(args.device)
+    print(f"training a {args.ndims}D DRDM on grid {'x'.join(map(str, grid))} from {args.data} on {device}",
+          file=sys.stderr)
+    events = train_drdm(
+        args.data, args.out, ndims=args.ndims, grid=grid, steps=args.steps, batch=args.batch, lr=args.lr,
+        seed=args.seed, resume=args.resume, save_every=args.save_every, device=device,
+        overwrite=args.overwrite, crop=_sizes(args.crop), field_bank=args.field_bank, init=args.init,
+    )
+    _progress(events, desc="train drdm")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_generate_drdm(args: argparse.Namespace) -> int:
+    from ..core.device import choose_device_name
+    from ..core.drdm.augment import ExportSettings, export_drdm, find_cases, plan_export
+
+    if args.syn_level is not None and not args.pairs:
+        raise InputError("--syn-level applies to registration pairs: add --pairs.")
+    settings = ExportSettings(levels=args.levels, samples=args.samples, seed=args.seed,
+                              mode="pairs" if args.pairs else "augment", syn_level=args.syn_level, loop=args.loop,
+                              fmt=args.format, manifest=args.manifest, precision=args.precision)
+    cases, notes = find_cases(args.image, args.labels)
+    for note in notes:
+        print(f"  {note}", file=sys.stderr)
+    with_labels = sum(c.labels is not None for c in cases)
+    total = len(plan_export(cases, settings))
+    print(f"{len(cases)} image(s) ({with_labels} with labels), levels {list(settings.levels)}, "
+          f"{settings.samples} sample(s) per level: {total} {settings.mode} sample(s)", file=sys.stderr)
+    device = choose_device_name(args.device)
+    common = dict(weights=args.weights, device=device, overwrite=args.overwrite, resume=args.resume)
+    if args.scheduler:
+        from ..core.drdm.distributed import export_drdm_distributed
+
+        events = export_drdm_distributed(cases, args.out_dir, settings, scheduler=args.scheduler,
+                                         workers=args.workers, **common)
+    else:
+        events = export_drdm(cases, args.out_dir, settings, **common)
+    _progress(events, desc=f"drdm {settings.mode}")
+    print(f"wrote {total} sample(s) to {args.out_dir} (listed in {settings.manifest_name})")
+    return 0
+
+
+def _evaluation_images(args: argparse.Namespace, shape: tuple[int, ...]):
+    """(images, where they come from) of --data, or cardiac phantom images."""
+    from ..core.drdm.evaluate import folder_images, phantom_images
+
+    if args.data:
+        images = folder_images(args.data, args.ndims, shape)
+        return images, f"{len(images)} image(s) from {args.data}"
+    images = phantom_images(args.ndims, shape, args.samples, seed=args.seed)
+    return images, f"{len(images)} cardiac phantom image(s)"
+
+
+def cmd_evaluate_drdm(args: argparse.Namespace) -> int:
+    from ..core.device import choose_device_name
+    from ..core.drdm.evaluate import SampleResult, evaluate_drdm, format_table, summarize, write_csv
+    from ..core.drdm.weights import load_drdm
+
+    _check_outputs([args.csv], args.overwrite)
+    try:
+        levels = tuple(int(v) for v in args.levels.split(","))
+    except ValueError:
+        raise InputError(f"--levels expects levels like 30,45,55, got {args.levels!r}") from None
+    device = choose_device_name(args.device)
+    model, meta = load_drdm(args.weights, ndims=args.ndims, device=device)
+    shape = _sizes(args.size) or tuple(meta.grid)
+    if len(shape) == 1:
+        shape = shape * args.ndims
+    images, where = _evaluation_images(args, shape)
+    print(f"weights: {meta.name} ({meta.source}); {where} at {'x'.join(map(str, shape))}; "
+          f"{args.samples} sample(s) per level; loop {args.loop}; precision {args.precision}", file=sys.stderr)
+    events = evaluate_drdm(images, model=model, meta=meta, levels=levels, samples=args.samples, seed=args.seed,
+                           loop=args.loop, compare=args.compare, device=device, precision=args.precision)
+    results = [e for e in _progress(events, desc="evaluate drdm") if isinstance(e, SampleResult)]
+    return _table_and_csv(format_table(summarize(results)), results, write_csv, args.csv, args.overwrite)
+
+
+def _add_train(train) -> None:
+    p = train.add_parser("drdm", help="train the DRDM recovery network on images (or the phantom)")
+    p.add_argument("--data", required=True,
+                   help="folder of images or ACDC patients (every frame is used), or 'phantom'")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--ndims", type=int, choices=[2, 3], default=2, help="2D (slices) or 3D model")
+    p.add_argument("--grid", default=None, help="model grid, multiples of 8 (default 128,128 / 32,64,64)")
+    p.add_argument("--steps", type=int, default=20000, help="total optimisation steps")
+    p.add_argument("--batch", type=int, default=4, help="images per step, each at its own level")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--crop", default=None, help="train on random crops of the grid, e.g. 64,64 (CPU saving)")
+    p.add_argument("--field-bank", type=int, default=None,
+                   help="reuse the fields of N forward draws (all levels each; saves most 3D CPU time)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (a 2D file starts a 3D model slice by slice)")
+    _run_options(p)
+    p.set_defaults(func=cmd_train_drdm)
+
+
+def _add_generate(generate) -> None:
+    p = generate.add_parser("drdm", help="DRDM augmentation or registration pairs: deformed images, labels, fields")
+    p.add_argument("--image", type=Path, required=True,
+                   help="an image, or a folder of images (labels matched by name: <name>_gt, _seg, _labels, "
+                        "_label or _mask beside it, or in a labels/ subfolder)")
+    p.add_argument("--labels", type=Path, help="label map of the image (or a folder of them, matched by name)")
+    p.add_argument("--levels", default="40:64:8", help="levels T' (1..80): 48, 40:64:8 (end included) or 30,45,60")
+    p.add_argument("--samples", type=int, default=4, help="samples per image and level")
+    p.add_argument("--out-dir", type=Path, required=True, help="output folder (new or empty)")
+    p.add_argument("--pairs", action="store_true",
+                   help="registration pairs (moving, fixed, field) instead of augmented images (Algorithm 4)")
+    p.add_argument("--syn-level", type=int, default=None, help="level of the pair's synthetic motion (default: "
+                   "the sample's level)")
+    p.add_argument("--weights", default=None, help="registry name (drdm-cmr-2d), checkpoint file, or bundled")
+    p.add_argument("--loop", choices=["paper", "authors"], default="paper",
+                   help="recovery steps T'..1 (paper) or always 79..0 (the authors' script)")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="precision of the recovery network: bfloat16 is about 1.7x faster on CPUs with AMX "
+                        "(compiled once per run, 10-40 s), its fields differ but their statistics match")
+    p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nrrd", "mha"], help="file format")
+    p.add_argument("--manifest", choices=["csv", "json"], default="csv")
+    p.add_argument("--scheduler", default=None,
+                   help="run on Dask: 'local' (worker processes here) or a scheduler address (tcp://host:8786)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes of --scheduler local")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted export in --out-dir")
+    _run_options(p)
+    p.set_defaults(func=cmd_generate_drdm)
+
+
+def _add_evaluate(evaluate) -> None:
+    p = evaluate.add_parser("drdm", help="the paper's Table 1: displacement and folding per level "
+                            "(optionally against TorchIO/MONAI elastic deformations)")
+    p.add_argument("--weights", default=None, help="registry name (drdm-cmr-2d), checkpoint file, or bundled")
+    p.add_argument("--ndims", type=int, choices=[2, 3], default=2)
+    p.add_argument("--levels", default="30,45,55,65,70", help="deformation levels, e.g. 30,45,55,65,70")
+    p.add_argument("--samples", type=int, default=4, help="samples per level")
+    p.add_argument("--size", default=None, help="image size, e.g. 256 or 32,128,128 (default: the model grid)")
+    p.add_argument("--data", type=Path, help="folder of images (default: cardiac phantom images)")
+    p.add_argument("--loop", choices=["paper", "authors"], default="paper")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="precision of the recovery network (see generate drdm --precision)")
+    p.add_argument("--compare", action="store_true",
+                   help="add TorchIO and MONAI elastic deformations tuned to DRDM's mean displacement")
+    p.add_argument("--csv", type=Path, help="write per-sample results")
+    _run_options(p)
+    p.set_defaults(func=cmd_evaluate_drdm)
+
+
+def add_commands(train, generate, evaluate) -> None:
+    """`drdm` under train, generate and evaluate."""
+    _add_train(train)
+    _add_generate(generate)
+    _add_evaluate(evaluate)
