@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_deformdiff.core.checkpoints import read_state, save_safetensors
+from napari_deformdiff.core.weights.files import read_state, save_safetensors
 from napari_deformdiff.core.ddm.train import moments_skip_first
 from napari_deformdiff.core.ddm.weights import load_ddm, save_ddm, upgrade_ddm_file
 from napari_deformdiff.core.errors import InputError

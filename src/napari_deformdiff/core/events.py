@@ -87,8 +87,7 @@ class RunProgress:
                 self._offsets[name] = offset
                 offset += units
             self.total = offset
-        elif not isinstance(event, SequencePreview) and hasattr(event, "stage"):
-            # Progress counts the units done; any other event (Frame, ...) is its unit, done
+        elif isinstance(event, (Progress, Frame)):
             within = event.index if isinstance(event, Progress) else event.index + 1
             done = self._offsets.get(event.stage, 0) + within
             self.done = max(self.done, min(done, self.total if self.total is not None else done))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import spatial
-from ..events import Plan
+from ..events import Plan, Progress
 from . import report as deformation_report
 from .vector_style import magnitude_bins, sampled, vector_strides
 
@@ -53,13 +53,14 @@ class OverlayReady:
 
 
 def stream_overlays(fields: np.ndarray, spacing: tuple[float, ...], *, first: int = 0, stride: int | None = None,
-                    grid_step: int | None = 8) -> Iterator[Plan | OverlayReady]:
-    """A Plan, then the overlays of frames first..T-1 of `fields` (T, n, *S), one event each."""
+                    grid_step: int | None = 8) -> Iterator[Plan | OverlayReady | Progress]:
+    """A Plan, then the overlays of frames first..T-1 of `fields` (T, n, *S), each followed by its Progress."""
     total = fields.shape[0] - first
     yield Plan((("overlays", total),))
     for k in range(total):
         overlay = frame_overlay(fields[first + k], spacing, stride=stride, grid_step=grid_step)
         yield OverlayReady(k, total, first + k, overlay)
+        yield Progress(k + 1, total, f"overlays of frame {first + k + 1}", "overlays")
 
 
 def frame_overlay(
