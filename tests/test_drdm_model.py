@@ -202,7 +202,7 @@ def test_foreign_checkpoints_are_refused(tmp_path):
     torch.save(broken, bad)
     with pytest.raises(InputError, match=r"1 missing \(e.g. te5.0.bias\).*b4.0.conv0.weight"):
         load_drdm(bad, ndims=2)
-    with pytest.raises(InputError, match="no such file"):
+    with pytest.raises(InputError, match="does not exist"):
         load_drdm(tmp_path / "nothing.safetensors", ndims=2)
 
 

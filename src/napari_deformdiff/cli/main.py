@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import pkgutil
 import sys
+from pathlib import Path
 
 from ..core.errors import InputError, OutputExistsError
-from . import ddm, drdm, gui, modiff, volumes, weights
+from . import gui, volumes, weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,11 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="model", required=True)
     evaluate = sub.add_parser("evaluate", help="measure a model on held-out cases").add_subparsers(
         dest="model", required=True)
-    for method in (ddm, drdm, modiff):
-        method.add_commands(train, generate, evaluate)
+    for method in method_modules():
+        method.add_method_commands(train, generate, evaluate)
     weights.add_commands(sub)
     gui.add_commands(sub)
     return parser
+
+
+def method_modules() -> list:
+    """The generators' CLI modules: every module of this package with add_method_commands."""
+    names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]))
+    modules = [importlib.import_module(f"{__package__}.{name}") for name in names]
+    return [m for m in modules if hasattr(m, "add_method_commands")]
 
 
 def main(argv: list[str] | None = None) -> int:

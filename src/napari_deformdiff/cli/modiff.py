@@ -201,7 +201,7 @@ def _add_evaluate(evaluate) -> None:
     p.set_defaults(func=cmd_evaluate_modiff)
 
 
-def add_commands(train, generate, evaluate) -> None:
+def add_method_commands(train, generate, evaluate) -> None:
     """`modiff` under train, generate and evaluate."""
     _add_train(train)
     _add_generate(generate)

@@ -9,19 +9,19 @@ from .files import bundled_path
 from .registry import REGISTRY, fetch
 
 METHOD_NAMES = {"ddm": "DDM", "drdm": "DRDM", "modiff": "Mo-Diff"}
-BUNDLED = {
-    ("ddm", 2): "ddm_phantom_2d.safetensors",
-    ("ddm", 3): "ddm_phantom_3d.safetensors",
-    ("drdm", 2): "drdm_phantom_2d.safetensors",
-    ("drdm", 3): "drdm_phantom_3d.safetensors",
-    ("modiff", 2): "modiff_phantom_2d.safetensors",
-    ("modiff", 3): "modiff_phantom_3d.safetensors",
-}
+
+
+def bundled_name(method: str, ndims: int) -> str:
+    """File name of a method's bundled phantom weights (the package's weights/ folder)."""
+    return f"{method}_phantom_{ndims}d.safetensors"
+
+
+BUNDLED = {(m, n): bundled_name(m, n) for m in METHOD_NAMES for n in (2, 3)}
 
 
 def default_weights(method: str, ndims: int) -> Path:
     """The bundled phantom weights of `method` for `ndims`-D images."""
-    return bundled_path(BUNDLED[(method, ndims)])
+    return bundled_path(bundled_name(method, ndims))
 
 
 def registry_names(method: str, ndims: int | None = None) -> list[str]:
@@ -35,9 +35,9 @@ def resolve(weights: str | Path | None, method: str, ndims: int | None) -> tuple
     weights: None / "" / "default" (the bundled model for ndims), a registry name (downloaded
     into the cache, sha256 checked), or a file path.
     """
-    label = METHOD_NAMES[method]
+    label = METHOD_NAMES.get(method, method)
     if weights is None or str(weights) in ("", "default"):
-        if (method, ndims) not in BUNDLED:
+        if ndims not in (2, 3):
             raise InputError(f"say whether the image is 2D or 3D to pick the default {label} weights.")
         path = default_weights(method, ndims)
         if not path.is_file():
@@ -57,6 +57,7 @@ def resolve(weights: str | Path | None, method: str, ndims: int | None) -> tuple
         if entry.method != method:
             raise InputError(f"{text!r} are {METHOD_NAMES.get(entry.method, entry.method)} weights, not {label}.")
         return fetch(text), text
-    known = registry_names(method)
-    raise InputError(f"{label} weights {text!r}: no such file, and not a known name "
-                     f"({', '.join(known) or 'none for this model'}).")
+    known = ", ".join(registry_names(method)) or "none for this model"
+    if path.suffix or "/" in text or "\\" in text:
+        raise InputError(f"{label} weights file {path} does not exist (known names: {known}).")
+    raise InputError(f"{label} weights {text!r}: no such file, and not a known name ({known}).")
