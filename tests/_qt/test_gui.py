@@ -12,11 +12,11 @@ import pytest
 import SimpleITK as sitk
 from napari.layers import Image, Labels
 
-from .test_io import OBLIQUE, itk_oblique_image, write_acdc_by_hand
+from ..test_io import OBLIQUE, itk_oblique_image, write_acdc_by_hand
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-deformdiff"
-SCREENSHOT_DIR = Path(__file__).parent / "screenshots"
+SCREENSHOT_DIR = Path(__file__).parents[1] / "screenshots"
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_screenshot_shows_the_heart(make_napari_viewer, qtbot):
 @pytest.mark.slow
 def test_gui_command_opens_widgets_and_the_sample_case(tmp_path):
     """README command (1) without the event loop: `deformdiff gui` with the committed sample case."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     shot = tmp_path / "gui.png"
     cmd = [sys.executable, "-m", "napari_deformdiff.cli", "gui", str(root / "sample_data" / "patient001"),
            "--screenshot", str(shot), "--quit"]

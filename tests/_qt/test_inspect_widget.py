@@ -270,7 +270,7 @@ def test_overlays_are_visible_on_the_cardiac_sample(make_napari_viewer, qtbot):
     assert 0.05 < changed.mean() < 0.95, changed.mean()
     assert "frame 8/20: folding 0 voxels" in widget.readout.value
     if os.environ.get("DEFORMDIFF_UPDATE_SCREENSHOTS"):
-        out = Path(__file__).parent / "screenshots"
+        out = Path(__file__).parents[1] / "screenshots"
         out.mkdir(exist_ok=True)
         viewer.window._qt_window.resize(1400, 900)
         qtbot.wait(300)
