@@ -12,6 +12,8 @@ import pytest
 import SimpleITK as sitk
 from napari.layers import Image, Labels
 
+from napari_deformdiff.core.events import Frame
+
 from ..test_io import OBLIQUE, itk_oblique_image, write_acdc_by_hand
 
 pytestmark = pytest.mark.gui
@@ -84,7 +86,8 @@ def test_phantom_widget_streams_frames_and_cancels(make_napari_viewer, qtbot):
     widget.seed.value = 3
     sizes = []
     worker = widget.start()
-    worker.yielded.connect(lambda _: sizes.append(widget.sequence.image_layer.data.shape[0]))
+    worker.yielded.connect(lambda e: sizes.append(widget.sequence.image_layer.data.shape[0])
+                           if isinstance(e, Frame) else None)
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
     assert sizes == [1, 2, 3, 4, 5, 6]  # the layer grew frame by frame
@@ -96,7 +99,7 @@ def test_phantom_widget_streams_frames_and_cancels(make_napari_viewer, qtbot):
     widget.two_d.value = False  # 3D frames take long enough (~0.2 s) for a cancel to land mid-run
     widget.frames.value = 40
     worker = widget.start()
-    worker.yielded.connect(lambda _: widget.cancel())  # cancel as soon as the first frame arrives
+    worker.yielded.connect(lambda e: widget.cancel() if isinstance(e, Frame) else None)  # at the first frame
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
     kept = widget.sequence.image_layer.data

@@ -5,6 +5,7 @@ import pytest
 from napari.layers import Image, Labels, Layer, Vectors
 
 from napari_deformdiff._layers import attach_field, volume_to_layer_data
+from napari_deformdiff.core.events import Frame
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.io import Volume
 from napari_deformdiff.core.inspect.vector_style import MAX_VECTORS_PER_FRAME, vector_strides
@@ -177,8 +178,8 @@ def test_overlays_follow_a_streaming_generator(make_napari_viewer, qtbot):
     _, inspect = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspect deformation")
     started = []
 
-    def first_frame(_):
-        if not started:  # start inspecting while the generator is still running
+    def first_frame(event):
+        if isinstance(event, Frame) and not started:  # start inspecting while the generator is still running
             inspect.source.reset_choices()
             inspect.source.value = phantom.sequence.image_layer
             started.append(inspect.start())
