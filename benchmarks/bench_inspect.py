@@ -142,8 +142,10 @@ def main() -> None:
     phantom.frames.value = FRAMES
     started = []
 
-    def follow(_):
-        if not started:
+    def follow(event):
+        from napari_deformdiff.core.events import Frame
+
+        if isinstance(event, Frame) and not started:
             widget.source.reset_choices()
             widget.source.value = phantom.sequence.image_layer
             started.append(widget.start())

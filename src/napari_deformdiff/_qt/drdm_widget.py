@@ -11,25 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, FileEdit, PushButton, SpinBox
 
-from .layer_inputs import chosen_file, follow_layer_list, frame_volume, pick
-from ..core.events import Frame, Progress
-from .streaming import FrameBuffers, GrowingSequence, StreamingWidget, start_stream
+from ..core.events import Frame
+from .generator_widget import GeneratorWidget
+from .layer_inputs import follow_layer_list, frame_volume, pick
+from .stream_layers import FrameBuffers, GrowingSequence
 
 if TYPE_CHECKING:
     import napari
 
 NO_LABELS = "(none)"
-DEVICES = ["auto", "cpu", "cuda", "mps"]
-DEFAULT_WEIGHTS = "bundled default"
-WEIGHTS_FILE = "file..."
-REGISTRY_WEIGHTS = ["drdm-cmr-2d"]
 MODES = {"augment": "augment", "registration pairs": "pairs"}
 IF_FILES = ["stop", "resume", "overwrite"]
 
 
-class DRDMWidget(StreamingWidget, Container):
+class DRDMWidget(GeneratorWidget):
+    method = "DRDM"
+
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         from napari.layers import Image, Labels
@@ -43,13 +42,7 @@ class DRDMWidget(StreamingWidget, Container):
         self.samples = SpinBox(label="Samples per level", value=4, min=1, max=10_000)
         self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
         self.loop = ComboBox(label="Recovery loop", choices=["paper", "authors"], value="paper")
-        self.weights = ComboBox(label="Weights", choices=[DEFAULT_WEIGHTS, *REGISTRY_WEIGHTS, WEIGHTS_FILE],
-                                value=DEFAULT_WEIGHTS)
-        self.weights_file = FileEdit(label="Weights file", mode="r", filter="*.safetensors *.pth *.pt")
-        self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
-        self.precision = ComboBox(label="Precision", choices=["float32", "bfloat16"], value="float32",
-                                  tooltip="bfloat16: about 1.7x faster on CPUs with AMX after a one-time "
-                                          "compilation (10-40 s); the fields differ, their statistics match")
+        compute = self._compute_controls(registry="drdm", precision=True)
         self.mode = ComboBox(label="Mode", choices=list(MODES), value="augment")
         self.syn_level = SpinBox(label="Pair motion level (0: same)", value=0, min=0, max=80)
         self.out_dir = FileEdit(label="Output folder", mode="d")
@@ -59,30 +52,14 @@ class DRDMWidget(StreamingWidget, Container):
         self.export_button = PushButton(text="Export")
         self.export_button.changed.connect(self.export)
         self.extend([self.image, self.labels, self.level_from, self.level_to, self.level_step, self.samples,
-                     self.seed, self.loop, self.weights, self.weights_file, self.device, self.precision, self.mode,
-                     self.syn_level, self.out_dir, self.format, self.if_files, controls[0], self.export_button,
-                     *controls[1:]])
+                     self.seed, self.loop, *compute, self.mode, self.syn_level, self.out_dir, self.format,
+                     self.if_files, controls[0], self.export_button, *controls[1:]])
         self.preview_labels = None
         self.exported = 0
         self._export_total = 0
         follow_layer_list(self, viewer)
 
     # ------------------------------------------------------------------ inputs
-
-    def _weights(self):
-        from ..core.errors import InputError
-
-        choice = self.weights.value
-        if choice == DEFAULT_WEIGHTS:
-            return None
-        if choice != WEIGHTS_FILE:
-            return choice
-        path = chosen_file(self.weights_file)
-        if path is None:
-            raise InputError("DRDM: choose a weights file, or the bundled default.")
-        if not path.is_file():
-            raise InputError(f"DRDM: weights file {path} does not exist.")
-        return path
 
     def _settings(self):
         from ..core.drdm.augment import ExportSettings
@@ -111,28 +88,38 @@ class DRDMWidget(StreamingWidget, Container):
         check_case(case)
         return case
 
-    def _device(self):
-        from .._settings import gui_device_name
+    def _inputs(self):
+        """(case, settings, device name, weights) as chosen."""
+        case = self._case()
+        settings = self._settings()
+        return case, settings, *self._compute()
 
-        return gui_device_name(None if self.device.value == "auto" else self.device.value)
+    def _export_inputs(self):
+        """What _inputs gives, and the output folder, the units to make and those already there."""
+        from ..core.drdm.augment import check_cases, plan_export, prepare_output
+        from ..core.errors import InputError
+
+        case, settings, device, weights = self._inputs()
+        value = self.out_dir.value
+        if value is None or str(value) in ("", "."):
+            raise InputError("DRDM: choose an output folder.")
+        out = Path(value)
+        check_cases([case])
+        units = plan_export([case], settings)
+        overwrite, resume = self.if_files.value == "overwrite", self.if_files.value == "resume"
+        done = prepare_output(out, units, settings, overwrite=overwrite, resume=resume)
+        return case, settings, device, weights, out, units, done
 
     # ------------------------------------------------------------------ preview
 
     def start(self):
         """Preview: stream the recovery of the export's first sample into a 4D layer."""
-        from napari.utils.notifications import show_error
-
         from ..core.drdm.augment import plan_export
-        from ..core.errors import InputError
 
-        try:
-            case = self._case()
-            settings = self._settings()
-            weights = self._weights()
-            device = self._device()
-        except (InputError, ValueError) as exc:
-            show_error(str(exc))
+        inputs = self._read(self._inputs)
+        if inputs is None:
             return None
+        case, settings, device, weights = inputs
         unit = plan_export([case], settings)[0]
         name = f"DRDM {case.name} level {unit.level} seed {unit.seed}"
         self.sequence = None
@@ -150,8 +137,6 @@ class DRDMWidget(StreamingWidget, Container):
                                        precision=settings.precision)
 
         def on_event(event):
-            if isinstance(event, Progress):
-                self.status.value = event.message
             if not isinstance(event, Frame):
                 return
             if self.sequence is None:
@@ -163,18 +148,14 @@ class DRDMWidget(StreamingWidget, Container):
 
         def on_done():
             self._add_preview_labels(case, name)
-            self.run_button.enabled, self.cancel_button.enabled = True, False
+            self._idle()
             self.export_button.enabled = True
             made = self.sequence.count if self.sequence else 0
             total = self.sequence.total if self.sequence else 0
             self.status.value = f"preview: {made}/{total} steps"
-            self.worker = None
 
-        self._running()
         self.export_button.enabled = False
-        self.worker = start_stream(events, description=name, on_event=on_event,
-                                   on_done=on_done, prepare=buffers.stage)
-        return self.worker
+        return self._stream(events, description=name, on_event=on_event, on_done=on_done, prepare=buffers.stage)
 
     def _add_preview_labels(self, case, name: str) -> None:
         frame = self._last_frame
@@ -195,28 +176,13 @@ class DRDMWidget(StreamingWidget, Container):
 
     def export(self):
         """Export: the whole batch into the output folder, in a worker; Cancel keeps complete samples."""
-        from napari.utils.notifications import show_error
+        from ..core.drdm.augment import export_drdm
 
-        from ..core.drdm.augment import check_cases, export_drdm, plan_export, prepare_output
-        from ..core.errors import InputError
-
-        try:
-            case = self._case()
-            settings = self._settings()
-            weights = self._weights()
-            device = self._device()
-            value = self.out_dir.value
-            if value is None or str(value) in ("", "."):
-                raise InputError("DRDM: choose an output folder.")
-            out = Path(value)
-            check_cases([case])
-            units = plan_export([case], settings)
-            overwrite, resume = self.if_files.value == "overwrite", self.if_files.value == "resume"
-            done = prepare_output(out, units, settings, overwrite=overwrite, resume=resume)
-        except (InputError, ValueError) as exc:
-            show_error(str(exc))
+        inputs = self._read(self._export_inputs)
+        if inputs is None:
             return None
-
+        case, settings, device, weights, out, units, done = inputs
+        overwrite, resume = self.if_files.value == "overwrite", self.if_files.value == "resume"
         total = len(units)
         self.exported = len(done)
         self._export_total = total
@@ -229,16 +195,12 @@ class DRDMWidget(StreamingWidget, Container):
             if isinstance(event, Frame):
                 self.exported += 1
                 self.status.value = f"exported {self.exported}/{total}: {event.info['id']}"
-            elif isinstance(event, Progress):
-                self.status.value = event.message
 
         def on_done():
-            self.run_button.enabled, self.export_button.enabled, self.cancel_button.enabled = True, True, False
+            self._idle()
+            self.export_button.enabled = True
             self.status.value = f"exported {self.exported}/{total} samples to {out}"
-            self.worker = None
 
-        self.run_button.enabled, self.export_button.enabled, self.cancel_button.enabled = False, False, True
-        self.status.value = "starting export..."
-        self.worker = start_stream(events, description=f"DRDM export to {out.name}", on_event=on_event,
-                                   on_done=on_done)
-        return self.worker
+        self.export_button.enabled = False
+        return self._stream(events, description=f"DRDM export to {out.name}", on_event=on_event,
+                            on_done=on_done, status="starting export...")

@@ -100,7 +100,7 @@ class InspectWidget(Container):
 
     def _compute_pending(self):
         """Start a worker for the frames the source has and the overlays don't have yet."""
-        from .streaming import start_stream
+        from .stream_worker import start_stream
 
         fields, geometry, expected = field_of(self._source_layer)
         first, last = self.overlays.count, fields.shape[0]

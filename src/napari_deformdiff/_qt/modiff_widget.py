@@ -6,16 +6,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
+from magicgui.widgets import ComboBox, SpinBox
 
-from .layer_inputs import chosen_file, follow_layer_list, frame_volume, pick
-from ..core.events import Frame, Progress, SequencePreview
-from .streaming import StreamingWidget, start_stream
+from ..core.events import Frame, SequencePreview
+from .generator_widget import GeneratorWidget
+from .layer_inputs import follow_layer_list, frame_volume, pick
 
 if TYPE_CHECKING:
     import napari
-
-DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
 class SequenceLayer:
@@ -42,7 +40,9 @@ class SequenceLayer:
             self.layer.name = name
 
 
-class ModiffWidget(StreamingWidget, Container):
+class ModiffWidget(GeneratorWidget):
+    method = "Mo-Diff"
+
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         from napari.layers import Image
@@ -53,39 +53,39 @@ class ModiffWidget(StreamingWidget, Container):
         self.steps = SpinBox(label="Sampler steps", value=25, min=1, max=1000)
         self.sampler = ComboBox(label="Sampler", choices=["ddim", "ancestral"], value="ddim")
         self.seed = SpinBox(label="Seed", value=0, min=0, max=2**31 - 1)
-        self.weights = FileEdit(label="Weights (empty: bundled)", mode="r", filter="*.safetensors")
-        self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
-        self.extend([self.first, self.frames, self.steps, self.sampler, self.seed, self.weights, self.device,
-                     *self._stream_controls("Forecast")])
+        self.extend([self.first, self.frames, self.steps, self.sampler, self.seed,
+                     *self._compute_controls(weights_filter="*.safetensors"), *self._stream_controls("Forecast")])
         self.forecast: SequenceLayer | None = None
         self.differential: SequenceLayer | None = None
         self.previews = 0
         self.made = 0
         follow_layer_list(self, viewer)
 
-    def start(self):
-        from napari.utils.notifications import show_error
-
-        from .._settings import gui_device_name
+    def _inputs(self):
         from ..core.errors import InputError
-        from ..core.modiff.generate import check_request, generate_modiff
+        from ..core.modiff.generate import check_request
         from ..core.modiff.weights import load_modiff
 
-        try:
-            if self.first.value is None:
-                raise InputError("Mo-Diff: choose the first frame (an image layer).")
-            first = frame_volume(self.viewer, self.first.value, is_labels=False)
-            frames, steps, sampler, seed = self.frames.value, self.steps.value, self.sampler.value, self.seed.value
-            check_request(first, frames, None, steps, sampler)
-            device = gui_device_name(None if self.device.value == "auto" else self.device.value)
-            # Loading takes well under a second and catches a wrong file, 2D/3D mismatch or an
-            # untrained frame count here, as a notification, before any layer is made.
-            model, _ = load_modiff(chosen_file(self.weights), ndims=first.geometry.ndim, device=device)
-            check_request(first, frames, model, steps, sampler)
-        except (InputError, ValueError) as exc:
-            show_error(str(exc))
-            return None
+        if self.first.value is None:
+            raise InputError("Mo-Diff: choose the first frame (an image layer).")
+        first = frame_volume(self.viewer, self.first.value, is_labels=False)
+        frames, steps, sampler = self.frames.value, self.steps.value, self.sampler.value
+        check_request(first, frames, None, steps, sampler)
+        device, weights = self._compute(must_exist=False)  # load_modiff says what is wrong with the file
+        # Loading takes well under a second and catches a wrong file, 2D/3D mismatch or an
+        # untrained frame count here, as a notification, before any layer is made.
+        model, _ = load_modiff(weights, ndims=first.geometry.ndim, device=device)
+        check_request(first, frames, model, steps, sampler)
+        return first, model
 
+    def start(self):
+        from ..core.modiff.generate import generate_modiff
+
+        inputs = self._read(self._inputs)
+        if inputs is None:
+            return None
+        first, model = inputs
+        frames, steps, sampler, seed = self.frames.value, self.steps.value, self.sampler.value, self.seed.value
         name = f"Mo-Diff {self.first.value.name}"
         self.forecast = SequenceLayer(self.viewer, name, first.geometry, colormap="gray")
         self.differential = SequenceLayer(self.viewer, f"{name} differential fields", first.geometry,
@@ -95,32 +95,30 @@ class ModiffWidget(StreamingWidget, Container):
 
         def on_event(event):
             if isinstance(event, SequencePreview):
-                self.previews += 1
-                self.forecast.show(event.images, f"{name} (preview, {event.stage})")
-                if event.differential is not None:
-                    self.differential.show(event.differential)
-                    limit = float(np.abs(event.differential).max()) or 1.0
-                    self.differential.layer.contrast_limits = (-limit, limit)
-                self.status.value = f"preview {self.previews} ({event.stage}, step {event.index + 1}/{event.total})"
+                self._show_preview(event, name)
             elif isinstance(event, Frame):
                 final[event.index] = event.image
                 self.made = event.index + 1
                 if self.made == frames:
                     self.forecast.show(final, name)
-            elif isinstance(event, Progress):
-                self.status.value = event.message
 
-        self._running()
-        self.worker = start_stream(
+        return self._stream(
             lambda: generate_modiff(first, frames=frames, steps=steps, sampler=sampler, seed=seed, model=model),
-            description=name, on_event=on_event, on_done=self._done,
+            description=name, on_event=on_event,
         )
-        return self.worker
+
+    def _show_preview(self, event: SequencePreview, name: str) -> None:
+        self.previews += 1
+        self.forecast.show(event.images, f"{name} (preview, {event.stage})")
+        if event.differential is not None:
+            self.differential.show(event.differential)
+            limit = float(np.abs(event.differential).max()) or 1.0
+            self.differential.layer.contrast_limits = (-limit, limit)
+        self.status.value = f"preview {self.previews} ({event.stage}, step {event.index + 1}/{event.total})"
 
     def _done(self):
-        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self._idle()
         if self.made == self.frames.value:
             self.status.value = f"{self.made} frames ({self.previews} previews)"
         else:
             self.status.value = f"cancelled after {self.previews} previews: the layer shows the last preview"
-        self.worker = None

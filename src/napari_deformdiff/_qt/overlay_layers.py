@@ -166,7 +166,7 @@ class OverlaySet:
             QTimer.singleShot(REFRESH_SPACING_MS, self._refresh_next)
 
     def _refresh_next(self) -> None:
-        from .streaming import in_nested_event_loop
+        from .stream_worker import in_nested_event_loop
 
         self._scheduled = False
         if in_nested_event_loop():  # inside a progress bar's update: not in the same stall

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, SpinBox
 
 from ..core.events import Frame
-from .streaming import FrameBuffers, GrowingSequence, StreamingWidget, start_stream
+from .generator_widget import GeneratorWidget
+from .stream_layers import FrameBuffers, GrowingSequence
 
 if TYPE_CHECKING:
     import napari
 
 
-class PhantomWidget(StreamingWidget, Container):
+class PhantomWidget(GeneratorWidget):
+    method = "Phantom"
+
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
@@ -45,10 +48,5 @@ class PhantomWidget(StreamingWidget, Container):
             self.status.value = f"frame {frame.index + 1}/{frame.total}"
 
         self.sequence = None
-        self._running()
-        self.worker = start_stream(
-            lambda: stream(seed, frames=total, two_d=two_d),
-            description=f"Generating {name}", on_event=on_event, on_done=self._done,
-            prepare=buffers.stage,
-        )
-        return self.worker
+        return self._stream(lambda: stream(seed, frames=total, two_d=two_d), description=f"Generating {name}",
+                            on_event=on_event, prepare=buffers.stage)

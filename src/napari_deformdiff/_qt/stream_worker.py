@@ -1,27 +1,18 @@
-"""Run a core generator in napari's thread_worker and grow 4D layers as its frames arrive."""
+"""Run a core generator in napari's thread_worker; its events reach the GUI one per event-loop turn."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
-import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from .._layers import attach_field, volume_to_layer_data
 from ..core.errors import InputError
-from ..core.events import Frame, RunProgress
-from ..core.geometry import Geometry
-from ..core.io import Volume
-
-if TYPE_CHECKING:
-    import napari
+from ..core.events import RunProgress
 
 log = logging.getLogger(__name__)
 PROGRESS_MS = 250  # napari's progress bar runs a nested event loop per update: not more often than this
@@ -46,146 +37,6 @@ def nested_event_loop():
 def in_nested_event_loop() -> bool:
     """True while a nested event loop runs: heavy GUI work should wait for the outer turn."""
     return _NESTED[0] > 0
-
-
-class FrameBuffers:
-    """Preallocated (T, ...) arrays of a stream's frames: images and fields float32, labels in
-    their own dtype, allocated for frame.total frames when the first frame comes.
-
-    `stage` runs in the worker thread (start_stream's `prepare`): it copies each frame into its
-    slot before the GUI thread sees the frame, which then only re-assigns views. Copying there
-    stalled the viewer 25-55 ms per 128 x 128 x 32 frame while the worker kept both cores busy.
-    The GUI only reads slots below the frames it has shown, the worker only writes later ones.
-    """
-
-    def __init__(self):
-        self.images: np.ndarray | None = None
-        self.fields: np.ndarray | None = None
-        self.labels: np.ndarray | None = None
-        self._staged: set[int] = set()
-        self._lock = threading.Lock()
-
-    def stage(self, event):
-        if isinstance(event, Frame):
-            self.put(event)
-        return event
-
-    def holds(self, index: int) -> bool:
-        return index in self._staged
-
-    def put(self, frame: Frame) -> None:
-        with self._lock:
-            if self.images is None:
-                total = max(int(frame.total), frame.index + 1)
-                self.images = np.zeros((total, *frame.image.shape), np.float32)
-                if frame.labels is not None:
-                    self.labels = np.zeros((total, *frame.labels.shape), frame.labels.dtype)
-                if frame.field is not None:
-                    self.fields = np.zeros((total, *frame.field.shape), np.float32)
-            k = frame.index
-            self.images[k] = frame.image
-            if self.fields is not None and frame.field is not None:
-                self.fields[k] = frame.field
-            if self.labels is not None and frame.labels is not None:
-                self.labels[k] = frame.labels
-            self._staged.add(k)
-
-
-class GrowingSequence:
-    """Image (and optional labels) layers of shape (T, ...) that grow frame by frame.
-
-    Frames go into preallocated buffers (FrameBuffers; pass the ones a worker stages into); the
-    layers are re-assigned a view buf[:k+1] so napari's time slider extends (in-place writes
-    would not update it). Fields that come with the frames are kept in the image layer's metadata
-    (see _layers.attach_field), updated before its data so that listeners of the data event see both.
-    """
-
-    def __init__(self, viewer: napari.viewer.Viewer, *, name: str, geometry: Geometry,
-                 total: int, with_labels: bool = False, time_spacing: float | None = None,
-                 buffers: FrameBuffers | None = None):
-        self.viewer = viewer
-        self.name = name
-        self.geometry = geometry
-        self.total = total
-        self.with_labels = with_labels
-        self.time_spacing = time_spacing
-        self.buffers = buffers or FrameBuffers()
-        self.count = 0
-        self.image_layer = None
-        self.labels_layer = None
-        self._labels_pending = False
-
-    def add(self, frame: Frame) -> None:
-        from napari.layers import Layer
-
-        k = frame.index
-        if not self.buffers.holds(k):
-            self.buffers.put(frame)
-        images, fields = self.buffers.images, self.buffers.fields
-        labels = self.buffers.labels if self.with_labels else None
-        self.count = max(self.count, k + 1)
-        view = images[: self.count]
-        if self.image_layer is None:
-            image = Volume(view, self.geometry, False, self.name, self.time_spacing, "generated")
-            data, kwargs, kind = volume_to_layer_data(image)
-            if fields is not None:
-                attach_field(kwargs["metadata"], fields[: self.count], total=self.total)
-            self.image_layer = self.viewer.add_layer(Layer.create(data, kwargs, kind))
-        else:
-            if fields is not None:
-                attach_field(self.image_layer.metadata, fields[: self.count], total=self.total)
-            self.image_layer.data = view
-        if labels is not None:
-            if self.labels_layer is not None:
-                self.labels_layer.data = labels[: self.count]
-            elif not self._labels_pending:  # napari takes ~80 ms per new layer: not in the image's turn
-                self._labels_pending = True
-                QTimer.singleShot(SPACING_MS, self.flush)
-
-    def flush(self) -> None:
-        """Make the labels layer now if it is still waiting for its own event-loop turn."""
-        from napari.layers import Layer
-
-        if not self._labels_pending:
-            return
-        self._labels_pending = False
-        labels = self.buffers.labels[: self.count]
-        volume = Volume(labels, self.geometry, True, f"{self.name} labels", self.time_spacing, "generated")
-        self.labels_layer = self.viewer.add_layer(Layer.create(*volume_to_layer_data(volume, opacity=0.4)))
-
-
-class StreamingWidget:
-    """Run / Cancel buttons and a status line around one streamed generator (a mixin for
-    magicgui Containers that have a `frames` spin box and fill `self.sequence`)."""
-
-    worker = None
-    sequence: GrowingSequence | None = None
-
-    def _stream_controls(self, run_text: str) -> list:
-        from magicgui.widgets import Label, PushButton
-
-        self.run_button = PushButton(text=run_text)
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
-        self.run_button.changed.connect(self.start)
-        self.cancel_button.changed.connect(self.cancel)
-        return [self.run_button, self.cancel_button, self.status]
-
-    def _running(self) -> None:
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = "starting..."
-
-    def cancel(self):
-        if self.worker is not None:
-            self.worker.quit()  # stops at the next event; frames already made stay
-
-    def _done(self):
-        if self.sequence is not None:
-            self.sequence.flush()
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-        made = self.sequence.count if self.sequence else 0
-        self.status.value = f"{made}/{self.frames.value} frames"
-        self.worker = None
 
 
 class StreamHandle(QObject):

@@ -15,7 +15,7 @@ from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.inspect.report import METRIC_COLUMNS, sequence_metrics
 from napari_deformdiff.core.io import Volume, read_volume
 
-from .geometry_cases import rotation
+from ..geometry_cases import rotation
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-deformdiff"

@@ -11,9 +11,9 @@ from napari_deformdiff.core.io.acdc import read_acdc_patient
 from napari_deformdiff.core.modiff.generate import generate_modiff
 from napari_deformdiff.core.modiff.weights import save_modiff
 
-from .ddm_helpers import tiny_model as tiny_ddm
+from ..ddm_helpers import tiny_model as tiny_ddm
 from .gui_helpers import assert_change_near_the_centre, canvas_at_steps
-from .modiff_helpers import phantom_sequences, tiny_model
+from ..modiff_helpers import phantom_sequences, tiny_model
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-deformdiff"
@@ -66,7 +66,7 @@ def test_modiff_widget_shows_sharpening_previews_then_the_forecast(make_napari_v
 
     widget.steps.value = 40
     worker = widget.start()
-    worker.yielded.connect(lambda e: widget.cancel() if hasattr(e, "images") else None)
+    worker.yielded.connect(lambda e: widget.cancel() if isinstance(e, SequencePreview) else None)
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     assert widget.status.value.startswith("cancelled after") and widget.previews < 8
@@ -118,4 +118,4 @@ def test_modiff_screenshot(make_napari_viewer, qtbot, tmp_path):
     if os.environ.get("DEFORMDIFF_UPDATE_SCREENSHOTS"):
         viewer.dims.set_current_step(0, 11)
         qtbot.wait(600)
-        viewer.screenshot(str(Path(__file__).parent / "screenshots" / "modiff.png"), canvas_only=False, flash=False)
+        viewer.screenshot(str(Path(__file__).parents[1] / "screenshots" / "modiff.png"), canvas_only=False, flash=False)

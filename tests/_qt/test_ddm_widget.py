@@ -12,7 +12,7 @@ from napari_deformdiff.core.events import Frame
 from napari_deformdiff.core.io.acdc import read_acdc_patient
 from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
 
-from .ddm_helpers import tiny_model
+from ..ddm_helpers import tiny_model
 from .gui_helpers import assert_change_near_the_centre, canvas_at_steps
 
 pytestmark = pytest.mark.gui
@@ -42,7 +42,7 @@ def test_ddm_widget_streams_a_cycle_with_labels_and_fields(make_napari_viewer, q
     ed_before = np.array(ed_layer.data, copy=True)
     sizes = []
     worker = widget.start()
-    worker.yielded.connect(lambda e: sizes.append(widget.sequence.count) if hasattr(e, "image") else None)
+    worker.yielded.connect(lambda e: sizes.append(widget.sequence.count) if isinstance(e, Frame) else None)
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     assert sizes == [1, 2, 3, 4, 5]
@@ -62,7 +62,7 @@ def test_ddm_widget_streams_a_cycle_with_labels_and_fields(make_napari_viewer, q
     widget.frames.value = 60
     widget.labels.value = None
     worker = widget.start()
-    worker.yielded.connect(lambda e: widget.cancel() if hasattr(e, "image") else None)
+    worker.yielded.connect(lambda e: widget.cancel() if isinstance(e, Frame) else None)
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     assert 1 <= widget.sequence.count < 60
@@ -117,4 +117,4 @@ def test_ddm_screenshot_shows_the_heart_contracting(make_napari_viewer, qtbot, t
     if os.environ.get("DEFORMDIFF_UPDATE_SCREENSHOTS"):
         viewer.dims.set_current_step(0, 7)
         qtbot.wait(150)
-        viewer.screenshot(str(Path(__file__).parent / "screenshots" / "ddm.png"), canvas_only=False, flash=False)
+        viewer.screenshot(str(Path(__file__).parents[1] / "screenshots" / "ddm.png"), canvas_only=False, flash=False)

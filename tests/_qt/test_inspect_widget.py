@@ -5,6 +5,7 @@ import pytest
 from napari.layers import Image, Labels, Layer, Vectors
 
 from napari_deformdiff._layers import attach_field, volume_to_layer_data
+from napari_deformdiff.core.events import Frame
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.inspect.vector_style import (
     MAX_VECTORS_PER_FRAME,
@@ -180,8 +181,8 @@ def test_overlays_follow_a_streaming_generator(make_napari_viewer, qtbot):
     _, inspect = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspect deformation")
     started = []
 
-    def first_frame(_):
-        if not started:  # start inspecting while the generator is still running
+    def first_frame(event):
+        if isinstance(event, Frame) and not started:  # start inspecting while the generator is still running
             inspect.source.reset_choices()
             inspect.source.value = phantom.sequence.image_layer
             started.append(inspect.start())
@@ -273,7 +274,7 @@ def test_overlays_are_visible_on_the_cardiac_sample(make_napari_viewer, qtbot):
     assert 0.05 < changed.mean() < 0.95, changed.mean()
     assert "frame 8/20: folding 0 voxels" in widget.readout.value
     if os.environ.get("DEFORMDIFF_UPDATE_SCREENSHOTS"):
-        out = Path(__file__).parent / "screenshots"
+        out = Path(__file__).parents[1] / "screenshots"
         out.mkdir(exist_ok=True)
         viewer.window._qt_window.resize(1400, 900)
         qtbot.wait(300)

@@ -10,10 +10,11 @@ import pytest
 
 from napari_deformdiff._layers import field_of, volume_to_layer_data
 from napari_deformdiff.core.drdm.augment import read_manifest
+from napari_deformdiff.core.events import Frame
 from napari_deformdiff.core.io import read_volume
 
-from .drdm_export_helpers import case_2d, tiny_drdm
-from .shared_data import OFFICIAL_DRDM as OFFICIAL
+from ..drdm_export_helpers import case_2d, tiny_drdm
+from ..shared_data import OFFICIAL_DRDM as OFFICIAL
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-deformdiff"
@@ -54,7 +55,7 @@ def test_preview_grows_a_4d_layer_and_export_writes_the_batch(make_napari_viewer
     widget.samples.value = 1
     sizes = []
     worker = widget.start()
-    worker.yielded.connect(lambda e: sizes.append(widget.sequence.count) if hasattr(e, "image") else None)
+    worker.yielded.connect(lambda e: sizes.append(widget.sequence.count) if isinstance(e, Frame) else None)
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     assert sizes == list(range(1, len(sizes) + 1)) and len(sizes) >= 7  # frame 0 + one per recovery step
@@ -89,7 +90,7 @@ def test_preview_grows_a_4d_layer_and_export_writes_the_batch(make_napari_viewer
     widget.samples.value = 50
     widget.if_files.value = "overwrite"
     worker = widget.export()
-    worker.yielded.connect(lambda e: widget.cancel() if hasattr(e, "image") else None)
+    worker.yielded.connect(lambda e: widget.cancel() if isinstance(e, Frame) else None)
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     rows = read_manifest(out / "manifest.csv")
@@ -161,5 +162,5 @@ def test_drdm_screenshot(make_napari_viewer, qtbot, tmp_path):
     shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
     assert shot.std() > 10  # something is drawn
     if os.environ.get("DEFORMDIFF_UPDATE_SCREENSHOTS"):
-        viewer.screenshot(str(Path(__file__).parent / "screenshots" / "drdm.png"), canvas_only=False, flash=False)
+        viewer.screenshot(str(Path(__file__).parents[1] / "screenshots" / "drdm.png"), canvas_only=False, flash=False)
     assert isinstance(widget.preview_labels, Layer)

@@ -12,11 +12,13 @@ import pytest
 import SimpleITK as sitk
 from napari.layers import Image, Labels
 
-from .geometry_cases import OBLIQUE, itk_oblique_image, write_acdc_by_hand
+from napari_deformdiff.core.events import Frame
+
+from ..geometry_cases import OBLIQUE, itk_oblique_image, write_acdc_by_hand
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-deformdiff"
-SCREENSHOT_DIR = Path(__file__).parent / "screenshots"
+SCREENSHOT_DIR = Path(__file__).parents[1] / "screenshots"
 
 
 @pytest.mark.parametrize(
@@ -84,7 +86,8 @@ def test_phantom_widget_streams_frames_and_cancels(make_napari_viewer, qtbot):
     widget.seed.value = 3
     sizes = []
     worker = widget.start()
-    worker.yielded.connect(lambda _: sizes.append(widget.sequence.image_layer.data.shape[0]))
+    worker.yielded.connect(lambda e: sizes.append(widget.sequence.image_layer.data.shape[0])
+                           if isinstance(e, Frame) else None)
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
     assert sizes == [1, 2, 3, 4, 5, 6]  # the layer grew frame by frame
@@ -96,12 +99,13 @@ def test_phantom_widget_streams_frames_and_cancels(make_napari_viewer, qtbot):
     widget.two_d.value = False  # 3D frames take long enough (~0.2 s) for a cancel to land mid-run
     widget.frames.value = 40
     worker = widget.start()
-    worker.yielded.connect(lambda _: widget.cancel())  # cancel as soon as the first frame arrives
+    worker.yielded.connect(lambda e: widget.cancel() if isinstance(e, Frame) else None)  # at the first frame
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
     kept = widget.sequence.image_layer.data
     assert 1 <= kept.shape[0] < 40
-    for frame in itertools.islice(stream_cardiac_phantom(3, frames=40), kept.shape[0]):
+    frames = (e for e in stream_cardiac_phantom(3, frames=40) if isinstance(e, Frame))
+    for frame in itertools.islice(frames, kept.shape[0]):
         np.testing.assert_array_equal(kept[frame.index], frame.image)  # frames made are kept intact
     assert widget.status.value == f"{kept.shape[0]}/40 frames"
 
@@ -159,7 +163,7 @@ def test_screenshot_shows_the_heart(make_napari_viewer, qtbot):
 @pytest.mark.slow
 def test_gui_command_opens_widgets_and_the_sample_case(tmp_path):
     """README command (1) without the event loop: `deformdiff gui` with the committed sample case."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     shot = tmp_path / "gui.png"
     cmd = [sys.executable, "-m", "napari_deformdiff.cli", "gui", str(root / "sample_data" / "patient001"),
            "--screenshot", str(shot), "--quit"]

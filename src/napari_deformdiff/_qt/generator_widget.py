@@ -1,0 +1,159 @@
+"""The base of the generator dock widgets (DDM, DRDM, Mo-Diff, phantom).
+
+What each of them has: the compute block (weights, device, precision) read into (device name,
+weights) with one set of error messages, and Run / Cancel / a status line around one streamed
+generator (start_stream), whose Progress messages go to the status line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+
+from ..core.errors import InputError
+from ..core.events import Progress
+from .layer_inputs import chosen_file
+from .stream_layers import GrowingSequence
+from .stream_worker import StreamHandle, start_stream
+
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+WEIGHTS_FILTER = "*.safetensors *.pth *.pt"
+DEFAULT_WEIGHTS = "bundled default"
+WEIGHTS_FILE = "file..."
+PRECISIONS = ["float32", "bfloat16"]
+BFLOAT16_TIP = ("bfloat16: about 1.7x faster on CPUs with AMX after a one-time compilation (10-40 s); "
+                "the fields differ, their statistics match")
+
+
+def registry_weights(method: str) -> list[str]:
+    """The names of the core registry's weights for `method` (each entry records its method)."""
+    from ..core.weights.registry import REGISTRY
+
+    return sorted(name for name, entry in REGISTRY.items() if entry.method == method)
+
+
+class GeneratorWidget(Container):
+    """A magicgui Container that runs one core generator at a time.
+
+    Subclasses put `_compute_controls()` (where they have weights) and `_stream_controls()` into
+    their layout and implement `start()`; `_stream()` runs the generator. `method` starts the
+    error messages ("DDM: ..."). The default `_done` reports the frames of `self.sequence` out of
+    the `frames` spin box.
+    """
+
+    method = ""
+    worker: StreamHandle | None = None
+    sequence: GrowingSequence | None = None
+
+    # ------------------------------------------------------------------ compute settings
+
+    def _compute_controls(self, *, weights_filter: str = WEIGHTS_FILTER, registry: str | None = None,
+                          precision: bool = False) -> list:
+        """Weights (a file, or with `registry` a choice of the bundled default, the registry's weights
+        of that method and a file), device and, with `precision`, precision."""
+        if registry is None:
+            self.weights = FileEdit(label="Weights (empty: bundled)", mode="r", filter=weights_filter)
+            widgets = [self.weights]
+        else:
+            self.weights = ComboBox(label="Weights", value=DEFAULT_WEIGHTS,
+                                    choices=[DEFAULT_WEIGHTS, *registry_weights(registry), WEIGHTS_FILE])
+            self.weights_file = FileEdit(label="Weights file", mode="r", filter=weights_filter)
+            widgets = [self.weights, self.weights_file]
+        self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
+        widgets.append(self.device)
+        if precision:
+            self.precision = ComboBox(label="Precision", choices=PRECISIONS, value="float32", tooltip=BFLOAT16_TIP)
+            widgets.append(self.precision)
+        return widgets
+
+    def _weights(self, *, must_exist: bool = True) -> Path | str | None:
+        """None for the bundled weights, a registry name, or the chosen file (InputError if it is
+        missing and `must_exist`)."""
+        if isinstance(self.weights, FileEdit):
+            path = chosen_file(self.weights)
+            if path is None:
+                return None
+        else:
+            choice = self.weights.value
+            if choice == DEFAULT_WEIGHTS:
+                return None
+            if choice != WEIGHTS_FILE:
+                return choice
+            path = chosen_file(self.weights_file)
+            if path is None:
+                raise InputError(f"{self.method}: choose a weights file, or the bundled default.")
+        if must_exist and not path.is_file():
+            raise InputError(f"{self.method}: weights file {path} does not exist.")
+        return path
+
+    def _device_name(self) -> str:
+        from .._settings import gui_device_name
+
+        return gui_device_name(None if self.device.value == "auto" else self.device.value)
+
+    def _compute(self, *, must_exist: bool = True) -> tuple[str, Path | str | None]:
+        """(device name, weights) as chosen; InputError on a weights choice that cannot work."""
+        weights = self._weights(must_exist=must_exist)
+        return self._device_name(), weights
+
+    @staticmethod
+    def _read(read: Callable):
+        """read()'s result, or None after an InputError or ValueError, shown as a notification."""
+        from napari.utils.notifications import show_error
+
+        try:
+            return read()
+        except (InputError, ValueError) as exc:
+            show_error(str(exc))
+            return None
+
+    # ------------------------------------------------------------------ run / cancel / status
+
+    def _stream_controls(self, run_text: str) -> list:
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.run_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        return [self.run_button, self.cancel_button, self.status]
+
+    def start(self):
+        raise NotImplementedError
+
+    def _running(self, status: str = "starting...") -> None:
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = status
+
+    def _idle(self) -> None:
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.worker = None
+
+    def cancel(self):
+        if self.worker is not None:
+            self.worker.quit()  # stops at the next event; frames already made stay
+
+    def _done(self):
+        if self.sequence is not None:
+            self.sequence.flush()
+        self._idle()
+        made = self.sequence.count if self.sequence else 0
+        self.status.value = f"{made}/{self.frames.value} frames"
+
+    def _stream(self, make_events: Callable[[], Iterator], *, description: str, on_event: Callable,
+                on_done: Callable[[], None] | None = None, prepare: Callable | None = None,
+                status: str = "starting...") -> StreamHandle:
+        """Run the generator: Run off, Cancel on; a Progress event's message goes to the status
+        line, every other event to `on_event`; `on_done` (default `_done`) when it has stopped."""
+
+        def dispatch(event):
+            if isinstance(event, Progress):
+                self.status.value = event.message
+            else:
+                on_event(event)
+
+        self._running(status)
+        self.worker = start_stream(make_events, description=description, on_event=dispatch,
+                                   on_done=on_done or self._done, prepare=prepare)
+        return self.worker
