@@ -64,7 +64,7 @@ def test_frames_stream_in_order_with_the_first_before_the_diffusion_pass():
     source, target, labels = pair_volumes()
     events = list(generate_ddm(source, target, frames=5, labels=labels, model=tiny_model(2)))
     kinds = [(type(e).__name__, getattr(e, "message", getattr(e, "index", None))) for e in events]
-    assert kinds[:3] == [("Progress", "loading weights"), ("Frame", 0), ("Progress", "diffusion pass")]
+    assert kinds[:4] == [("Plan", None), ("Progress", "loading weights"), ("Frame", 0), ("Progress", "diffusion pass")]
     frames = frames_of(events)
     assert [f.index for f in frames] == list(range(5)) and all(f.total == 5 for f in frames)
     assert [f.info["gamma"] for f in frames] == pytest.approx([0, 0.25, 0.5, 0.75, 1])

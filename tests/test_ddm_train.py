@@ -12,6 +12,7 @@ from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.io.pairs import Pair, find_pairs
 from napari_deformdiff.core.nn.losses import local_ncc, smoothness
 from napari_deformdiff.core.nn.model_grid import GridMap, to_model
+from napari_deformdiff.core.events import Progress
 
 from .ddm_helpers import pair_volumes, tiny_config
 
@@ -36,10 +37,10 @@ def test_local_ncc_and_smoothness_values():
 def test_training_learns_to_register_the_pairs(tmp_path):
     data = pairs()
     out = tmp_path / "ddm.safetensors"
-    events = list(train_ddm(data, out, steps=60, config=tiny_config(2), lr=2e-3, batch=2, save_every=30))
-    assert [e.index for e in events] == list(range(60)) and "loss" in events[-1].message
+    events = list(train_ddm(data, out, steps=400, config=tiny_config(2), lr=2e-3, batch=2, save_every=200))
+    assert [e.index for e in events if isinstance(e, Progress)] == list(range(401)) and "loss" in events[-1].message
     model, meta = load_ddm(out, ndims=2)
-    assert meta["step"] == "60" and meta["batch"] == "2"
+    assert meta["step"] == "400" and meta["batch"] == "2"
     cfg = model.config
     gains = []
     for p in data:

@@ -143,4 +143,5 @@ def test_unknown_precisions_are_refused_before_any_work():
     with pytest.raises(InputError, match="precision"):
         ExportSettings(levels=(5,), precision="half")
     events = deform_instance(np.ones((32, 32), np.float32), 5, model=model, meta=meta, precision="float16")
-    assert isinstance(next(events), Progress)  # the first event comes before the check; nothing else does
+    with pytest.raises(InputError, match="precision"):
+        next(events)  # refused before the first event

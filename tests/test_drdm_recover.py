@@ -19,7 +19,7 @@ from napari_deformdiff.core.drdm.generate import (
 from napari_deformdiff.core.drdm.nets import RecResACNet
 from napari_deformdiff.core.drdm.weights import DRDMMeta
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.events import Frame, Progress
+from napari_deformdiff.core.events import Frame, Plan, Progress
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.io import Volume
 from napari_deformdiff.core.phantom import cardiac_phantom
@@ -61,7 +61,7 @@ def test_events_frames_and_fields_on_the_input_grid(slice_100x120):
     image, labels = slice_100x120
     model, meta = tiny()
     events = list(deform_instance(image, 6, model=model, meta=meta, labels=labels, seed=4))
-    assert isinstance(events[0], Progress)
+    assert isinstance(events[0], Plan) and events[0].stages == (("compile", 0), ("frames", 7))
     frames = frames_of(events)
     assert [f.index for f in frames] == list(range(7)) and all(f.total == 7 for f in frames)
     assert [f.info["t"] for f in frames] == [6, 6, 5, 4, 3, 2, 1]

@@ -10,7 +10,7 @@ import torch
 
 from napari_deformdiff.core.ddm.weights import save_ddm
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.events import Frame, Progress, SequencePreview
+from napari_deformdiff.core.events import Frame, Progress, RunProgress, SequencePreview
 from napari_deformdiff.core.io.volume import Volume
 from napari_deformdiff.core.modiff.generate import generate_modiff, refresh_steps
 from napari_deformdiff.core.modiff.weights import load_modiff, save_modiff
@@ -41,8 +41,11 @@ def test_events_stream_previews_then_frames_at_the_input_grid():
     assert all(f.image.shape == (40, 44) and np.isfinite(f.image).all() for f in frames)
     np.testing.assert_array_equal(frames[0].image, first.data)  # the first frame is the given one
     assert max(float(np.abs(f.image - first.data).max()) for f in frames[1:]) > 1e-3
-    steps = [e.index for e in events if isinstance(e, Progress)]
-    assert steps == sorted(steps) and steps[-1] == 12
+    tracker, figures = RunProgress(), []
+    for e in events:
+        tracker.update(e)
+        figures.append(tracker.done)
+    assert figures == sorted(figures) and tracker.done == tracker.total == 1 + 6 + 6 + 5
 
 
 def test_outside_the_model_grid_the_forecast_keeps_the_first_frame():

@@ -19,6 +19,7 @@ from napari_deformdiff.core.modiff.data import (
 from napari_deformdiff.core.modiff.train import lr_factor, train_modiff
 from napari_deformdiff.core.modiff.weights import load_modiff, stage_steps
 from napari_deformdiff.core.weights.files import read_state
+from napari_deformdiff.core.events import Progress
 
 from .modiff_helpers import phantom_sequences, tiny_config
 
@@ -32,7 +33,7 @@ def train(sequences, out, **kw):
     kw.setdefault("config", tiny_config())
     kw.setdefault("steps", {"vae": 4, "tddm": 4, "video": 4})
     kw.setdefault("batch", {"vae": 2, "tddm": 2, "video": 2})
-    return [e.message for e in train_modiff(sequences, out, **kw)]
+    return [e.message for e in train_modiff(sequences, out, **kw) if isinstance(e, Progress)]
 
 
 def test_sequences_are_ed_to_es_scaled_by_the_first_frame(sequences):

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def method_modules() -> list:
     """The generators' CLI modules: every module of this package with add_method_commands."""
-    names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]))
+    names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if not m.name.startswith("_"))
     modules = [importlib.import_module(f"{__package__}.{name}") for name in names]
     return [m for m in modules if hasattr(m, "add_method_commands")]
 
