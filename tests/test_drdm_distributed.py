@@ -12,6 +12,7 @@ from napari_deformdiff.core.drdm.augment import (
 )
 from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.io import read_volume
+from napari_deformdiff.core.events import Progress
 
 from .drdm_export_helpers import case_2d, tiny_drdm
 
@@ -63,7 +64,7 @@ def test_stopping_a_cluster_export_keeps_a_consistent_manifest_and_resume_on_a_r
     out = tmp_path / "dask"
     events = export_drdm_distributed(cases, out, settings, scheduler="local", weights=weights, workers=2)
     for event in events:
-        if "done" in event.message:
+        if isinstance(event, Progress) and "done" in event.message:
             break
     events.close()
     rows = read_manifest(out / "manifest.csv")
