@@ -351,6 +351,18 @@ def _as_numpy(field) -> np.ndarray:
     return np.asarray(field)
 
 
+def _field_series(arr: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(T, n, *S) view of a field or a field series, and whether it was a series."""
+    if (arr.ndim == 3 and arr.shape[0] == 2) or (arr.ndim == 4 and arr.shape[0] == 3 and arr.shape[1] != 2):
+        return arr[None], False
+    if (arr.ndim == 4 and arr.shape[1] == 2) or (arr.ndim == 5 and arr.shape[1] == 3):
+        return arr, True
+    raise ValueError(
+        f"field must be (n, *S) or a time series (T, n, *S) with n = 2 or 3 spatial dims "
+        f"and one channel per spatial axis, got shape {arr.shape}"
+    )
+
+
 def field_to_vectors(ddf, *, stride=4, affine=None, min_length: float = 0.0) -> np.ndarray:
     """Sample a field as napari Vectors data: float32 (N, 2, n) with [:, 0] start, [:, 1] projection.
 
@@ -363,22 +375,7 @@ def field_to_vectors(ddf, *, stride=4, affine=None, min_length: float = 0.0) -> 
     projections through its linear part. For a time series an (n+2)x(n+2) matrix whose first axis
     is time is accepted too. Vectors shorter than `min_length` voxels are dropped.
     """
-    arr = _as_numpy(ddf)
-    if arr.ndim == 3 and arr.shape[0] == 2:
-        series = False
-    elif arr.ndim == 4 and arr.shape[1] == 2:
-        series = True
-    elif arr.ndim == 4 and arr.shape[0] == 3:
-        series = False
-    elif arr.ndim == 5 and arr.shape[1] == 3:
-        series = True
-    else:
-        raise ValueError(
-            f"field must be (n, *S) or a time series (T, n, *S) with n = 2 or 3 spatial dims "
-            f"and one channel per spatial axis, got shape {arr.shape}"
-        )
-    if not series:
-        arr = arr[None]
+    arr, series = _field_series(_as_numpy(ddf))
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
     T, n = arr.shape[0], arr.shape[1]

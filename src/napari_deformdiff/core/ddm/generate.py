@@ -94,27 +94,35 @@ def generate_ddm(
     ndims = source.geometry.ndim
     yield Plan((("weights", 1), ("adapt", adapt), ("frames", frames)))
     yield Progress(0, 1, "loading weights", "weights")
-    if model is None:
-        model, _ = load_ddm(weights, ndims=ndims, device=device)
-    elif model.ndims != ndims:
-        raise InputError(f"the model is {model.ndims}D but the images are {ndims}D.")
-    device = model.weight_device()
-    cfg = model.config
-    grid = GridMap(source.spatial_shape, source.geometry.spacing, cfg.grid, cfg.spacing)
-    s = to_model(source.data, grid, device)
-    t = to_model(target.data, grid, device)
-
+    model = _model_for(model, weights, ndims, device)
+    grid = GridMap(source.spatial_shape, source.geometry.spacing, model.config.grid, model.config.spacing)
+    s = to_model(source.data, grid, model.weight_device())
+    t = to_model(target.data, grid, model.weight_device())
     if adapt:
         torch.manual_seed(seed)
         model = copy.deepcopy(model)
         yield from adapt_model(model, s, t, adapt, seed=seed, lr=adapt_lr)
+    yield from _frames(fast_copy(model), s, t, source, labels, grid, gammas, batch,
+                       {"method": "ddm", "loop": loop, "adapt": adapt})
 
-    net = fast_copy(model)
+
+def _model_for(model: DDM | None, weights, ndims: int, device) -> DDM:
+    if model is None:
+        model, _ = load_ddm(weights, ndims=ndims, device=device)
+    elif model.ndims != ndims:
+        raise InputError(f"the model is {model.ndims}D but the images are {ndims}D.")
+    return model
+
+
+def _frames(net, s: torch.Tensor, t: torch.Tensor, source: Volume, labels: Volume | None, grid: GridMap,
+            gammas: np.ndarray, batch: int, info_base: dict) -> Iterator[Progress | Frame]:
+    """Frame 0 (gamma 0 needs no code), the diffusion pass, then the other frames in batches."""
+    frames = len(gammas)
+    device = s.device
     s_in = torch.from_numpy(np.ascontiguousarray(source.data, dtype=np.float32))[None, None].to(device)
     lab_in = None
     if labels is not None:
         lab_in = torch.from_numpy(np.ascontiguousarray(labels.data))[None, None].to(device)
-    info_base = {"method": "ddm", "loop": loop, "adapt": adapt}
     s_fast = as_channels_last(s)
 
     def fields_for(gs: np.ndarray, code: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..events import Plan, Progress
 from ..io.pairs import Pair
 from ..nn.model_grid import GridMap, to_model
-from ..nn.optim_step import descend
+from ..nn.optim_step import descend, save_optimizer, saved_optimizer
 from .nets.ddm import DDM, DDMConfig
 from .nets.field_unet import skip_first_from_up_first
 from .weights import OLD_FIELD_CONCAT, field_concat_of, load_ddm, save_ddm
@@ -129,38 +129,12 @@ def train_ddm(
     `anchor` sets the configuration's lambda_anchor (see DDM.training_losses), also when resuming.
     """
     out = Path(out)
-    if steps < 1 or batch < 1:
-        raise InputError("steps and batch must be at least 1.")
-    if sampling not in PAIR_SAMPLING:
-        raise InputError(f"pair sampling must be one of {', '.join(PAIR_SAMPLING)}, not {sampling!r}.")
-    if not pairs:
-        raise InputError("no training pairs.")
-    if out.exists() and not overwrite and (resume is None or Path(resume).resolve() != out.resolve()):
-        raise InputError(f"{out} exists; choose a new name, resume from it, or allow overwriting.")
-    start = 0
+    _check_arguments(pairs, out, steps, batch, sampling, resume, overwrite)
     torch.manual_seed(seed)
-    if resume is not None:
-        model, meta = load_ddm(resume, device=device)
-        config = model.config
-        start = int(meta.get("step", 0))
-    else:
-        config = config or DDMConfig.default(pairs[0].source.geometry.ndim)
-        model = DDM(config).to(device)
-    if anchor is not None:
-        if anchor < 0:
-            raise InputError(f"anchor weight must be >= 0, got {anchor}.")
-        config = dataclasses.replace(config, lambda_anchor=float(anchor))
-        model.config = config
+    model, optim, start = _model_and_optimizer(pairs, config, resume, anchor, device, lr)
+    config = model.config
     crop = _check_crop(crop, config)
-    model.train()
-    optim = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))
     optim_path = out.with_name(out.name + ".optim.pt")
-    if resume is not None:
-        resume_optim = Path(resume).with_name(Path(resume).name + ".optim.pt")
-        if resume_optim.is_file():
-            optim.load_state_dict(torch.load(resume_optim, map_location=device, weights_only=True))
-            if field_concat_of(meta, Path(resume).name) == OLD_FIELD_CONCAT:
-                moments_skip_first(model, optim)
     data = [[f.to(device) for f in frames] for frames in pair_frames(pairs, config, sampling)]
     started = time.perf_counter()
     history: list[float] = []
@@ -170,9 +144,7 @@ def train_ddm(
                  pairs=str(len(data)), batch=str(batch), sampling=sampling, crop=str(list(crop) if crop else "none"),
                  train_seconds=f"{time.perf_counter() - started:.0f}",
                  last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
-        tmp = optim_path.with_name("." + optim_path.name + ".partial")
-        torch.save(optim.state_dict(), tmp)
-        tmp.replace(optim_path)
+        save_optimizer(optim.state_dict(), optim_path)
 
     yield Plan((("train", steps),))
     yield Progress(start, steps, "starting" if start == 0 else f"resuming at step {start}", "train")
@@ -191,3 +163,37 @@ def train_ddm(
         yield Progress(done, steps, f"loss {total:.4f} (ncc {float(losses['ncc'].detach()):.3f}, "
                                          f"eps {float(losses['diffusion'].detach()):.4f})", "train")
     model.eval()
+
+
+def _check_arguments(pairs, out: Path, steps: int, batch: int, sampling: str, resume, overwrite: bool) -> None:
+    if steps < 1 or batch < 1:
+        raise InputError("steps and batch must be at least 1.")
+    if sampling not in PAIR_SAMPLING:
+        raise InputError(f"pair sampling must be one of {', '.join(PAIR_SAMPLING)}, not {sampling!r}.")
+    if not pairs:
+        raise InputError("no training pairs.")
+    if out.exists() and not overwrite and (resume is None or Path(resume).resolve() != out.resolve()):
+        raise InputError(f"{out} exists; choose a new name, resume from it, or allow overwriting.")
+
+
+def _model_and_optimizer(pairs, config: DDMConfig | None, resume, anchor: float | None, device, lr: float):
+    """(model in train mode, Adam, first step): new, or resumed with the optimizer state beside `resume`."""
+    start = 0
+    if resume is not None:
+        model, meta = load_ddm(resume, device=device)
+        config = model.config
+        start = int(meta.get("step", 0))
+    else:
+        config = config or DDMConfig.default(pairs[0].source.geometry.ndim)
+        model = DDM(config).to(device)
+    if anchor is not None:
+        if anchor < 0:
+            raise InputError(f"anchor weight must be >= 0, got {anchor}.")
+        model.config = dataclasses.replace(config, lambda_anchor=float(anchor))
+    model.train()
+    optim = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))
+    if resume is not None and (saved := saved_optimizer(resume, device)) is not None:
+        optim.load_state_dict(saved)
+        if field_concat_of(meta, Path(resume).name) == OLD_FIELD_CONCAT:
+            moments_skip_first(model, optim)
+    return model, optim, start

@@ -18,7 +18,7 @@ import torch
 from ..weights.files import read_state
 from ..errors import InputError
 from ..events import Plan, Progress
-from ..nn.optim_step import descend
+from ..nn.optim_step import descend, save_optimizer, saved_optimizer
 from ..nn.model_grid import unit_range
 from .nets import RecResACNet
 from ..spatial import warp
@@ -319,6 +319,50 @@ def train_drdm(
     Yields a Plan, then Progress(step, steps, "loss ...", "train") after every step.
     """
     out = Path(out)
+    grid, crop = _check_arguments(out, ndims, grid, crop, steps, batch, save_every, resume, overwrite)
+    torch.manual_seed(seed)
+    model, start, extra = _starting_model(ndims, grid, resume, init, device)
+    seconds_before = float(extra.get("seconds", 0.0))
+    optim = make_optimizer(model, lr, output_lr_scale)
+    optim_path = out.with_name(out.name + ".optim.pt")
+    if resume is not None and (saved := saved_optimizer(resume, device)) is not None:
+        optim.load_state_dict(saved)
+
+    images, description = _training_images(data, images, ndims, grid, seed, max_level)
+    run_notes = {"data": description, "seed": str(seed), "lr": str(lr), "output_lr_scale": str(output_lr_scale),
+                 "warmup": str(warmup), "batch": str(batch), "images": str(images.shape[0]),
+                 "crop": "none" if crop is None else ",".join(map(str, crop)), "field_bank": str(field_bank or 0),
+                 "init": extra.get("init", "none") if resume is not None else (Path(init).name if init else "none")}
+    bank = None if not field_bank else FieldBank(grid, field_bank, seed=seed, device=device, max_level=max_level)
+    started = time.perf_counter()
+    history: list[float] = []
+
+    def save(step: int) -> None:
+        meta = DRDMMeta(ndims=ndims, grid=grid, steps=model.steps, name=out.stem, source=description)
+        save_drdm(model, out, meta=meta, overwrite=True, **run_notes, train_steps=str(step),
+                  seconds=f"{seconds_before + time.perf_counter() - started:.0f}",
+                  last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
+        save_optimizer(optim.state_dict(), optim_path)
+
+    yield Plan((("train", steps),))
+    yield Progress(start, steps, "starting" if start == 0 else f"resuming at step {start}", "train")
+    for step in range(start, steps):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        for group in optim.param_groups:
+            group["lr"] = lr * group["scale"] * min(1.0, (step + 1) / max(int(warmup), 1))
+        x, t, dvf = training_batch(images, batch, g, device, crop=crop, bank=bank, max_level=max_level,
+                                   steps=model.steps)
+        total, message = _step(model, optim, x, t, dvf, step)
+        history.append(total)
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            save(step + 1)
+        yield Progress(step + 1, steps, message, "train")
+    model.eval()
+
+
+def _check_arguments(out: Path, ndims: int, grid, crop, steps: int, batch: int, save_every: int, resume,
+                     overwrite: bool):
+    """(grid, crop) as tuples, or InputError for arguments no run can use."""
     if ndims not in (2, 3):
         raise InputError(f"ndims must be 2 or 3, got {ndims}.")
     grid = _check_grid(grid, ndims)
@@ -333,16 +377,18 @@ def train_drdm(
     same = resume is not None and out.exists() and Path(resume).resolve() == out.resolve()
     if out.exists() and not overwrite and not same:
         raise InputError(f"{out} exists; choose a new name, resume from it, or allow overwriting.")
+    return grid, crop
 
-    torch.manual_seed(seed)
-    start, seconds_before = 0, 0.0
+
+def _starting_model(ndims: int, grid, resume, init, device):
+    """(network in train mode, first step, the resumed file's metadata): resumed, from `init`, or new."""
+    start, extra = 0, {}
     if resume is not None:
         model, meta = load_drdm(resume, ndims=ndims, device=device)
         if tuple(meta.grid) != grid:
             raise InputError(f"{Path(resume).name} was trained on grid {tuple(meta.grid)}, not {grid}.")
         _, extra = read_state(resume)
         start = int(extra.get("train_steps", 0))
-        seconds_before = float(extra.get("seconds", 0.0))
     elif init is not None:
         start_from = load_drdm(init, ndims=None)[0].cpu()
         if start_from.ndims == 2 and ndims == 3:
@@ -352,56 +398,24 @@ def train_drdm(
         model = start_from.to(device)
     else:
         model = zero_output(RecResACNet(ndims)).to(device)
-    model.train()
-    optim = make_optimizer(model, lr, output_lr_scale)
-    optim_path = out.with_name(out.name + ".optim.pt")
-    if resume is not None:
-        resume_optim = Path(resume).with_name(Path(resume).name + ".optim.pt")
-        if resume_optim.is_file():
-            optim.load_state_dict(torch.load(resume_optim, map_location=device, weights_only=True))
+    return model.train(), start, extra
 
-    if images is None:
-        images, description = load_training_images(data, ndims=ndims, grid=grid, seed=seed)
-    else:
-        description = str(data)
-        if tuple(images.shape[2:]) != grid:
-            raise InputError(f"images of shape {tuple(images.shape[2:])} do not match the grid {grid}.")
+
+def _training_images(data, images, ndims: int, grid, seed: int, max_level: int):
+    """(images (N, 1, *grid), description): loaded from `data`, or the given ones checked."""
     if not 1 <= max_level <= MAX_LEVEL:
         raise InputError(f"max_level must be in 1..{MAX_LEVEL}, got {max_level}.")
-    init_note = extra.get("init", "none") if resume is not None else (Path(init).name if init else "none")
-    bank = None if not field_bank else FieldBank(grid, field_bank, seed=seed, device=device, max_level=max_level)
-    started = time.perf_counter()
-    history: list[float] = []
+    if images is None:
+        return load_training_images(data, ndims=ndims, grid=grid, seed=seed)
+    if tuple(images.shape[2:]) != grid:
+        raise InputError(f"images of shape {tuple(images.shape[2:])} do not match the grid {grid}.")
+    return images, str(data)
 
-    def save(step: int) -> None:
-        meta = DRDMMeta(ndims=ndims, grid=grid, steps=model.steps, name=out.stem, source=description)
-        seconds = seconds_before + time.perf_counter() - started
-        save_drdm(
-            model, out, meta=meta, overwrite=True,
-            train_steps=str(step), data=description, seconds=f"{seconds:.0f}", seed=str(seed), lr=str(lr),
-            output_lr_scale=str(output_lr_scale), warmup=str(warmup), batch=str(batch), images=str(images.shape[0]),
-            crop="none" if crop is None else ",".join(map(str, crop)), field_bank=str(field_bank or 0),
-            init=init_note, last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}",
-        )
-        tmp = optim_path.with_name("." + optim_path.name + ".partial")
-        torch.save(optim.state_dict(), tmp)
-        tmp.replace(optim_path)
 
-    yield Plan((("train", steps),))
-    yield Progress(start, steps, "starting" if start == 0 else f"resuming at step {start}", "train")
-    for step in range(start, steps):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        for group in optim.param_groups:
-            group["lr"] = lr * group["scale"] * min(1.0, (step + 1) / max(int(warmup), 1))
-        x, t, dvf = training_batch(images, batch, g, device, crop=crop, bank=bank, max_level=max_level,
-                                   steps=model.steps)
-        losses = drdm_loss(model(x, t), dvf)
-        total = descend(optim, losses["total"], step)
-        history.append(total)
-        done = step + 1
-        if done % save_every == 0 or done == steps:
-            save(done)
-        parts = {k: float(v.detach()) for k, v in losses.items()}
-        yield Progress(done, steps, f"loss {total:.4f} (distance {parts['distance']:.3f}, "
-                                         f"angle {parts['angle']:.3f}, folding {parts['folding']:.2g})", "train")
-    model.eval()
+def _step(model, optim, x, t, dvf, step: int) -> tuple[float, str]:
+    """One optimisation step: (total loss, the progress message)."""
+    losses = drdm_loss(model(x, t), dvf)
+    total = descend(optim, losses["total"], step)
+    parts = {k: float(v.detach()) for k, v in losses.items()}
+    return total, (f"loss {total:.4f} (distance {parts['distance']:.3f}, angle {parts['angle']:.3f}, "
+                   f"folding {parts['folding']:.2g})")

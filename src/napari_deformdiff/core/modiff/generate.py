@@ -80,87 +80,103 @@ def generate_modiff(
     if model is None:
         model, _ = load_modiff(weights, ndims=first.geometry.ndim, device=device)
         check_request(first, frames, model, steps, sampler)
-    device = model.weight_device()
-    c = model.config
-    grid = grid_map(first, c)
-    lo, hi = scaling(first.data)
-    x1 = sequence_to_model(first.data[None], grid, lo, hi, device)[None]  # (1, 1, *grid)
-    first_in = torch.from_numpy(np.ascontiguousarray(first.data, np.float32)).to(device)
-    generator = torch.Generator().manual_seed(seed)
-    counts = torch.tensor([frames], device=device)
-    scale = (hi - lo) / 2.0
+    run = _Forecast(model, first, frames, torch.Generator().manual_seed(seed))
+    stage1_show = refresh_steps(steps, max(1, refreshes // 4))
+    stage2_show = refresh_steps(steps, max(1, refreshes - len(stage1_show)))
+    with torch.inference_mode():
+        fields = yield from run.differential_fields(steps, sampler, stage1_show)
+        latents = yield from run.latent_video(fields, steps, sampler, stage2_show, preview_budget)
+        decoded = model.decode_video(latents)[0]
+        run.check(decoded, "decoded frames")
+        out = run.to_input(decoded)
+    info = {"method": "modiff", "steps": steps, "sampler": sampler, "seed": seed, "ablation": model.config.ablation()}
+    for k in range(frames):
+        yield Frame(k, frames, out[k], info=dict(info))
 
-    def to_input(model_frames: torch.Tensor) -> np.ndarray:
+
+class _Forecast:
+    """One forecast: the model, the first frame on the model grid and the way back to the input."""
+
+    def __init__(self, model: MoDiff, first: Volume, frames: int, generator: torch.Generator):
+        self.model, self.frames, self.generator = model, frames, generator
+        self.c = c = model.config
+        self.device = model.weight_device()
+        self.grid = grid_map(first, c)
+        lo, hi = scaling(first.data)
+        self.x1 = sequence_to_model(first.data[None], self.grid, lo, hi, self.device)[None]  # (1, 1, *grid)
+        self.first_in = torch.from_numpy(np.ascontiguousarray(first.data, np.float32)).to(self.device)
+        self.counts = torch.tensor([frames], device=self.device)
+        self.scale = (hi - lo) / 2.0
+
+    def to_input(self, model_frames: torch.Tensor) -> np.ndarray:
         """(N, *grid) model-grid frames -> (N, *input) frames: first + change since frame 0."""
-        delta = grid.model_to_input((model_frames - model_frames[:1])[:, None])[:, 0] * scale
-        out = first_in[None] + delta
-        out[0] = first_in
+        delta = self.grid.model_to_input((model_frames - model_frames[:1])[:, None])[:, 0] * self.scale
+        out = self.first_in[None] + delta
+        out[0] = self.first_in
         return out.cpu().numpy()
 
-    def differential_to_input(fields: torch.Tensor) -> np.ndarray:
-        up = torch.nn.functional.interpolate(fields, size=tuple(c.grid), mode="bilinear" if c.ndims == 2 else "trilinear",
-                                             align_corners=False) / c.field_scale
-        return (grid.model_to_input(up[0][:, None])[:, 0] * scale).cpu().numpy()
+    def _up(self, fields: torch.Tensor) -> torch.Tensor:
+        mode = "bilinear" if self.c.ndims == 2 else "trilinear"
+        return torch.nn.functional.interpolate(fields, size=tuple(self.c.grid), mode=mode, align_corners=False)
 
+    def differential_to_input(self, fields: torch.Tensor) -> np.ndarray:
+        up = self._up(fields) / self.c.field_scale
+        return (self.grid.model_to_input(up[0][:, None])[:, 0] * self.scale).cpu().numpy()
+
+    @staticmethod
     def check(t: torch.Tensor, what: str) -> None:
         if not torch.isfinite(t).all():
             raise InputError(f"the model produced NaN or infinite values in the {what}; check the weights.")
 
-    stage1_show = refresh_steps(steps, max(1, refreshes // 4))
-    stage2_show = refresh_steps(steps, max(1, refreshes - len(stage1_show)))
-    with torch.inference_mode():
+    def differential_fields(self, steps: int, sampler: str, show: set[int]):
+        """Stage 1, streamed; returns the sampled differential fields (1, N, *field grid), frame 0 zero."""
+        model, c, frames, x1 = self.model, self.c, self.frames, self.x1
         first_f = downsample(x1, c.field_factor)
         shape1 = (1, c.max_frames, *c.field_grid)
-        fields = None
         # Frames beyond N are zero padding in training, so the sampler sees them as noised zeros.
-        pad_noise = torch.randn(shape1, generator=generator).to(device)[:, frames:]
+        pad_noise = torch.randn(shape1, generator=self.generator).to(self.device)[:, frames:]
 
         def padded_as_in_training(x: torch.Tensor, abar: float) -> torch.Tensor:
             x = x.clone()
             x[:, frames:] = (1.0 - abar) ** 0.5 * pad_noise
             return x
 
-        for i, n, x, x0 in sample(lambda x, t: model.tddm(x, t, first_f, counts), shape1, model.alphas_cumprod,
-                                  steps=steps, sampler=sampler, generator=generator, device=device,
+        fields = None
+        for i, n, x, x0 in sample(lambda x, t: model.tddm(x, t, first_f, self.counts), shape1, model.alphas_cumprod,
+                                  steps=steps, sampler=sampler, generator=self.generator, device=self.device,
                                   constrain=padded_as_in_training):
-            check(x, "differential fields")
+            self.check(x, "differential fields")
             yield Progress(i + 1, n, f"stage 1 (differential fields) {i + 1}/{n}", "stage 1")
-            if i in stage1_show:
+            if i in show:
                 est = (x if i == n - 1 else x0)[:, :frames].clone()
                 est[:, 0] = 0
-                coarse = downsample(x1, c.field_factor) + est.cumsum(1) / c.field_scale
-                up = torch.nn.functional.interpolate(coarse, size=tuple(c.grid), mode="bilinear" if c.ndims == 2
-                                                     else "trilinear", align_corners=False)
-                yield SequencePreview(i, n, to_input(up[0]), differential_to_input(est), "stage 1")
+                up = self._up(first_f + est.cumsum(1) / c.field_scale)
+                yield SequencePreview(i, n, self.to_input(up[0]), self.differential_to_input(est), "stage 1")
             fields = x
         fields = fields[:, :frames].clone()
         fields[:, 0] = 0
-        z1 = model.encode(x1)
+        return fields
+
+    def latent_video(self, fields: torch.Tensor, steps: int, sampler: str, show: set[int],
+                     preview_budget: float | None):
+        """Stage 2, streamed; returns the sampled latent video. A preview is skipped while decoding
+        previews took more than `preview_budget` times the sampling time (None: never skipped)."""
+        model, c = self.model, self.c
+        z1 = model.encode(self.x1)
         cond = model.latent_fields(fields)
-        shape2 = (1, c.latent_channels, frames, *c.latent_grid)
-
-        def denoise(z, t):
-            return model.video(z, t, z1, cond)
-
+        shape2 = (1, c.latent_channels, self.frames, *c.latent_grid)
         latents = None
         started, decoding, shown = time.perf_counter(), 0.0, 0
-        for i, n, z, z0 in sample(denoise, shape2, model.alphas_cumprod, steps=steps, sampler=sampler,
-                                  generator=generator, device=device):
-            check(z, "latent video")
+        for i, n, z, z0 in sample(lambda z, t: model.video(z, t, z1, cond), shape2, model.alphas_cumprod,
+                                  steps=steps, sampler=sampler, generator=self.generator, device=self.device):
+            self.check(z, "latent video")
             yield Progress(i + 1, n, f"stage 2 (latent video) {i + 1}/{n}", "stage 2")
             latents = z
             sampling = time.perf_counter() - started - decoding
-            if i in stage2_show and i < n - 1 and (
-                    preview_budget is None or shown == 0 or decoding <= preview_budget * sampling):
+            if i in show and i < n - 1 and (preview_budget is None or shown == 0 or decoding <= preview_budget * sampling):
                 t0 = time.perf_counter()
-                images = to_input(model.decode_video(z0)[0])
+                images = self.to_input(model.decode_video(z0)[0])
                 decoding += time.perf_counter() - t0
                 shown += 1
                 yield SequencePreview(i, n, images, None, "stage 2")
-        decoded = model.decode_video(latents)[0]
-        check(decoded, "decoded frames")
-        out = to_input(decoded)
-        info = {"method": "modiff", "steps": steps, "sampler": sampler, "seed": seed,
-                "ablation": c.ablation()}
-        for k in range(frames):
-            yield Frame(k, frames, out[k], info=dict(info))
+        return latents

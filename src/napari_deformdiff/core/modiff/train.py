@@ -20,7 +20,7 @@ import torch
 from ..errors import InputError
 from ..events import Plan, Progress
 from .nets.modiff import STAGES, MoDiff, ModiffConfig, downsample
-from ..nn.optim_step import descend
+from ..nn.optim_step import descend, save_optimizer
 from .data import MotionSequence, draw_clip, model_sequences
 from .weights import load_modiff, save_modiff, stage_steps
 
@@ -97,19 +97,8 @@ def train_modiff(
     if out.exists() and not overwrite and (resume is None or Path(resume).resolve() != out.resolve()):
         raise InputError(f"{out} exists; choose a new name, resume from it, or allow overwriting.")
     torch.manual_seed(seed)
-    done: dict[str, int] = {}
     history: dict[str, list[float]] = {}
-    seconds: dict[str, float] = {}
-    if resume is not None:
-        model, meta = load_modiff(resume, device=device)
-        done = stage_steps(meta)
-        seconds = {k: float(v) for k, v in json.loads(meta.get("stage_seconds", "{}")).items()}
-    else:
-        ndims = sequences[0].frames.geometry.ndim
-        config = config or ModiffConfig.default(ndims)
-        model = MoDiff(config).to(device)
-        if init is not None:
-            done = _init_from(model, init, device)
+    model, done, seconds = _starting_model(sequences, config, resume, init, device)
     config = model.config
     data = [s.to(device) for s in model_sequences(sequences, config)]
     lengths = [s.shape[0] for s in data]
@@ -126,28 +115,15 @@ def train_modiff(
                     stage_seconds=json.dumps({k: round(v) for k, v in seconds.items()}),
                     sequences=str(len(data)), frames_range=f"{config.min_frames}-{config.max_frames}",
                     last_loss=json.dumps({k: round(float(np.mean(v[-50:])), 5) for k, v in history.items() if v}))
-        tmp = optim_path.with_name("." + optim_path.name + ".partial")
-        torch.save({"stage": stage, "state": optim.state_dict()}, tmp)
-        tmp.replace(optim_path)
+        save_optimizer({"stage": stage, "state": optim.state_dict()}, optim_path)
 
     for stage in stages:
         start = done.get(stage, 0)
         if start >= steps[stage]:
             continue
-        part = getattr(model, stage)
-        if stage == "tddm" and start == 0:
-            config = dataclasses.replace(config, field_scale=config.field_scale * measure_scales(model, data, "field"))
-            model.config = config
-        if stage == "video" and start == 0:
-            model.vae.eval()
-            config = dataclasses.replace(config, latent_scale=config.latent_scale * measure_scales(model, data, "latent"))
-            model.config = config
-        optim = torch.optim.AdamW(part.parameters(), lr=lr[stage], weight_decay=1e-2)
-        if resume is not None and optim_path.is_file() and start > 0:
-            saved = torch.load(optim_path, map_location=device, weights_only=True)
-            if saved.get("stage") == stage:
-                optim.load_state_dict(saved["state"])
-        part.train()
+        part, optim = _start_stage(model, stage, start, data, lr[stage], optim_path if resume is not None else None,
+                                   device)
+        config = model.config
         history.setdefault(stage, [])
         t0 = time.perf_counter() - seconds.get(stage, 0.0)
         for step in range(start, steps[stage]):
@@ -215,3 +191,33 @@ def _init_from(model: MoDiff, init: str | Path, device) -> dict[str, int]:
         scales["latent_scale"] = source.config.latent_scale
     model.config = dataclasses.replace(model.config, **scales)
     return copied
+
+
+def _starting_model(sequences, config: ModiffConfig | None, resume, init, device):
+    """(model, steps done per stage, seconds per stage): resumed, started from `init`, or new."""
+    if resume is not None:
+        model, meta = load_modiff(resume, device=device)
+        seconds = {k: float(v) for k, v in json.loads(meta.get("stage_seconds", "{}")).items()}
+        return model, stage_steps(meta), seconds
+    config = config or ModiffConfig.default(sequences[0].frames.geometry.ndim)
+    model = MoDiff(config).to(device)
+    done = _init_from(model, init, device) if init is not None else {}
+    return model, done, {}
+
+
+def _start_stage(model: MoDiff, stage: str, start: int, data, lr: float, optim_path: Path | None, device):
+    """(the stage's network in train mode, its AdamW): scales measured when a stage starts afresh,
+    optimizer state restored from `optim_path` when it holds this stage's."""
+    part = getattr(model, stage)
+    c = model.config
+    if stage == "tddm" and start == 0:
+        model.config = dataclasses.replace(c, field_scale=c.field_scale * measure_scales(model, data, "field"))
+    if stage == "video" and start == 0:
+        model.vae.eval()
+        model.config = dataclasses.replace(c, latent_scale=c.latent_scale * measure_scales(model, data, "latent"))
+    optim = torch.optim.AdamW(part.parameters(), lr=lr, weight_decay=1e-2)
+    if optim_path is not None and optim_path.is_file() and start > 0:
+        saved = torch.load(optim_path, map_location=device, weights_only=True)
+        if saved.get("stage") == stage:
+            optim.load_state_dict(saved["state"])
+    return part.train(), optim
