@@ -9,8 +9,8 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from ..core.errors import InputError, OutputExistsError
 from . import gui, volumes, weights
+from .errors import report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deformdiff",
         description="Generate and inspect anatomical motion with deformation-based diffusion models.",
     )
+    parser.add_argument("--debug", action="store_true", help="on any error, show the full Python traceback")
     sub = parser.add_subparsers(dest="command", required=True)
     volumes.add_commands(sub)
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
@@ -43,12 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     # OpenMP threads that spin while waiting collapse when another job holds a core (measured:
     # 0.35 s -> 1.4-5.6 s per DRDM step at load 4); torch is imported later, inside the commands.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (InputError, OutputExistsError) as exc:
-        print(f"deformdiff: error: {exc}", file=sys.stderr)
-        return 2
+    except SystemExit:
+        raise
+    except BaseException as exc:  # report() decides: a one-line message, or a bug's traceback
+        return report(exc, debug=args.debug if args is not None else "--debug" in argv)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def cmd_train_modiff(args: argparse.Namespace) -> int:
     from ..core.modiff.data import find_sequences
     from ..core.modiff.train import train_modiff
 
+    _check_outputs([args.out], args.overwrite, inputs=[*args.data, args.init])  # --resume may be --out
     sequences = find_sequences(args.data, span=args.span)
     ndims = sequences[0].frames.geometry.ndim
     frames = [s.frames.data.shape[0] for s in sequences]
@@ -80,7 +81,7 @@ def cmd_generate_modiff(args: argparse.Namespace) -> int:
     from ..core.io import Volume, write_volume
     from ..core.modiff.generate import generate_modiff
 
-    _check_outputs([args.out, args.fields_out], args.overwrite)
+    _check_outputs([args.out, args.fields_out], args.overwrite, inputs=[args.first])
     first = _first_frame(args)
     dt = None  # the forecast's frame spacing is the model's, not the input cine's
     device = choose_device_name(args.device)
@@ -126,7 +127,7 @@ def cmd_evaluate_modiff(args: argparse.Namespace) -> int:
     from ..core.modiff.data import find_sequences
     from ..core.modiff.evaluate import CaseResult, evaluate_modiff, format_table, summarize, write_csv
 
-    _check_outputs([args.csv], args.overwrite)
+    _check_outputs([args.csv], args.overwrite, inputs=[*args.data])
     sequences = find_sequences(args.data, span=args.span)
     if args.cases:
         sequences = sequences[: args.cases]
