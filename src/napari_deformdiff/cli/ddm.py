@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
+from .paths import unless_resumed
 from .progress import _check_outputs, bounded_int, _progress, _run_options, _sizes, _table_and_csv
 
 
@@ -16,7 +17,11 @@ def cmd_train_ddm(args: argparse.Namespace) -> int:
     from ..core.device import choose_device_name
     from ..core.io.pairs import find_pairs
 
-    _check_outputs([args.out], args.overwrite, inputs=[args.data])  # --resume may be --out: read first
+    _check_outputs([unless_resumed(args.out, args.resume)], args.overwrite, inputs=[args.data])
+    if args.resume is not None:
+        from ..core.weights.files import check_optimizer_files
+
+        check_optimizer_files(args.resume, args.out)
     pairs = find_pairs(args.data)
     ndims = pairs[0].source.geometry.ndim
     device = choose_device_name(args.device)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
-from .paths import check_name, check_output_folder_files
+from .paths import unless_resumed, check_name, check_output_folder_files
 from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv
 
 
@@ -16,7 +16,11 @@ def cmd_train_drdm(args: argparse.Namespace) -> int:
     from ..core.drdm.train import DEFAULT_GRID, train_drdm
 
     data = None if args.data == "phantom" else Path(args.data)
-    _check_outputs([args.out], args.overwrite, inputs=[data, args.init])  # --resume may be --out
+    _check_outputs([unless_resumed(args.out, args.resume)], args.overwrite, inputs=[data, args.init])
+    if args.resume is not None:
+        from ..core.weights.files import check_optimizer_files
+
+        check_optimizer_files(args.resume, args.out)
     grid = _sizes(args.grid) or DEFAULT_GRID[args.ndims]
     device = choose_device_name(args.device)
     print(f"training a {args.ndims}D DRDM on grid {'x'.join(map(str, grid))} from {args.data} on {device}",

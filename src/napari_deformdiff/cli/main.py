@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate and inspect anatomical motion with deformation-based diffusion models.",
     )
     parser.add_argument("--debug", action="store_true", help="on any error, show the full Python traceback")
+    parser.add_argument("--allow-external-data", action="store_true",
+                        help="let .mhd/.nhdr headers name data files outside their own folder")
     sub = parser.add_subparsers(dest="command", required=True)
     volumes.add_commands(sub)
     train = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
@@ -48,7 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        from ..core.io.itk import ALLOW_EXTERNAL_DATA
+
+        token = ALLOW_EXTERNAL_DATA.set(args.allow_external_data)
+        try:
+            return args.func(args)
+        finally:
+            ALLOW_EXTERNAL_DATA.reset(token)
     except SystemExit:
         raise
     except BaseException as exc:  # report() decides: a one-line message, or a bug's traceback

@@ -11,6 +11,11 @@ from ..core.errors import InputError, OutputExistsError
 NAME_MAX = 255  # bytes per path component on Linux, macOS and Windows file systems
 
 
+def unless_resumed(out: Path, resume: Path | None) -> Path | None:
+    """`out`, or None when training continues `out` itself (the trainer reads it before saving)."""
+    return None if resume is not None and _same(out, resume) else out
+
+
 def _same(a: Path, b: Path) -> bool:
     """Same file: the same resolved path, or (hard links) the same inode."""
     if os.path.realpath(a) == os.path.realpath(b):
