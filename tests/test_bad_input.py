@@ -21,7 +21,7 @@ from .ddm_helpers import tiny_model
 
 def image(path: Path, shape=(6, 8, 10)) -> Path:
     data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
-    return write_volume(Volume(data, Geometry((1.0,) * len(shape)), False), path)
+    return write_volume(Volume(data, Geometry.identity(len(shape)), False), path)
 
 
 def tiny_ddm(path: Path) -> Path:
@@ -111,13 +111,15 @@ def name_of_300_characters(t, m):
 
 
 def disk_full_convert(t, m):
+    a = image(t / "a.nrrd")
     failing_writes(m, errno.ENOSPC)
-    return ["convert", str(image(t / "a.nrrd")), str(t / "b.nii.gz")], 2, "disk full", [t / "b.nii.gz"]
+    return ["convert", str(a), str(t / "b.nii.gz")], 2, "disk full", [t / "b.nii.gz"]
 
 
 def read_only_convert(t, m):
+    a = image(t / "a.nrrd")
     failing_writes(m, errno.EROFS)
-    return ["convert", str(image(t / "a.nrrd")), str(t / "b.mha")], 2, "read-only", [t / "b.mha"]
+    return ["convert", str(a), str(t / "b.mha")], 2, "read-only", [t / "b.mha"]
 
 
 def permission_phantom(t, m):
@@ -127,9 +129,9 @@ def permission_phantom(t, m):
 
 
 def disk_full_ddm(t, m):
-    w = tiny_ddm(t / "w.safetensors")
+    w, a, b = tiny_ddm(t / "w.safetensors"), image(t / "a.nrrd"), image(t / "b.nrrd")
     failing_writes(m, errno.ENOSPC)
-    return ["generate", "ddm", "--source", str(image(t / "a.nrrd")), "--target", str(image(t / "b.nrrd")),
+    return ["generate", "ddm", "--source", str(a), "--target", str(b),
             "--frames", "2", "--weights", str(w), "--out", str(t / "o.nii.gz")], 2, "disk full", [t / "o.nii.gz"]
 
 
@@ -156,7 +158,7 @@ def nhdr_list_outside(t, m):
 def bool_nifti(t, m):
     import struct
 
-    path = write_volume(Volume(np.zeros((3, 4, 4), np.uint8), Geometry((1.0,) * 3), True), t / "m.nii")
+    path = write_volume(Volume(np.zeros((3, 4, 4), np.uint8), Geometry.identity(3), True), t / "m.nii")
     raw = bytearray(path.read_bytes())
     struct.pack_into("<hh", raw, 70, 1, 1)  # datatype DT_BINARY, bitpix 1
     path.write_bytes(bytes(raw))
