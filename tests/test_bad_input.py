@@ -13,8 +13,7 @@ import pytest
 
 from napari_deformdiff.cli import main
 from napari_deformdiff.core.geometry import Geometry
-from napari_deformdiff.core.io import Volume, write_volume
-from napari_deformdiff.core.io import atomic
+from napari_deformdiff.core.io import Volume, atomic, write_volume
 
 from .ddm_helpers import tiny_model
 
@@ -298,7 +297,7 @@ def test_data_inside_the_header_folder_reads_and_external_data_needs_the_flag(tm
 
 
 def _convert_raising(monkeypatch, exc):
-    import napari_deformdiff.core.io as io
+    from napari_deformdiff.core import io
 
     def read_volume(*a, **k):
         raise exc

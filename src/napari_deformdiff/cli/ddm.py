@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from .paths import unless_resumed
-from .progress import _check_outputs, bounded_int, _progress, _run_options, _sizes, _table_and_csv
+from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv, bounded_int
 
 
 def cmd_train_ddm(args: argparse.Namespace) -> int:

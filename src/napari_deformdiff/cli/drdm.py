@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
-from .paths import unless_resumed, check_name, check_output_folder_files
+from .paths import check_name, check_output_folder_files, unless_resumed
 from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv
 
 

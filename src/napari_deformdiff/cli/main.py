@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             ALLOW_EXTERNAL_DATA.reset(token)
     except SystemExit:
         raise
-    except BaseException as exc:  # report() decides: a one-line message, or a bug's traceback
+    except BaseException as exc:  # noqa: BLE001 - report() decides: a one-line message, or a bug's traceback
         return report(exc, debug=args.debug if args is not None else "--debug" in argv)
 
 

@@ -65,7 +65,7 @@ def read_config(cls, meta: dict, where: str):
     try:
         raw = json.loads(text)
         if not isinstance(raw, dict):
-            raise ValueError("not a JSON object")
+            raise ValueError("not a JSON object")  # noqa: TRY004 - caught just below
     except ValueError as exc:
         raise InputError(f"{where}: unreadable model configuration in the metadata ({exc}).") from None
     check_sizes(raw, where, frames=raw.get("max_frames", 1) if isinstance(raw.get("max_frames"), int) else 1)

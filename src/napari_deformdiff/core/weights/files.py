@@ -99,7 +99,7 @@ def check_optimizer_files(*checkpoints) -> None:
             continue
         try:
             state = torch.load(str(side), map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several kinds for a damaged file
+        except Exception as exc:  # noqa: BLE001 - torch raises several kinds for a damaged file
             raise InputError(f"{side.name}: the optimizer state beside the checkpoint is unreadable "
                              f"({type(exc).__name__}); delete it to resume with a fresh optimizer.") from None
         if not isinstance(state, dict):
