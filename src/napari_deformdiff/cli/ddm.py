@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
-from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv
+from .paths import unless_resumed
+from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv, bounded_int
 
 
 def cmd_train_ddm(args: argparse.Namespace) -> int:
@@ -16,6 +17,11 @@ def cmd_train_ddm(args: argparse.Namespace) -> int:
     from ..core.device import choose_device_name
     from ..core.io.pairs import find_pairs
 
+    _check_outputs([unless_resumed(args.out, args.resume)], args.overwrite, inputs=[args.data])
+    if args.resume is not None:
+        from ..core.weights.files import check_optimizer_files
+
+        check_optimizer_files(args.resume, args.out)
     pairs = find_pairs(args.data)
     ndims = pairs[0].source.geometry.ndim
     device = choose_device_name(args.device)
@@ -77,7 +83,8 @@ def cmd_generate_ddm(args: argparse.Namespace) -> int:
 
     if args.labels_out and not (args.labels or args.patient):
         raise InputError("--labels-out needs --labels (or an ACDC --patient with ED labels).")
-    _check_outputs([args.out, args.fields_out, args.labels_out], args.overwrite)
+    _check_outputs([args.out, args.fields_out, args.labels_out], args.overwrite,
+                   inputs=[args.source, args.target, args.labels, args.patient])
     source, target, labels, dt, pair = _ddm_inputs(args)
     if args.labels_out and labels is None:
         raise InputError(f"{args.patient} has no ED labels to warp for --labels-out.")
@@ -154,7 +161,7 @@ def _add_generate(generate) -> None:
     p.add_argument("--labels", type=Path, help="label map of the source to warp (nearest)")
     p.add_argument("--labels-out", type=Path, help="4D label map to write")
     p.add_argument("--weights", default=None, help="checkpoint (.safetensors, or the authors' .pth)")
-    p.add_argument("--adapt", type=int, default=0, help="fine-tune on this pair for K steps first")
+    p.add_argument("--adapt", type=bounded_int(0, 100000), default=0, help="fine-tune on this pair for K steps first")
     p.add_argument("--batch", type=int, default=4, help="frames per network pass")
     _run_options(p)
     p.set_defaults(func=cmd_generate_ddm)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
+from .paths import check_name, check_output_folder_files, unless_resumed
 from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv
 
 
@@ -14,6 +15,12 @@ def cmd_train_drdm(args: argparse.Namespace) -> int:
     from ..core.device import choose_device_name
     from ..core.drdm.train import DEFAULT_GRID, train_drdm
 
+    data = None if args.data == "phantom" else Path(args.data)
+    _check_outputs([unless_resumed(args.out, args.resume)], args.overwrite, inputs=[data, args.init])
+    if args.resume is not None:
+        from ..core.weights.files import check_optimizer_files
+
+        check_optimizer_files(args.resume, args.out)
     grid = _sizes(args.grid) or DEFAULT_GRID[args.ndims]
     device = choose_device_name(args.device)
     print(f"training a {args.ndims}D DRDM on grid {'x'.join(map(str, grid))} from {args.data} on {device}",
@@ -30,7 +37,7 @@ def cmd_train_drdm(args: argparse.Namespace) -> int:
 
 def cmd_generate_drdm(args: argparse.Namespace) -> int:
     from ..core.device import choose_device_name
-    from ..core.drdm.augment import ExportSettings, export_drdm, find_cases, plan_export
+    from ..core.drdm.augment import ExportSettings, export_drdm, find_cases, plan_export, unit_files
 
     if args.syn_level is not None and not args.pairs:
         raise InputError("--syn-level applies to registration pairs: add --pairs.")
@@ -41,7 +48,11 @@ def cmd_generate_drdm(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"  {note}", file=sys.stderr)
     with_labels = sum(c.labels is not None for c in cases)
-    total = len(plan_export(cases, settings))
+    units = plan_export(cases, settings)
+    total = len(units)
+    check_name(args.out_dir)
+    names = [settings.manifest_name, *(f for u in units for f in unit_files(u, settings, True).values())]
+    check_output_folder_files(args.out_dir, names, [p for c in cases for p in _case_files(c)])
     print(f"{len(cases)} image(s) ({with_labels} with labels), levels {list(settings.levels)}, "
           f"{settings.samples} sample(s) per level: {total} {settings.mode} sample(s)", file=sys.stderr)
     device = choose_device_name(args.device)
@@ -56,6 +67,11 @@ def cmd_generate_drdm(args: argparse.Namespace) -> int:
     _progress(events, desc=f"drdm {settings.mode}")
     print(f"wrote {total} sample(s) to {args.out_dir} (listed in {settings.manifest_name})")
     return 0
+
+
+def _case_files(case) -> list[Path]:
+    """The files an export case was read from."""
+    return [Path(v.source) for v in (case.image, case.labels) if v is not None and v.source]
 
 
 def _evaluation_images(args: argparse.Namespace, shape: tuple[int, ...]):
@@ -74,7 +90,7 @@ def cmd_evaluate_drdm(args: argparse.Namespace) -> int:
     from ..core.drdm.evaluate import SampleResult, evaluate_drdm, format_table, summarize, write_csv
     from ..core.drdm.weights import load_drdm
 
-    _check_outputs([args.csv], args.overwrite)
+    _check_outputs([args.csv], args.overwrite, inputs=[args.data])
     try:
         levels = tuple(int(v) for v in args.levels.split(","))
     except ValueError:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
+from .paths import unless_resumed
 from .progress import _check_outputs, _per_stage, _progress, _run_options, _sizes, _table_and_csv
 
 
@@ -36,6 +37,12 @@ def cmd_train_modiff(args: argparse.Namespace) -> int:
     from ..core.modiff.data import find_sequences
     from ..core.modiff.train import train_modiff
 
+    steps, lr, batch = _per_stage(args.steps), _per_stage(args.lr, float), _per_stage(args.batch)
+    _check_outputs([unless_resumed(args.out, args.resume)], args.overwrite, inputs=[*args.data, args.init])
+    if args.resume is not None:
+        from ..core.weights.files import check_optimizer_files
+
+        check_optimizer_files(args.resume, args.out)
     sequences = find_sequences(args.data, span=args.span)
     ndims = sequences[0].frames.geometry.ndim
     frames = [s.frames.data.shape[0] for s in sequences]
@@ -46,9 +53,9 @@ def cmd_train_modiff(args: argparse.Namespace) -> int:
           f"{', '.join(map(str, args.data))}; model {config.ablation()}, frames {config.min_frames}-"
           f"{config.max_frames}; stages {', '.join(stages)} on {device}", file=sys.stderr)
     events = train_modiff(
-        sequences, args.out, steps=_per_stage(args.steps), stages=stages, config=config, resume=args.resume,
-        init=args.init, seed=args.seed, device=device, lr=_per_stage(args.lr, float),
-        batch=_per_stage(args.batch), save_every=args.save_every, overwrite=args.overwrite,
+        sequences, args.out, steps=steps, stages=stages, config=config, resume=args.resume,
+        init=args.init, seed=args.seed, device=device, lr=lr,
+        batch=batch, save_every=args.save_every, overwrite=args.overwrite,
     )
     _progress(events, desc="train modiff")
     print(f"wrote {args.out}")
@@ -80,7 +87,7 @@ def cmd_generate_modiff(args: argparse.Namespace) -> int:
     from ..core.io import Volume, write_volume
     from ..core.modiff.generate import generate_modiff
 
-    _check_outputs([args.out, args.fields_out], args.overwrite)
+    _check_outputs([args.out, args.fields_out], args.overwrite, inputs=[args.first])
     first = _first_frame(args)
     dt = None  # the forecast's frame spacing is the model's, not the input cine's
     device = choose_device_name(args.device)
@@ -126,7 +133,7 @@ def cmd_evaluate_modiff(args: argparse.Namespace) -> int:
     from ..core.modiff.data import find_sequences
     from ..core.modiff.evaluate import CaseResult, evaluate_modiff, format_table, summarize, write_csv
 
-    _check_outputs([args.csv], args.overwrite)
+    _check_outputs([args.csv], args.overwrite, inputs=[*args.data])
     sequences = find_sequences(args.data, span=args.span)
     if args.cases:
         sequences = sequences[: args.cases]

@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Iterable
 
-from ..core.errors import InputError, OutputExistsError
+from ..core.errors import InputError
+from .paths import check_outputs
 
 
 def _progress(events: Iterable, *, desc: str):
@@ -51,10 +52,37 @@ def _per_stage(text: str | None, kind=int) -> dict:
     return out
 
 
-def _check_outputs(paths, overwrite: bool) -> None:
-    for p in paths:
-        if p is not None and p.exists() and not overwrite:
-            raise OutputExistsError(f"{p} already exists; choose another name or pass --overwrite.")
+def _check_outputs(paths, overwrite: bool, inputs=()) -> None:
+    """Outputs exist only with --overwrite, never collide, never replace an input (see paths.py)."""
+    check_outputs(paths, inputs, overwrite=overwrite)
+
+
+SEED_LIMIT = 2**63  # torch and numpy take seeds below this
+
+
+def seed_type(text: str) -> int:
+    """argparse type of every --seed: an integer 0 <= seed < 2**63."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"seed must be 0 <= seed < 2**63, got {text}")
+    return value
+
+
+def bounded_int(low: int, high: int):
+    """argparse type: an integer in low..high (both included)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
+        return value
+    parse.__name__ = f"integer {low}..{high}"
+    return parse
 
 
 def _table_and_csv(table: str, results: list, write_csv, csv, overwrite: bool) -> int:
@@ -69,5 +97,5 @@ def _table_and_csv(table: str, results: list, write_csv, csv, overwrite: bool) -
 def _run_options(p: argparse.ArgumentParser) -> None:
     """--device, --seed and --overwrite, shared by the model commands."""
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0, help="0 <= seed < 2**63")
     p.add_argument("--overwrite", action="store_true", help="allow replacing existing outputs")

@@ -6,12 +6,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from .progress import _progress
+from ..core.errors import InputError
+from .paths import check_name, check_outputs
+from .progress import SEED_LIMIT, _progress, bounded_int, seed_type
+
+MAX_FRAMES = 512  # a phantom cine of more frames is refused before allocating it
+MAX_CASES = 10000
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
     from ..core.phantom.dataset import write_phantom_dataset
 
+    check_name(args.out)
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"{args.out} is a file; phantom writes a folder of patients.")
+    if args.seed + args.cases > SEED_LIMIT:
+        raise InputError(f"--seed {args.seed} with --cases {args.cases}: the cases' seeds would pass 2**63.")
     events = write_phantom_dataset(
         args.out, cases=args.cases, seed=args.seed, kind=args.kind, two_d=args.two_d,
         frames=args.frames, image_dtype=args.dtype, fields=args.fields, overwrite=args.overwrite,
@@ -54,6 +64,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..core.io import read_volume, write_volume
 
+    check_outputs([args.output], [args.input], overwrite=args.overwrite)
     as_labels = True if args.labels else (False if args.image else None)
     volume = read_volume(args.input, as_labels=as_labels)
     for w in volume.warnings:
@@ -74,11 +85,13 @@ def add_commands(sub) -> None:
     """phantom, info, convert and device, on the top-level subparsers."""
     p = sub.add_parser("phantom", help="write a seeded phantom dataset in the ACDC folder layout")
     p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
-    p.add_argument("--cases", type=int, default=1, help="number of patients (seed, seed+1, ...)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", type=bounded_int(1, MAX_CASES), default=1,
+                   help=f"number of patients (seed, seed+1, ...), at most {MAX_CASES}")
+    p.add_argument("--seed", type=seed_type, default=0, help="0 <= seed < 2**63")
     p.add_argument("--kind", choices=["cardiac", "lung"], default="cardiac")
     p.add_argument("--2d", dest="two_d", action="store_true", help="2D+t: one slice over time")
-    p.add_argument("--frames", type=int, default=None, help="frames per cycle")
+    p.add_argument("--frames", type=bounded_int(2, MAX_FRAMES), default=None,
+                   help=f"frames per cycle (2..{MAX_FRAMES})")
     p.add_argument("--dtype", choices=["float32", "uint16"], default="float32",
                    help="image storage: float32 (exact) or uint16 (scanner-like, ~3x smaller)")
     p.add_argument("--no-fields", dest="fields", action="store_false",

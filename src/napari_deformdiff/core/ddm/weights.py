@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..nn.config_json import read_config
 from ..weights.files import load_strict, read_state, save_safetensors
 from ..weights.resolve import resolve
 from ..errors import InputError
@@ -57,7 +58,7 @@ def load_ddm(weights: str | Path | None = None, *, ndims: int | None = None,
             raise InputError(
                 f"{path.name} is a checkpoint of another model ({meta.get('model', 'unknown')}), not DDM."
             )
-        config = DDMConfig.from_json(meta["config"])
+        config = read_config(DDMConfig, meta, path.name)
         if field_concat_of(meta, path.name) == OLD_FIELD_CONCAT:
             state = skip_first_from_up_first(state)
     else:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..nn.config_json import check_sizes
 from ..weights.files import load_strict, read_state, save_safetensors
 from ..weights.resolve import resolve
 from ..errors import InputError
@@ -73,10 +74,13 @@ def load_drdm(weights: str | Path | None = None, *, ndims: int,
             raise InputError(f"{path.name} is a checkpoint of another model ({model_name}), not DRDM.")
         try:
             cfg = json.loads(raw["config"])
+            check_sizes(cfg, path.name)
             meta = DRDMMeta(int(cfg["ndims"]), tuple(cfg["grid"]), int(cfg.get("steps", 80)),
                             raw.get("name", name), raw.get("source", str(path)), int(cfg.get("embed_dim", 100)))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise InputError(f"{path.name}: unreadable DRDM metadata ({exc}).") from None
+        except InputError:
+            raise
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise InputError(f"{path.name}: unreadable DRDM metadata ({exc!r}).") from None
     else:
         meta = _authors_meta(state, path, name)
     if ndims is not None and meta.ndims != ndims:

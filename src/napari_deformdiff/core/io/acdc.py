@@ -49,13 +49,26 @@ def read_info(folder: Path) -> dict[str, str]:
 
 
 def frame_number(info: dict[str, str], key: str, folder: Path) -> int:
+    """A 1-based frame number: an integer (12 or 12.0), within 1..NbFrame when NbFrame is given."""
+    text = info.get(key)
     try:
-        return int(float(info[key]))
-    except (KeyError, ValueError):
+        value = float(text)
+        number = int(value) if value.is_integer() else None
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or number < 1:
         raise InputError(
             f"{folder.name}/{INFO_FILE}: no valid '{key}:' frame number "
-            f"(found {info.get(key)!r})."
-        ) from None
+            f"(found {text!r}; expected an integer from 1)."
+        )
+    nb = info.get("NbFrame")
+    try:
+        nb_value = float(nb) if nb is not None else None
+    except ValueError:
+        nb_value = None
+    if nb_value is not None and nb_value.is_integer() and number > nb_value:
+        raise InputError(f"{folder.name}/{INFO_FILE}: {key}: {text} is outside 1..NbFrame ({nb}).")
+    return number
 
 
 def read_acdc_patient(folder: str | Path) -> AcdcPatient:

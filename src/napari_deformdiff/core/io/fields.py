@@ -186,6 +186,9 @@ def read_displacement(path) -> tuple[np.ndarray, Geometry]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path.name}: no such file ({path}).")
+    from .itk import check_data_files
+
+    check_data_files(path)
     try:
         with _readable_name(path) as name:
             image = sitk.ReadImage(name)

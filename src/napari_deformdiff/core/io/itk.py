@@ -6,6 +6,8 @@ are converted by Geometry.from_itk. A 4D image is a time series of 3D volumes.
 
 from __future__ import annotations
 
+import contextvars
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,64 @@ from .volume import Volume, as_label_array, check_values, decide_labels
 
 SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom")
 WRITE_SUFFIXES = (".nrrd", ".mha")
+HEADER_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+HEADER_BYTES = 1 << 16  # headers are text at the start of the file; voxels follow in .mha/.nrrd
+
+# True lets a header's data file lie outside the header's folder (CLI --allow-external-data).
+ALLOW_EXTERNAL_DATA = contextvars.ContextVar("allow_external_data", default=False)
+
+
+def header_data_files(path: Path) -> list[str]:
+    """The data file names a MetaImage or NRRD header refers to ([] for data in the file itself)."""
+    with open(path, "rb") as fh:
+        text = fh.read(HEADER_BYTES).decode("latin-1")
+    lines = text.splitlines()
+    nrrd = lines[:1] and lines[0].startswith("NRRD")
+    for k, line in enumerate(lines):
+        if nrrd:
+            if not line.strip():  # end of the NRRD header
+                break
+            key, sep, value = line.partition(":")
+            if not sep or key.strip().lower() not in ("data file", "datafile"):
+                continue
+        else:
+            key, sep, value = line.partition("=")
+            if not sep or key.strip() != "ElementDataFile":
+                continue
+        value = value.lstrip("=").strip()
+        first = value.split()[0] if value.split() else ""
+        if first.upper() == "LIST":
+            return [ln.strip() for ln in lines[k + 1:] if ln.strip()]
+        if not nrrd and first.upper() in ("LOCAL", ""):
+            return []
+        return [first if "%" in first else value]  # a printf pattern: its first word is the names' form
+    return []
+
+
+def check_data_files(path: Path) -> None:
+    """A header's data files must lie in its folder or below, unless ALLOW_EXTERNAL_DATA."""
+    if path.suffix.lower() not in HEADER_SUFFIXES or ALLOW_EXTERNAL_DATA.get():
+        return
+    try:
+        names = header_data_files(path)
+    except OSError:
+        return  # SimpleITK reports the unreadable file
+    top = os.path.realpath(path.parent)
+    for name in names:
+        real = os.path.realpath(os.path.join(path.parent, name))
+        if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+            raise InputError(
+                f"{path.name}: its header names the data file {name[:120]!r}, outside the header's folder "
+                f"({path.parent}); refused so that a header cannot pull in unrelated files. Move the data "
+                "beside the header, or pass --allow-external-data if you trust this header."
+            )
 
 
 def read_itk(path: str | Path, *, as_labels: bool | None = None) -> Volume:
     import SimpleITK as sitk
 
     path = Path(path)
+    check_data_files(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

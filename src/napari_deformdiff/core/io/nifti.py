@@ -24,10 +24,12 @@ def read_nifti(path: str | Path, *, as_labels: bool | None = None) -> Volume:
     """Voxels with nibabel, geometry and intensity scaling decided as ITK does."""
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
 
     path = Path(path)
     try:
-        with np.errstate(invalid="ignore", over="ignore"):  # nibabel's affine of a bad header
+        # nibabel's affine of a bad header; its log lines would repeat our message
+        with np.errstate(invalid="ignore", over="ignore"), nib.imageglobals.LoggingOutputSuppressor():
             img = nib.load(str(path))
         if not isinstance(img, nib.analyze.AnalyzeImage):  # e.g. CIFTI-2, also .nii
             raise InputError(
@@ -38,6 +40,11 @@ def read_nifti(path: str | Path, *, as_labels: bool | None = None) -> Volume:
         header = _unchecked_header(img)
     except InputError:
         raise
+    except HeaderDataError as exc:
+        if "data code 1 " in f"{exc} ":
+            raise InputError(f"{path.name}: a 1-bit (NIfTI datatype 1, DT_BINARY) image; it is not supported: "
+                             "save the mask as uint8 (datatype 2).") from exc
+        raise InputError(f"{path.name}: invalid NIfTI header: {exc}") from exc
     except (ImageFileError, EOFError, OSError, ValueError, AttributeError) as exc:
         raise InputError(
             f"{path.name}: not a readable NIfTI file (truncated or corrupt?): {exc}"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..nn.config_json import read_config
 from ..weights.files import load_strict, read_state, save_safetensors
 from ..weights.resolve import resolve
 from ..errors import InputError
@@ -25,7 +26,7 @@ def load_modiff(weights: str | Path | None = None, *, ndims: int | None = None,
         raise InputError(f"{path.name} is not a Mo-Diff checkpoint (it holds "
                          f"{meta.get('model') or 'weights of an unknown model'}); pick a file written by "
                          "`deformdiff train modiff`.")
-    config = ModiffConfig.from_json(meta["config"])
+    config = read_config(ModiffConfig, meta, path.name)
     if ndims is not None and config.ndims != ndims:
         raise InputError(f"{path.name} holds a {config.ndims}D Mo-Diff model but the image is {ndims}D; "
                          f"pick {ndims}D weights (or the default).")

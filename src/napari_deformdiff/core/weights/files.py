@@ -87,3 +87,21 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], model_n
     if missing or unexpected or shapes:
         raise InputError(describe_mismatch(model_name, path, missing, unexpected, shapes))
     module.load_state_dict(state, strict=True)
+
+
+def check_optimizer_files(*checkpoints) -> None:
+    """The `<checkpoint>.optim.pt` side files a resume will read must hold an optimizer state."""
+    for ckpt in checkpoints:
+        if ckpt is None:
+            continue
+        side = Path(ckpt).with_name(Path(ckpt).name + ".optim.pt")
+        if not side.is_file():
+            continue
+        try:
+            state = torch.load(str(side), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises several kinds for a damaged file
+            raise InputError(f"{side.name}: the optimizer state beside the checkpoint is unreadable "
+                             f"({type(exc).__name__}); delete it to resume with a fresh optimizer.") from None
+        if not isinstance(state, dict):
+            raise InputError(f"{side.name}: not an optimizer state ({type(state).__name__}); delete it to "
+                             "resume with a fresh optimizer.")
