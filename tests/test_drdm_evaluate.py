@@ -24,6 +24,7 @@ from napari_deformdiff.core.drdm.elastic_baselines import (
 from napari_deformdiff.core.drdm.evaluate import (
     FORWARD,
     PAPER_TABLE1,
+    FOLD_FREE,
     RECOVERED,
     Row,
     evaluate_drdm,
@@ -171,19 +172,22 @@ def tiny():
 
 
 def test_table_numbers_recomputed_independently(tiny):
-    from napari_deformdiff.core.drdm.generate import deform_instance
+    from napari_deformdiff.core.drdm.generate import deform_instance, fold_free_field
 
     model, meta, images = tiny
     levels, samples = (3, 6), 3
     results = list(evaluate_drdm(images, model=model, meta=meta, levels=levels, samples=samples, seed=7))
     rows = [r for r in results if not hasattr(r, "total")]
-    assert len(rows) == len(levels) * samples * 2
+    assert len(rows) == len(levels) * samples * 3  # forward, recovered, fold-free
     for level in levels:
         for i in range(samples):
-            frames = [e for e in deform_instance(images[i % 2], level, model=model, meta=meta, seed=7 + i)
-                      if isinstance(e, Frame)]
+            frames = [e for e in deform_instance(images[i % 2], level, model=model, meta=meta, seed=7 + i,
+                                                 fold_free=False) if isinstance(e, Frame)]
             fwd = np_stats(frames[0].field)
             rec = np_stats(frames[-1].field)
+            fixed = np_stats(fold_free_field(torch.from_numpy(frames[-1].field)[None])[0].numpy())
+            got_x = next(r for r in rows if (r.level, r.method, r.sample) == (level, FOLD_FREE, i))
+            assert (got_x.max_pct, got_x.mean_pct, got_x.folding_permille) == pytest.approx(fixed, rel=1e-4, abs=1e-6)
             got_f = next(r for r in rows if (r.level, r.method, r.sample) == (level, FORWARD, i))
             got_r = next(r for r in rows if (r.level, r.method, r.sample) == (level, RECOVERED, i))
             assert (got_f.max_pct, got_f.mean_pct, got_f.folding_permille) == pytest.approx(fwd, rel=1e-4, abs=1e-6)
@@ -210,8 +214,8 @@ def test_compare_tunes_each_baseline_to_drdm(tiny, tmp_path):
     results = [r for r in evaluate_drdm(images, model=model, meta=meta, levels=(4,), samples=2, seed=1, compare=True)
                if not hasattr(r, "total")]
     table = {r.method: r for r in summarize(results)}
-    assert set(table) == {FORWARD, RECOVERED, "TorchIO RandomElasticDeformation", "MONAI Rand2DElastic"}
-    target = table[RECOVERED].mean_pct[0]
+    assert set(table) == {FORWARD, RECOVERED, FOLD_FREE, "TorchIO RandomElasticDeformation", "MONAI Rand2DElastic"}
+    target = table[FOLD_FREE].mean_pct[0]  # the baselines match what exports write
     for name in ("TorchIO RandomElasticDeformation", "MONAI Rand2DElastic"):
         assert table[name].mean_pct[0] == pytest.approx(target, rel=0.01)
         assert table[name].magnitude > 0 and table[name].seconds[0] > 0
@@ -246,9 +250,11 @@ def test_cli_prints_the_table_and_writes_the_csv(tiny, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert RECOVERED in out and "paper Table 1" in out  # level 30 has the paper's row
-    assert len(csv_path.read_text().splitlines()) == 1 + 2 * 2 * 2
+    assert FOLD_FREE in out and len(csv_path.read_text().splitlines()) == 1 + 2 * 2 * 3
     assert main(argv) == 2  # the csv exists: not overwritten
     assert "already exists" in capsys.readouterr().err
+    assert main([*argv, "--allow-folding", "--overwrite"]) == 0
+    assert FOLD_FREE not in capsys.readouterr().out and len(csv_path.read_text().splitlines()) == 1 + 2 * 2 * 2
     assert main(["evaluate", "drdm", "--weights", str(weights), "--levels", "3,x"]) == 2
 
 

@@ -12,6 +12,8 @@ recover.deform_instance (Algorithm 2) and writes its files into the output folde
 
 <id> is "<case>_L<level, 2 digits>_s<sample, 3 digits>". Every file has the input's grid and
 geometry (spacing, origin, direction); fields are ITK displacement fields (mm, see core/field_io.py).
+Every field is fold-free unless settings.fold_free is False (generate.py; the manifest's fold_free
+column says which, 1 or 0).
 
 Seeds. Unit (case, level, sample) uses
     numpy.random.SeedSequence(seed, spawn_key=(crc32(case name), level, sample, role))
@@ -54,13 +56,13 @@ PRECISIONS = ("float32", "bfloat16")  # = models.drdm_bf16.PRECISIONS, repeated 
 MAX_SAMPLES = 10_000
 STAT_COLUMNS = ("max_mm", "mean_mm", "max_pct", "mean_pct", "folding_pct")
 _COMMON = ("id", "case", "source", "level", "sample", "seed")
-_PROVENANCE = ("loop", "weights", "precision")
+_PROVENANCE = ("loop", "weights", "precision", "fold_free")
 COLUMNS = {
     "augment": (*_COMMON, "image", "labels", "field", *STAT_COLUMNS, *_PROVENANCE),
     "pairs": (*_COMMON, "syn_level", "syn_seed", "moving", "fixed", "moving_labels", "fixed_labels", "field",
               *STAT_COLUMNS, *_PROVENANCE),
 }
-INT_COLUMNS = ("level", "sample", "seed", "syn_level", "syn_seed")
+INT_COLUMNS = ("level", "sample", "seed", "syn_level", "syn_seed", "fold_free")
 
 
 # --------------------------------------------------------------------------- settings and plan
@@ -119,6 +121,7 @@ class ExportSettings:
     fmt: str = ".nii.gz"
     manifest: str = "csv"
     precision: str = "float32"  # of the recovery network's passes (see recover.py)
+    fold_free: bool = True  # False: the authors' fields, which may fold
 
     def __post_init__(self):
         object.__setattr__(self, "levels", parse_levels(self.levels))
@@ -137,6 +140,9 @@ class ExportSettings:
             if self.mode != "pairs":
                 raise InputError("a synthesis level (syn_level) only applies to registration pairs (mode 'pairs').")
             parse_levels(int(self.syn_level))
+        if not isinstance(self.fold_free, (bool, np.bool_)):
+            raise InputError(f"fold_free must be True or False, got {self.fold_free!r}.")
+        object.__setattr__(self, "fold_free", bool(self.fold_free))
         if not 0 <= int(self.seed) < 2**63:
             raise InputError(f"seed must be a non-negative integer, got {self.seed}.")
 
@@ -337,10 +343,13 @@ def prepare_output(out_dir: str | Path, units: Sequence[Unit], settings: ExportS
             if unit is None or row.get("seed") != unit.seed or row.get("loop") != settings.loop or (
                     row.get("precision") or "float32") != settings.precision or (
                     unit.syn_seed is not None and row.get("syn_seed") != unit.syn_seed) or (
-                    unit.syn_level is not None and row.get("syn_level") != unit.syn_level):
+                    unit.syn_level is not None and row.get("syn_level") != unit.syn_level) or (
+                    # exports from before the column were not repaired
+                    bool(row.get("fold_free") or 0) != settings.fold_free):
                 raise InputError(
                     f"{manifest} lists sample {row.get('id')!r} made with other settings (levels, samples, "
-                    "seed, mode, loop or precision); resume with the same settings, or use another folder."
+                    "seed, mode, loop, precision or fold-free); resume with the same settings, or use another "
+                    "folder."
                 )
             files = [row[c] for c in COLUMNS[settings.mode] if c in unit_files(unit, settings, True) and row.get(c)]
             if all((out / f).is_file() for f in files):
@@ -406,7 +415,7 @@ def _instance_field(image: Volume, level: int, seed: int, *, model, meta, settin
 
     last = None
     for event in deform_instance(image, level, model=model, meta=meta, seed=seed, loop=settings.loop, device=device,
-                                 precision=settings.precision):
+                                 precision=settings.precision, fold_free=settings.fold_free):
         if isinstance(event, Progress) and event.stage == "compile":
             yield Progress(index, total, f"{what}: {event.message}", "samples")
         if isinstance(event, Frame):
@@ -478,7 +487,8 @@ def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Pa
     row: dict[str, Any] = {"id": unit.id, "case": case.name, "source": case.source or case.name,
                            "level": unit.level, "sample": unit.sample, "seed": unit.seed,
                            "syn_level": unit.syn_level, "syn_seed": unit.syn_seed, **files,
-                           "loop": settings.loop, "weights": weights_name, "precision": settings.precision}
+                           "loop": settings.loop, "weights": weights_name, "precision": settings.precision,
+                           "fold_free": int(settings.fold_free)}
     row.update(_field_stats(field, image.geometry.spacing))
     row = {k: _format_value(k, v) for k, v in row.items()}
     _write_unit_files(out, files, arrays, field, case, overwrite)

@@ -11,6 +11,11 @@ intensities and geometry.
 Loops: "paper" runs t = T', ..., 1 (the paper); "authors" always runs t = steps-1, ..., 0 whatever
 T' is (the authors' script). The network's time index for step t is min(t, steps - 1).
 
+Fold-free (default): the final field, on the input grid, goes through spatial.repair_folding so
+that det(I + grad u) > MIN_DET everywhere (the authors' recovery folds 1-6 % of pixels at levels
+48-50); the field changes only around its folds. fold_free=False gives the authors' field bit for bit.
+Only the last Frame is repaired: the intermediate ones show the plain recovery.
+
 Precision: "float32" (default), or "bfloat16" for the network's passes (models/drdm_bf16.py; the
 fields are composed and images resampled in float32 either way).
 """
@@ -35,6 +40,12 @@ from .forward import MAX_LEVEL, sample_forward
 from .weights import DRDMMeta, load_drdm
 
 LOOPS = ("paper", "authors")
+MIN_DET = 0.05  # the repaired field's smallest Jacobian determinant (margin above 0)
+
+
+def fold_free_field(field: torch.Tensor) -> torch.Tensor:
+    """The exported field (B, n, *S) in input voxels without folds (see the module's docstring)."""
+    return spatial.repair_folding(field, min_det=MIN_DET)
 
 
 def recovery_times(level: int, loop: str, steps: int) -> list[int]:
@@ -158,14 +169,15 @@ def _recover(data, level, model, meta, grid, times, dev, seed) -> Iterator[tuple
 
 def deform_instance(image: Volume | np.ndarray, level: int, *, model: RecResACNet | None = None,
                     meta: DRDMMeta | None = None, labels=None, seed: int = 0, loop: str = "paper",
-                    device="cpu", spacing=None, weights: str | Path | None = None, precision: str = "float32"
-                    ) -> Iterator[Progress | Frame]:
+                    device="cpu", spacing=None, weights: str | Path | None = None, precision: str = "float32",
+                    fold_free: bool = True) -> Iterator[Progress | Frame]:
     """Algorithm 2, streamed: a Plan, Progress, then Frame 0 (the forward-deformed image) and one Frame per step.
 
     Frame.image: the original image (input grid, float32) resampled through the accumulated field;
     Frame.field: that field (n, *S) in input voxels; info {"t", "level", "loop", "seed"}. The last
     Frame carries the labels warped with nearest sampling (values kept). Without `model`, the
-    weights are loaded with load_drdm(weights, ndims=image's). `precision`: see the module's docstring.
+    weights are loaded with load_drdm(weights, ndims=image's). `precision`, `fold_free`: see the
+    module's docstring (info["fold_free"] says whether the Frame's field was repaired).
     """
     data, lab, model, meta, grid, times, dev = _prepare(image, level, model, meta, labels, loop, device,
                                                         spacing, weights, precision)
@@ -182,18 +194,22 @@ def deform_instance(image: Volume | np.ndarray, level: int, *, model: RecResACNe
     for index, (t, phi) in enumerate(_recover(data, level, model, meta, grid, times, dev, seed)):
         with torch.inference_mode():
             field = to_input(phi)
+            last = index == total - 1
+            if fold_free and last:
+                field = fold_free_field(field)
             frame = spatial.warp(src, field, padding_mode="border")[0, 0].cpu().numpy()
             warped_labels = None
-            if lab_t is not None and index == total - 1:
+            if lab_t is not None and last:
                 warped_labels = spatial.warp(lab_t, field, mode="nearest", padding_mode="border")[0, 0].cpu().numpy()
             info = {"method": "drdm", "t": int(t), "level": int(level), "loop": loop, "seed": int(seed),
-                    "forward": index == 0}
+                    "forward": index == 0, "fold_free": bool(fold_free and last)}
             yield Frame(index, total, frame, field[0].cpu().numpy(), warped_labels, info)
 
 
 def instance_field(image: Volume | np.ndarray, level: int, *, model: RecResACNet | None = None,
                    meta: DRDMMeta | None = None, seed: int = 0, loop: str = "paper", device="cpu",
-                   spacing=None, weights: str | Path | None = None, precision: str = "float32") -> np.ndarray:
+                   spacing=None, weights: str | Path | None = None, precision: str = "float32",
+                   fold_free: bool = True) -> np.ndarray:
     """The final field of deform_instance (n, *S) in input voxels, without making the frames."""
     data, _, model, meta, grid, times, dev = _prepare(image, level, model, meta, None, loop, device,
                                                       spacing, weights, precision)
@@ -201,4 +217,5 @@ def instance_field(image: Volume | np.ndarray, level: int, *, model: RecResACNet
     for _, phi in _recover(data, level, model, meta, grid, times, dev, seed):
         pass
     with torch.inference_mode():
-        return _field_to_input(grid)(phi)[0].cpu().numpy()
+        field = _field_to_input(grid)(phi)
+        return (fold_free_field(field) if fold_free else field)[0].cpu().numpy()
