@@ -79,8 +79,20 @@ class RoleDefaults:
     def __init__(self, viewer, picks):
         self.viewer, self.picks = viewer, list(picks)
         self._auto = {id(combo): _name(combo.value) for combo, _, _ in self.picks}
+        self._busy = False
+        for anchor in {id(a): a for _, _, a in self.picks if a is not None}.values():
+            anchor.changed.connect(lambda *_: self.apply())  # e.g. target follows the source's patient
 
     def apply(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            self._apply()
+        finally:
+            self._busy = False
+
+    def _apply(self) -> None:
         from .._layers import acdc_tag, role_layer
 
         for combo, role, anchor in self.picks:
