@@ -48,7 +48,7 @@ class DDMWidget(GeneratorWidget):
                                               (self.labels, "ED labels", self.source),
                                               (self.target_labels, "ES labels", self.target)])
         self.defaults.apply()
-        follow_layer_list(self, viewer, self.defaults.apply)
+        follow_layer_list(self, viewer, self.defaults)
         self._run = None
 
     def _inputs(self):

@@ -63,7 +63,7 @@ class DRDMWidget(GeneratorWidget):
         self._export_total = 0
         self.defaults = RoleDefaults(viewer, [(self.image, "ED", None), (self.labels, "ED labels", self.image)])
         self.defaults.apply()
-        follow_layer_list(self, viewer, self.defaults.apply)
+        follow_layer_list(self, viewer, self.defaults)
 
     # ------------------------------------------------------------------ inputs
 

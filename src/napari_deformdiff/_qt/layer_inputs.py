@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,13 +52,14 @@ def chosen_file(file_edit) -> Path | None:
     return None if value is None or str(value) in ("", ".") else Path(value)
 
 
-def follow_layer_list(widget, viewer, after=None) -> None:
-    """Refresh the widget's layer choices whenever a layer is added or removed, then call `after`."""
+def follow_layer_list(widget, viewer, defaults: RoleDefaults | None = None) -> None:
+    """Refresh the widget's layer choices whenever a layer is added or removed (and its defaults)."""
 
     def refresh(_event):
-        widget.reset_choices()
-        if after is not None:
-            after()
+        if defaults is None:
+            widget.reset_choices()
+        else:
+            defaults.refresh(widget)
 
     for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
         event.connect(refresh)
@@ -71,40 +73,57 @@ class RoleDefaults:
     """Preselects ACDC roles in layer pickers and follows newly added patients.
 
     `picks`: (combo, role, anchor) with anchor a combo whose chosen layer's patient the role is
-    taken from (None: the newest patient). A picker keeps a choice the user made: it is only
-    changed while it still shows what was last set here (compared by name: the widgets see
-    proxies of the layers).
+    taken from (None: the newest patient). A picker the user set keeps that layer while it exists;
+    changes made here or by a refresh of the choices do not count as the user's.
     """
 
     def __init__(self, viewer, picks):
         self.viewer, self.picks = viewer, list(picks)
-        self._auto = {id(combo): _name(combo.value) for combo, _, _ in self.picks}
-        self._busy = False
+        self._user: dict[int, str | None] = {}  # id(combo) -> the layer name the user chose
+        self._internal = False
+        for combo, _, _ in self.picks:
+            combo.changed.connect(lambda value, combo=combo: self._changed(combo, value))
         for anchor in {id(a): a for _, _, a in self.picks if a is not None}.values():
             anchor.changed.connect(lambda *_: self.apply())  # e.g. target follows the source's patient
 
-    def apply(self) -> None:
-        if self._busy:
-            return
-        self._busy = True
-        try:
+    def _changed(self, combo, value) -> None:
+        if not self._internal:
+            self._user[id(combo)] = _name(value)
+
+    def refresh(self, widget) -> None:
+        """The widget's reset_choices, then the defaults (as one change not made by the user)."""
+        with self._inside():
+            widget.reset_choices()
             self._apply()
+
+    def apply(self) -> None:
+        if not self._internal:
+            with self._inside():
+                self._apply()
+
+    @contextmanager
+    def _inside(self):
+        self._internal, before = True, self._internal
+        try:
+            yield
         finally:
-            self._busy = False
+            self._internal = before
 
     def _apply(self) -> None:
         from .._layers import acdc_tag, role_layer
 
         for combo, role, anchor in self.picks:
-            if _name(combo.value) != self._auto[id(combo)]:
-                continue  # the user chose
+            if id(combo) in self._user:
+                choices = [_name(c) for c in combo.choices]
+                if self._user[id(combo)] in choices:
+                    continue  # the user chose, and that layer is still there
+                del self._user[id(combo)]
             patient = acdc_tag(anchor.value).get("patient") if anchor is not None and anchor.value else None
             found = role_layer(self.viewer.layers, role, patient)
             if found is not None:
                 combo.value = found
             elif patient is not None and None in combo.choices:
                 combo.value = None  # e.g. no labels for this patient
-            self._auto[id(combo)] = _name(combo.value)
 
 
 def compact(*combos, chars: int = 14) -> None:

@@ -71,7 +71,7 @@ class ModiffWidget(GeneratorWidget):
         self._quality = ("", None)
         self.defaults = RoleDefaults(viewer, [(self.first, "ED", None)])
         self.defaults.apply()
-        follow_layer_list(self, viewer, self.defaults.apply)
+        follow_layer_list(self, viewer, self.defaults)
         self.first.changed.connect(self.update_frame_range)
         self.weights.changed.connect(self.update_frame_range)
         self.update_frame_range()
