@@ -133,7 +133,8 @@ class DRDMWidget(GeneratorWidget):
         name = f"DRDM {short_label(inputs_shown[0])} level {unit.level}"
         provenance = {"method": "DRDM", "image": inputs_shown[0].name,
                       "labels": inputs_shown[1].name if inputs_shown[1] is not None else None,
-                      "weights": self._weights_text(weights), "seed": unit.seed, "level": unit.level,
+                      "weights": self._weights_text(weights), "seed": settings.seed, "sample_seed": unit.seed,
+                      "level": unit.level,
                       "loop": settings.loop, "precision": settings.precision, "device": device,
                       "time_series_frame": self.use_slider.value}
         self._provenance = provenance
