@@ -142,8 +142,9 @@ class ModiffWidget(GeneratorWidget):
                 self.made = event.index + 1
                 if self.made == frames:
                     self.forecast.show(final, name)
-            if not hidden and self.forecast.layer is not None:
-                hidden.append(self._hide(layer))
+            if not hidden and self.forecast.layer is not None:  # hide the input once, under the first preview
+                self._hide(layer)
+                hidden.append(True)
 
         return self._stream(
             lambda: generate_modiff(first, frames=frames, steps=steps, sampler=sampler, seed=seed, model=model),
