@@ -6,10 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    PushButton,
+    SpinBox,
+)
 
-from .layer_inputs import compact
 from .._layers import field_of, is_result, layer_attributes, layer_to_volume
+from .layer_inputs import compact
 
 if TYPE_CHECKING:
     import napari
@@ -83,9 +90,9 @@ class ExportWidget(Container):
         from napari.layers import Labels
         from napari.utils import progress
 
-        from ..core.io.cine import MovieWriter, pingpong
         from ..core.io import write_volume
         from ..core.io.atomic import split_suffix
+        from ..core.io.cine import MovieWriter, pingpong
 
         path = Path(self.cine_path.value)
         frames = layer.data.shape[0]

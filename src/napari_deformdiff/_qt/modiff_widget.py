@@ -78,9 +78,8 @@ class ModiffWidget(GeneratorWidget):
 
     def update_frame_range(self, *_args) -> None:
         """The frame count's range from the chosen model's config (left as is while it cannot be read)."""
-        from ..core.modiff.weights import frame_range
-
         from .._layers import layer_attributes, layer_to_volume
+        from ..core.modiff.weights import frame_range
 
         try:
             ndims = None
