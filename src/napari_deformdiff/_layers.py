@@ -201,3 +201,60 @@ def field_vectors_layer_data(
 def derived_layer_kwargs(geometry: Geometry, name: str, **kwargs: Any) -> dict[str, Any]:
     """kwargs for an overlay layer (T, *S) that must sit exactly on the frames it describes."""
     return {"name": name, **layer_transform(geometry, has_time=True), **kwargs}
+
+
+# --- ACDC roles, provenance and short names of results ---------------------------------------
+# The reader tags ACDC layers with metadata["deformdiff"]["metadata"]["acdc"] =
+# {"patient", "role" (cine / ED / ES / ED labels / ES labels), "group"}; the pickers preselect
+# by role. Results keep their full provenance in metadata["deformdiff"]["provenance"].
+
+ACDC_ROLES = ("cine", "ED", "ES", "ED labels", "ES labels")
+SHORT_NAME = 24  # characters of a layer name kept in a result's short name
+
+
+def _entry(layer) -> dict[str, Any]:
+    return (getattr(layer, "metadata", None) or {}).get(META_KEY) or {}
+
+
+def acdc_tag(layer) -> dict[str, Any]:
+    """{"patient", "role", "group"} of a layer the reader made from an ACDC folder, else {}."""
+    return dict((_entry(layer).get("metadata") or {}).get("acdc") or {})
+
+
+def role_layer(layers, role: str, patient: str | None = None):
+    """The newest (top-most) layer with this ACDC role, of `patient` when given; None if none."""
+    for layer in reversed(list(layers)):
+        tag = acdc_tag(layer)
+        if tag.get("role") == role and (patient is None or tag.get("patient") == patient):
+            return layer
+    return None
+
+
+def is_phantom(layer) -> bool:
+    """Whether a layer shows a phantom: the sample data (source "phantom:..."), a phantom dataset
+    read from disk (Info.cfg Group "PHANTOM-..."), or a name that says "phantom"."""
+    entry = _entry(layer)
+    return (str(entry.get("source", "")).startswith("phantom")
+            or str(acdc_tag(layer).get("group", "")).upper().startswith("PHANTOM")
+            or "phantom" in str(getattr(layer, "name", "")).lower())
+
+
+def short_label(layer) -> str:
+    """The ACDC role of a layer ("ED"), else its name cut to SHORT_NAME characters."""
+    role = acdc_tag(layer).get("role")
+    if role:
+        return role
+    name = str(layer.name)
+    return name if len(name) <= SHORT_NAME else name[: SHORT_NAME - 1] + "…"
+
+
+def set_provenance(meta: dict[str, Any], provenance: dict[str, Any]) -> None:
+    meta.setdefault(META_KEY, {})["provenance"] = dict(provenance)
+
+
+def provenance_of(layer) -> dict[str, Any] | None:
+    return _entry(layer).get("provenance")
+
+
+def is_result(layer) -> bool:
+    return provenance_of(layer) is not None

@@ -32,6 +32,7 @@ def read_layers(path: str | list[str]) -> list[tuple]:
                 continue
             if is_acdc_folder(p):  # show ED and its labels; the cine and ES start hidden
                 patient = read_acdc_patient(p)
+                _tag_roles(patient)
                 shown = (patient.ed, patient.ed_labels)
                 items = [(v, any(v is s for s in shown)) for v in patient.volumes()]
             else:
@@ -61,3 +62,13 @@ def _field_layer(path) -> tuple:
     ddf, geometry = read_displacement(path)
     name = f"{split_suffix(Path(path).name)[0]} field"
     return field_vectors_layer_data(ddf[None], geometry, name=name, source=str(path))
+
+
+def _tag_roles(patient) -> None:
+    """Mark each volume's ACDC role (and the Info.cfg group) so the widgets can preselect ED/ES/labels."""
+    roles = {"cine": patient.cine, "ED": patient.ed, "ES": patient.es,
+             "ED labels": patient.ed_labels, "ES labels": patient.es_labels}
+    group = patient.info.get("Group", "")
+    for role, volume in roles.items():
+        if volume is not None:
+            volume.metadata["acdc"] = {"patient": patient.patient, "role": role, "group": group}

@@ -57,15 +57,38 @@ def test_ddm_widget_streams_a_cycle_with_labels_and_fields(make_napari_viewer, q
     assert tuple(layer.scale[1:]) == pytest.approx(tuple(ed_layer.scale))
     assert tuple(layer.translate[1:]) == pytest.approx(tuple(ed_layer.translate))
     np.testing.assert_array_equal(ed_layer.data, ed_before)  # the input layer is untouched
-    assert widget.status.value == "5/5 frames"
 
-    widget.frames.value = 60
+    # the result: short names, normal blending over hidden inputs, provenance in the metadata
+    assert layer.name == "DDM ED->ES" and widget.sequence.labels_layer.name == "DDM ED->ES labels"
+    assert layer.blending == "translucent" and widget.sequence.labels_layer.blending == "translucent"
+    hidden = [p.ed.name, p.es.name, "patient001 ED labels", "patient001 ES labels"]
+    assert [viewer.layers[n].visible for n in hidden] == [False] * 4
+    for result in (layer, widget.sequence.labels_layer):
+        prov = result.metadata["deformdiff"]["provenance"]
+        assert prov["source"] == p.ed.name and prov["target"] == p.es.name
+        assert prov["labels"] == "patient001 ED labels" and prov["weights"] == str(weights) and prov["frames"] == 5
+
+    # the quality line: last frame (gamma 1) vs ES, recomputed here
+    end, es = expected[-1].image.astype(np.float64), p.es.data.astype(np.float64)
+    a_, b_ = end - end.mean(), es - es.mean()
+    ncc = (a_ * b_).sum() / np.sqrt((a_ ** 2).sum() * (b_ ** 2).sum())
+    psnr = 10 * np.log10((es.max() - es.min()) ** 2 / np.mean((end - es) ** 2))
+    dice = np.mean([2 * ((expected[-1].labels == k) & (p.es_labels.data == k)).sum()
+                    / ((expected[-1].labels == k).sum() + (p.es_labels.data == k).sum()) for k in (1, 2, 3)])
+    u = np.stack([f.field for f in expected]).astype(np.float64)  # (T, 2, H, W) voxels
+    g = [[np.gradient(u[:, i], axis=j + 1) for j in range(2)] for i in range(2)]
+    det = (1 + g[0][0]) * (1 + g[1][1]) - g[0][1] * g[1][0]
+    folding = f"FOLDING: det J <= 0 at {(det <= 0).sum()} voxels" if (det <= 0).any() else "no folding (det J > 0)"
+    assert widget.status.value == (f"5/5 frames; frame 5 end vs target: NCC {ncc:.3f}, PSNR {psnr:.1f} dB, "
+                                   f"Dice {dice:.3f}; {folding}")
+
+    widget.frames.value = 200
     widget.labels.value = None
     worker = widget.start()
     worker.yielded.connect(lambda e: widget.cancel() if isinstance(e, Frame) else None)
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
-    assert 1 <= widget.sequence.count < 60
+    assert 1 <= widget.sequence.count < 200
     assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
@@ -78,6 +101,18 @@ def test_ddm_widget_reports_bad_input_without_touching_layers(make_napari_viewer
     viewer.add_image(np.random.rand(6, 20, 20).astype(np.float32), name="a 3D volume")
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Generate cycle (DDM)")
     count = len(viewer.layers)
+    # source = target, or the same image in another layer: refused before any work
+    widget.target.value = widget.source.value
+    assert widget.start() is None and widget.worker is None
+    assert "same layer" in messages[-1] and "no motion" in messages[-1]
+    copy = viewer.add_image(np.array(widget.source.value.data), name="ED copy")
+    widget.target.value = copy
+    assert widget.start() is None and "same image" in messages[-1]
+    viewer.layers.remove(copy)
+    # a time series without the explicit frame choice
+    widget.target.value = viewer.layers["patient001 cine (4D)"]
+    assert widget.start() is None and "time series (10 frames)" in messages[-1]
+    assert len(viewer.layers) == count and widget.worker is None
     widget.target.value = viewer.layers["a 3D volume"]
     assert widget.start() is None
     assert "2D" in messages[-1] and "3D" in messages[-1]

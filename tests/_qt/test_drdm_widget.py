@@ -50,6 +50,8 @@ def test_preview_grows_a_4d_layer_and_export_writes_the_batch(make_napari_viewer
     case = case_2d()
     image_layer, labels_layer = add_case(viewer, case)
     widget = widget_for(viewer, weights)
+    _, export = viewer.window.add_plugin_dock_widget(PLUGIN, "Export")
+    assert export.source.value is None  # no result yet (and no 2D+t layer)
     widget.labels.value = labels_layer
     widget.level_from.value, widget.level_to.value, widget.level_step.value = 6, 8, 2
     widget.samples.value = 1
@@ -68,6 +70,20 @@ def test_preview_grows_a_4d_layer_and_export_writes_the_batch(make_napari_viewer
     assert warped.shape == case.labels.data.shape
     assert set(np.unique(warped).tolist()) <= set(np.unique(case.labels.data).tolist())
     np.testing.assert_array_equal(image_layer.data, case.image.data)  # inputs untouched
+    # results: short names, normal blending over hidden inputs, provenance; Export picks the result
+    assert layer.name == "DRDM heart level 6" and widget.preview_labels.name == "DRDM heart level 6 labels"
+    assert layer.blending == widget.preview_labels.blending == "translucent"
+    assert not image_layer.visible and not labels_layer.visible
+    prov = widget.preview_labels.metadata["deformdiff"]["provenance"]
+    assert (prov["image"], prov["labels"], prov["level"], prov["seed"]) == ("heart", "heart labels", 6, 0)
+    assert prov["weights"] == str(weights)
+    assert export.source.value.name == layer.name
+    # status: folding over all steps' fields (recomputed), no phantom note for a weights file
+    u = fields.astype(np.float64)
+    g = [[np.gradient(u[:, i], axis=j + 1) for j in range(2)] for i in range(2)]
+    folds = int((((1 + g[0][0]) * (1 + g[1][1]) - g[0][1] * g[1][0]) <= 0).sum())
+    folding = f"FOLDING: det J <= 0 at {folds} voxels" if folds else "no folding (det J > 0)"
+    assert widget.status.value == f"preview: {len(sizes)}/{len(sizes)} steps; {folding}"
 
     out = tmp_path / "export"
     widget.out_dir.value = out

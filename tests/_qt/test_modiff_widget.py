@@ -49,7 +49,11 @@ def test_modiff_widget_shows_sharpening_previews_then_the_forecast(make_napari_v
     assert all(data.shape == (5, 48, 48) for _, _, data in previews)
     assert np.abs(previews[-1][2] - previews[0][2]).max() > 1e-4  # the estimate changes as it denoises
     layer = widget.forecast.layer
-    assert layer.name == f"Mo-Diff {first_layer.name}"
+    assert layer.name == "Mo-Diff ED" and layer.blending == "translucent"
+    assert not first_layer.visible  # the input is hidden under the forecast
+    prov = layer.metadata["deformdiff"]["provenance"]
+    assert prov["first"] == first_layer.name and prov["seed"] == 4 and prov["steps"] == 8
+    assert prov["weights"] == str(weights)
     p = read_acdc_patient(patient)
     events = list(generate_modiff(p.ed, frames=5, steps=8, seed=4, model=model))
     expected = np.stack([e.image for e in events if isinstance(e, Frame)])
@@ -62,7 +66,13 @@ def test_modiff_widget_shows_sharpening_previews_then_the_forecast(make_napari_v
     assert tuple(layer.translate[1:]) == pytest.approx(tuple(first_layer.translate))
     assert len(viewer.layers) == count + 2
     np.testing.assert_array_equal(first_layer.data, before)
-    assert widget.status.value.startswith("5 frames")
+    # the range check, recomputed: share of voxels outside the first frame's [min, max]
+    lo, hi = float(p.ed.data.min()), float(p.ed.data.max())
+    out = (expected < lo) | (expected > hi)
+    over = max(lo - float(expected.min()), float(expected.max()) - hi, 0.0)
+    note = (f"LEFT the first frame's range [{lo:.3g}, {hi:.3g}]: {100 * out.mean():.1f} % of voxels, by up to "
+            f"{over:.3g}" if out.any() else f"within the first frame's range [{lo:.3g}, {hi:.3g}]")
+    assert widget.status.value == f"5 frames ({widget.previews} previews); {note}"
 
     widget.steps.value = 40
     worker = widget.start()
@@ -83,8 +93,11 @@ def test_modiff_widget_reports_bad_input_without_adding_layers(make_napari_viewe
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Forecast (Mo-Diff)")
     widget.weights.value = save_modiff(tiny_model(2), tmp_path / "tiny.safetensors")
     count = len(viewer.layers)
-    widget.frames.value = 9
-    assert widget.start() is None and "(3-6 frames" in messages[-1]
+    model = tiny_model(2)
+    # the frame count's range is the model's: a count it was not trained for cannot be chosen
+    assert (widget.frames.min, widget.frames.max) == (model.config.min_frames, model.config.max_frames) == (3, 6)
+    with pytest.raises(ValueError):
+        widget.frames.value = 9
     widget.frames.value = 4
     widget.first.value = viewer.layers["a 3D volume"]
     assert widget.start() is None and "2D" in messages[-1] and "3D" in messages[-1]

@@ -4,6 +4,9 @@ Preview streams the recovery of one sample (the export's first: first level, sam
 into a growing 4D image layer (fields kept for Inspect deformation) and adds the warped labels.
 Export runs core.drdm.augment.export_drdm in a worker with a napari progress bar; Cancel stops
 after the current step and keeps the complete samples (the manifest lists exactly those).
+Image and labels default to the newest ACDC ED and its labels; a time series needs the explicit
+frame choice. After a preview the status line warns about folding and about the bundled
+(phantom) weights on an image that is not a phantom.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from magicgui.widgets import ComboBox, FileEdit, PushButton, SpinBox
 
 from ..core.events import Frame
 from .generator_widget import GeneratorWidget
-from .layer_inputs import follow_layer_list, frame_volume, pick
+from .layer_inputs import RoleDefaults, compact, follow_layer_list, pick
 from .stream_layers import FrameBuffers, GrowingSequence
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ class DRDMWidget(GeneratorWidget):
         self.viewer = viewer
         self.image = ComboBox(label="Image", choices=lambda _w: pick(viewer.layers, Image))
         self.labels = ComboBox(label="Labels", choices=lambda _w: [(NO_LABELS, None), *pick(viewer.layers, Labels)])
+        compact(self.image, self.labels)
         self.level_from = SpinBox(label="Levels from", value=40, min=1, max=80)
         self.level_to = SpinBox(label="Levels to", value=64, min=1, max=80)
         self.level_step = SpinBox(label="Levels step", value=8, min=1, max=80)
@@ -51,13 +55,15 @@ class DRDMWidget(GeneratorWidget):
         controls = self._stream_controls("Preview")
         self.export_button = PushButton(text="Export")
         self.export_button.changed.connect(self.export)
-        self.extend([self.image, self.labels, self.level_from, self.level_to, self.level_step, self.samples,
+        self.extend([self.image, self.labels, self._slider_control(), self.level_from, self.level_to, self.level_step, self.samples,
                      self.seed, self.loop, *compute, self.mode, self.syn_level, self.out_dir, self.format,
                      self.if_files, controls[0], self.export_button, *controls[1:]])
         self.preview_labels = None
         self.exported = 0
         self._export_total = 0
-        follow_layer_list(self, viewer)
+        self.defaults = RoleDefaults(viewer, [(self.image, "ED", None), (self.labels, "ED labels", self.image)])
+        self.defaults.apply()
+        follow_layer_list(self, viewer, self.defaults)
 
     # ------------------------------------------------------------------ inputs
 
@@ -80,10 +86,10 @@ class DRDMWidget(GeneratorWidget):
 
         if self.image.value is None:
             raise InputError("DRDM: choose an image layer.")
-        image = frame_volume(self.viewer, self.image.value, is_labels=False)
+        image = self._frame(self.image.value, is_labels=False)
         labels = None
         if self.labels.value is not None:
-            labels = frame_volume(self.viewer, self.labels.value, is_labels=True)
+            labels = self._frame(self.labels.value, is_labels=True)
         case = Case(safe_name(self.image.value.name), image, labels, self.image.value.name)
         check_case(case)
         return case
@@ -119,9 +125,20 @@ class DRDMWidget(GeneratorWidget):
         inputs = self._read(self._inputs)
         if inputs is None:
             return None
+        from .._layers import short_label
+
         case, settings, device, weights = inputs
         unit = plan_export([case], settings)[0]
-        name = f"DRDM {case.name} level {unit.level} seed {unit.seed}"
+        inputs_shown = (self.image.value, self.labels.value)
+        name = f"DRDM {short_label(inputs_shown[0])} level {unit.level}"
+        provenance = {"method": "DRDM", "image": inputs_shown[0].name,
+                      "labels": inputs_shown[1].name if inputs_shown[1] is not None else None,
+                      "weights": self._weights_text(weights), "seed": settings.seed, "sample_seed": unit.seed,
+                      "level": unit.level,
+                      "loop": settings.loop, "precision": settings.precision, "device": device,
+                      "time_series_frame": self.use_slider.value}
+        self._provenance = provenance
+        note = self._phantom_note(weights, inputs_shown[0])
         self.sequence = None
         self.preview_labels = None
         self._last_frame = None
@@ -141,7 +158,8 @@ class DRDMWidget(GeneratorWidget):
                 return
             if self.sequence is None:
                 self.sequence = GrowingSequence(self.viewer, name=name, geometry=case.image.geometry,
-                                                total=event.total, buffers=buffers)
+                                                total=event.total, buffers=buffers, provenance=provenance,
+                                                on_first=lambda _l: self._hide(*inputs_shown))
             self.sequence.add(event)
             self._last_frame = event
             self.status.value = f"step {event.index + 1}/{event.total} (t = {event.info.get('t', '-')})"
@@ -152,7 +170,7 @@ class DRDMWidget(GeneratorWidget):
             self.export_button.enabled = True
             made = self.sequence.count if self.sequence else 0
             total = self.sequence.total if self.sequence else 0
-            self.status.value = f"preview: {made}/{total} steps"
+            self.status.value = self._line(f"preview: {made}/{total} steps", self._folding(), note)
 
         self.export_button.enabled = False
         return self._stream(events, description=name, on_event=on_event, on_done=on_done, prepare=buffers.stage)
@@ -169,8 +187,20 @@ class DRDMWidget(GeneratorWidget):
 
         warped = frame.labels if frame.labels is not None else warp_array(case.labels.data, frame.field,
                                                                               labels=True)
+        from .._layers import set_provenance
+
         volume = Volume(warped, case.image.geometry, True, f"{name} labels", None, "generated")
-        self.preview_labels = self.viewer.add_layer(Layer.create(*volume_to_layer_data(volume, opacity=0.4)))
+        data, kwargs, kind = volume_to_layer_data(volume, opacity=0.4, blending="translucent")
+        set_provenance(kwargs["metadata"], self._provenance)
+        self.preview_labels = self.viewer.add_layer(Layer.create(data, kwargs, kind))
+
+    def _folding(self) -> str:
+        from ..core.quality import folding_note
+
+        buffers = self.sequence.buffers if self.sequence is not None else None
+        if buffers is None or buffers.fields is None:
+            return ""
+        return folding_note(buffers.fields[: self.sequence.count])
 
     # ------------------------------------------------------------------ export
 

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
 
-from .._layers import field_of, layer_attributes, layer_to_volume
+from .._layers import field_of, is_result, layer_attributes, layer_to_volume
+from .layer_inputs import compact
 
 if TYPE_CHECKING:
     import napari
@@ -21,7 +22,8 @@ class ExportWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
-        self.source = ComboBox(label="Sequence", choices=self._sequences)
+        self.source = ComboBox(label="Sequence (default: the latest result)", choices=self._sequences)
+        compact(self.source)
         self.cine_path = FileEdit(label="Cine (.mp4, .gif, .nii.gz)", mode="w")
         self.fps = SpinBox(label="Frames per second", value=10, min=1, max=60)
         self.loop = CheckBox(text="ED -> ES -> ED loop", value=True)
@@ -36,8 +38,19 @@ class ExportWidget(Container):
         self.cine_button.changed.connect(self.export_cine)
         self.fields_button.changed.connect(self.export_fields)
         self.report_button.changed.connect(self.export_report)
-        viewer.layers.events.inserted.connect(lambda _e: self.source.reset_choices())
+        viewer.layers.events.inserted.connect(self._inserted)
         viewer.layers.events.removed.connect(lambda _e: self.source.reset_choices())
+        self.source.reset_choices()
+        latest = [layer for layer in viewer.layers if _exportable_result(layer)]
+        if latest:
+            self.source.value = latest[-1]
+
+    def _inserted(self, event) -> None:
+        """Refresh the choices; a new generated sequence becomes the one to export."""
+        self.source.reset_choices()
+        layer = event.value
+        if _exportable_result(layer):
+            self.source.value = next(c for name, c in self._sequences() if name == layer.name)
 
     def _sequences(self, _widget=None):
         from napari.layers import Image, Labels
@@ -70,9 +83,9 @@ class ExportWidget(Container):
         from napari.layers import Labels
         from napari.utils import progress
 
-        from ..core.io.cine import MovieWriter, pingpong
         from ..core.io import write_volume
         from ..core.io.atomic import split_suffix
+        from ..core.io.cine import MovieWriter, pingpong
 
         path = Path(self.cine_path.value)
         frames = layer.data.shape[0]
@@ -121,6 +134,13 @@ class ExportWidget(Container):
             raise InputError(f"layer '{layer.name}' carries no displacement field.")
         fields, geometry, _ = found
         return fields, geometry
+
+
+def _exportable_result(layer) -> bool:
+    """A shown generated image sequence (not its labels or the hidden differential fields)."""
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and layer.visible and layer.ndim >= 3 and is_result(layer)
 
 
 def _safe(name: str) -> str:

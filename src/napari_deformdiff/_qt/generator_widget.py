@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 
 from ..core.errors import InputError
 from ..core.events import Progress
-from .layer_inputs import chosen_file
+from .layer_inputs import SLIDER_TEXT, chosen_file, frame_volume
 from .stream_layers import GrowingSequence
 from .stream_worker import StreamHandle, start_stream
 
@@ -115,12 +115,47 @@ class GeneratorWidget(Container):
         self.run_button = PushButton(text=run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # long quality lines wrap instead of widening the dock
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         return [self.run_button, self.cancel_button, self.status]
 
     def start(self):
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ inputs and results
+
+    def _slider_control(self) -> CheckBox:
+        """The explicit frame choice for time-series layers (off: they are refused)."""
+        self.use_slider = CheckBox(text=SLIDER_TEXT, value=False)
+        return self.use_slider
+
+    def _frame(self, layer, *, is_labels: bool):
+        return frame_volume(self.viewer, layer, is_labels=is_labels, use_slider=self.use_slider.value,
+                            who=self.method)
+
+    @staticmethod
+    def _hide(*layers) -> None:
+        """Hide the inputs under a new result (it covers them; labels would show twice)."""
+        for layer in layers:
+            if layer is not None:
+                layer.visible = False
+
+    @staticmethod
+    def _weights_text(weights) -> str:
+        return DEFAULT_WEIGHTS if weights is None else str(weights)
+
+    @staticmethod
+    def _phantom_note(weights, layer) -> str:
+        """A note when the bundled (phantom-trained) weights meet a layer that is not a phantom."""
+        from .._layers import is_phantom
+        from ..core.quality import PHANTOM_WEIGHTS_NOTE
+
+        return PHANTOM_WEIGHTS_NOTE if weights is None and layer is not None and not is_phantom(layer) else ""
+
+    @staticmethod
+    def _line(*parts: str) -> str:
+        return "; ".join(p for p in parts if p)
 
     def _running(self, status: str = "starting...") -> None:
         self.run_button.enabled, self.cancel_button.enabled = False, True

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtCore import QTimer
 
-from .._layers import attach_field, volume_to_layer_data
+from .._layers import attach_field, set_provenance, volume_to_layer_data
 from ..core.events import Frame
 from ..core.geometry import Geometry
 from ..core.io import Volume
@@ -68,11 +68,13 @@ class GrowingSequence:
     layers are re-assigned a view buf[:k+1] so napari's time slider extends (in-place writes
     would not update it). Fields that come with the frames are kept in the image layer's metadata
     (see _layers.attach_field), updated before its data so that listeners of the data event see both.
+    Results cover what is below (normal "translucent" blending, not additive); `provenance` goes
+    into both layers' metadata; `on_first` is called once with the new image layer.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, *, name: str, geometry: Geometry,
                  total: int, with_labels: bool = False, time_spacing: float | None = None,
-                 buffers: FrameBuffers | None = None):
+                 buffers: FrameBuffers | None = None, provenance: dict | None = None, on_first=None):
         self.viewer = viewer
         self.name = name
         self.geometry = geometry
@@ -84,6 +86,8 @@ class GrowingSequence:
         self.image_layer = None
         self.labels_layer = None
         self._labels_pending = False
+        self.provenance = provenance
+        self.on_first = on_first
 
     def add(self, frame: Frame) -> None:
         from napari.layers import Layer
@@ -97,10 +101,14 @@ class GrowingSequence:
         view = images[: self.count]
         if self.image_layer is None:
             image = Volume(view, self.geometry, False, self.name, self.time_spacing, "generated")
-            data, kwargs, kind = volume_to_layer_data(image)
+            data, kwargs, kind = volume_to_layer_data(image, blending="translucent")
+            if self.provenance is not None:
+                set_provenance(kwargs["metadata"], self.provenance)
             if fields is not None:
                 attach_field(kwargs["metadata"], fields[: self.count], total=self.total)
             self.image_layer = self.viewer.add_layer(Layer.create(data, kwargs, kind))
+            if self.on_first is not None:
+                self.on_first(self.image_layer)
         else:
             if fields is not None:
                 attach_field(self.image_layer.metadata, fields[: self.count], total=self.total)
@@ -121,4 +129,7 @@ class GrowingSequence:
         self._labels_pending = False
         labels = self.buffers.labels[: self.count]
         volume = Volume(labels, self.geometry, True, f"{self.name} labels", self.time_spacing, "generated")
-        self.labels_layer = self.viewer.add_layer(Layer.create(*volume_to_layer_data(volume, opacity=0.4)))
+        data, kwargs, kind = volume_to_layer_data(volume, opacity=0.4, blending="translucent")
+        if self.provenance is not None:
+            set_provenance(kwargs["metadata"], self.provenance)
+        self.labels_layer = self.viewer.add_layer(Layer.create(data, kwargs, kind))

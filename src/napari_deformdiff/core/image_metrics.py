@@ -26,3 +26,12 @@ def dice(a: np.ndarray, b: np.ndarray, labels=None) -> float:
         if total:
             scores.append(2.0 * np.logical_and(x, y).sum() / total)
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Global normalised cross-correlation (Pearson) of two images; nan if either is constant."""
+    x = np.asarray(a, np.float64).ravel()
+    y = np.asarray(b, np.float64).ravel()
+    x, y = x - x.mean(), y - y.mean()
+    denom = np.sqrt(np.sum(x * x) * np.sum(y * y))
+    return float(np.sum(x * y) / denom) if denom > 0 else float("nan")

@@ -44,3 +44,22 @@ def stage_steps(meta: dict[str, str]) -> dict[str, int]:
 def save_modiff(model: MoDiff, path: str | Path, *, overwrite: bool = False, **metadata) -> Path:
     meta = {"model": MODEL_NAME, "config": model.config.to_json(), **metadata}
     return save_safetensors(path, model.state_dict(), meta, overwrite=overwrite)
+
+
+def frame_range(weights: str | Path | None = None, *, ndims: int | None = None) -> tuple[int, int]:
+    """(min_frames, max_frames) the checkpoint's model was trained for, read from its config only."""
+    path, _ = resolve(weights, MODEL_NAME, ndims)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+        except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
+            raise InputError(f"{path.name} is not a readable safetensors file ({exc}).") from None
+    else:
+        meta = read_state(path)[1]
+    if meta.get("model") != MODEL_NAME or "config" not in meta:
+        raise InputError(f"{path.name} is not a Mo-Diff checkpoint.")
+    config = ModiffConfig.from_json(meta["config"])
+    return config.min_frames, config.max_frames
