@@ -19,7 +19,7 @@ from napari_deformdiff.core.drdm.forward import sample_forward
 from napari_deformdiff.core.drdm.generate import deform_instance, instance_field
 from napari_deformdiff.core.drdm.weights import load_drdm
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.events import Frame, Progress
+from napari_deformdiff.core.events import Frame
 from napari_deformdiff.core.nn.model_grid import unit_range
 
 from .drdm_export_helpers import tiny_drdm

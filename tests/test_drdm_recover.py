@@ -19,7 +19,7 @@ from napari_deformdiff.core.drdm.generate import (
 from napari_deformdiff.core.drdm.nets import RecResACNet
 from napari_deformdiff.core.drdm.weights import DRDMMeta
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.events import Frame, Plan, Progress
+from napari_deformdiff.core.events import Frame, Plan
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.io import Volume
 from napari_deformdiff.core.phantom import cardiac_phantom

@@ -10,7 +10,7 @@ import torch
 
 from napari_deformdiff.core.ddm.weights import save_ddm
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.events import Frame, Progress, RunProgress, SequencePreview
+from napari_deformdiff.core.events import Frame, RunProgress, SequencePreview
 from napari_deformdiff.core.io.volume import Volume
 from napari_deformdiff.core.modiff.generate import generate_modiff, refresh_steps
 from napari_deformdiff.core.modiff.weights import load_modiff, save_modiff

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..events import Plan, Progress
+from ..events import Progress
 from ..io.pairs import Pair
 from ..nn.model_grid import GridMap, to_model
-from ..nn.optim_step import descend, save_optimizer, saved_optimizer
+from ..nn.optim_step import descend, save_optimizer, saved_optimizer, step_generator, training_start
 from .nets.ddm import DDM, DDMConfig
 from .nets.field_unet import skip_first_from_up_first
 from .weights import OLD_FIELD_CONCAT, field_concat_of, load_ddm, save_ddm
@@ -146,10 +146,9 @@ def train_ddm(
                  last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
         save_optimizer(optim.state_dict(), optim_path)
 
-    yield Plan((("train", steps),))
-    yield Progress(start, steps, "starting" if start == 0 else f"resuming at step {start}", "train")
+    yield from training_start(start, steps)
     for step in range(start, steps):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = step_generator(seed, step)
         chosen = [augment(*draw_pair(data[int(i)], g, sampling), g, crop)
                   for i in torch.randint(0, len(data), (batch,), generator=g)]
         s = torch.cat([c[0] for c in chosen])

@@ -17,8 +17,8 @@ import torch
 
 from ..weights.files import read_state
 from ..errors import InputError
-from ..events import Plan, Progress
-from ..nn.optim_step import descend, save_optimizer, saved_optimizer
+from ..events import Progress
+from ..nn.optim_step import descend, save_optimizer, saved_optimizer, step_generator, training_start
 from ..nn.model_grid import unit_range
 from .nets import RecResACNet
 from ..spatial import warp
@@ -344,10 +344,9 @@ def train_drdm(
                   last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
         save_optimizer(optim.state_dict(), optim_path)
 
-    yield Plan((("train", steps),))
-    yield Progress(start, steps, "starting" if start == 0 else f"resuming at step {start}", "train")
+    yield from training_start(start, steps)
     for step in range(start, steps):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = step_generator(seed, step)
         for group in optim.param_groups:
             group["lr"] = lr * group["scale"] * min(1.0, (step + 1) / max(int(warmup), 1))
         x, t, dvf = training_batch(images, batch, g, device, crop=crop, bank=bank, max_level=max_level,

@@ -87,15 +87,7 @@ def train_modiff(
     steps = {**DEFAULT_STEPS, **(steps or {})}
     lr = {**DEFAULT_LR, **(lr or {})}
     batch = {**DEFAULT_BATCH, **(batch or {})}
-    stages = [s for s in STAGES if s in stages]
-    if not stages:
-        raise InputError(f"choose stages among {', '.join(STAGES)}.")
-    if any(steps[s] < 0 for s in stages) or any(batch[s] < 1 for s in stages):
-        raise InputError("steps must be >= 0 and batch sizes >= 1.")
-    if not sequences:
-        raise InputError("no training sequences.")
-    if out.exists() and not overwrite and (resume is None or Path(resume).resolve() != out.resolve()):
-        raise InputError(f"{out} exists; choose a new name, resume from it, or allow overwriting.")
+    stages = _check_arguments(sequences, out, stages, steps, batch, resume, overwrite)
     torch.manual_seed(seed)
     history: dict[str, list[float]] = {}
     model, done, seconds = _starting_model(sequences, config, resume, init, device)
@@ -221,3 +213,17 @@ def _start_stage(model: MoDiff, stage: str, start: int, data, lr: float, optim_p
         if saved.get("stage") == stage:
             optim.load_state_dict(saved["state"])
     return part.train(), optim
+
+
+def _check_arguments(sequences, out: Path, stages, steps: dict, batch: dict, resume, overwrite: bool) -> list[str]:
+    """The stages to train, in training order, or InputError for arguments no run can use."""
+    stages = [s for s in STAGES if s in stages]
+    if not stages:
+        raise InputError(f"choose stages among {', '.join(STAGES)}.")
+    if any(steps[s] < 0 for s in stages) or any(batch[s] < 1 for s in stages):
+        raise InputError("steps must be >= 0 and batch sizes >= 1.")
+    if not sequences:
+        raise InputError("no training sequences.")
+    if out.exists() and not overwrite and (resume is None or Path(resume).resolve() != out.resolve()):
+        raise InputError(f"{out} exists; choose a new name, resume from it, or allow overwriting.")
+    return stages

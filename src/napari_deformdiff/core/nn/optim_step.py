@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..events import Plan, Progress
 
 
 def descend(optim: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> float:
@@ -32,3 +33,14 @@ def saved_optimizer(checkpoint, device) -> dict | None:
     """The optimizer state saved beside `checkpoint` (<name>.optim.pt, weights only), if there is one."""
     path = Path(checkpoint).with_name(Path(checkpoint).name + ".optim.pt")
     return torch.load(path, map_location=device, weights_only=True) if path.is_file() else None
+
+
+def training_start(start: int, steps: int):
+    """The first events of a one-stage training run: its Plan and where it starts."""
+    yield Plan((("train", steps),))
+    yield Progress(start, steps, "starting" if start == 0 else f"resuming at step {start}", "train")
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one training step, seeded by (seed, step): a resumed run draws the same."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
