@@ -116,6 +116,7 @@ def cmd_evaluate_ddm(args: argparse.Namespace) -> int:
     from ..core.device import choose_device_name
     from ..core.io.pairs import find_pairs
 
+    _check_outputs([args.csv], args.overwrite, inputs=[args.data])
     pairs = find_pairs(args.data)
     if args.cases:
         pairs = pairs[: args.cases]

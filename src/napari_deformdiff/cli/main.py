@@ -13,6 +13,12 @@ from . import gui, volumes, weights
 from .errors import report
 
 
+# Commands whose outputs are written together (staged, then moved); training saves checkpoints as it
+# goes and the DRDM export resumes from its manifest, so they write each file atomically on its own.
+STAGED = {("phantom", None), ("convert", None), ("generate", "ddm"), ("generate", "modiff"),
+          ("evaluate", "ddm"), ("evaluate", "modiff"), ("evaluate", "drdm")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deformdiff",
@@ -54,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
 
         token = ALLOW_EXTERNAL_DATA.set(args.allow_external_data)
         try:
-            return args.func(args)
+            if (args.command, getattr(args, "model", None)) not in STAGED:
+                return args.func(args)
+            from ..core.io.atomic import staged
+
+            with staged():  # all of the command's files appear at its end, or none of them
+                return args.func(args)
         finally:
             ALLOW_EXTERNAL_DATA.reset(token)
     except SystemExit:

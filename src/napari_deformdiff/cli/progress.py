@@ -33,9 +33,28 @@ def _sizes(text: str | None) -> tuple[int, ...] | None:
     if not text:
         return None
     try:
-        return tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+        sizes = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
     except ValueError:
         raise InputError(f"expected sizes like 32,64,64, got {text!r}") from None
+    check_grid(sizes, text)
+    return sizes
+
+
+GRID_SIDE_LIMIT = 4096  # as for checkpoint grids (core/nn/config_json.py)
+
+
+def check_grid(sizes: tuple[int, ...], text: str) -> None:
+    """Sizes given on the command line: each 1..4096, one float32 field of them at most 4 GiB."""
+    import math
+
+    from ..core.nn.config_json import GRID_LIMIT_BYTES
+
+    if not 1 <= len(sizes) <= 3 or not all(1 <= s <= GRID_SIDE_LIMIT for s in sizes):
+        raise InputError(f"sizes {text!r}: give 1 to 3 sizes, each in 1..{GRID_SIDE_LIMIT}.")
+    need = math.prod(sizes) * max(len(sizes), 2) * 4  # one size: checked as a square
+    if need > GRID_LIMIT_BYTES:
+        raise InputError(f"sizes {text!r}: one displacement field would need {need / 2**30:.1f} GiB "
+                         f"(limit {GRID_LIMIT_BYTES >> 30} GiB); refused before allocating.")
 
 
 def _per_stage(text: str | None, kind=int) -> dict:

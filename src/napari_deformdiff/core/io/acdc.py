@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from .atomic import atomic_output
 from .nifti import read_nifti, write_nifti
 from .volume import Volume
 
@@ -151,7 +152,8 @@ def write_acdc_patient(
     info_path = folder / INFO_FILE
     if info_path.exists() and not overwrite:
         raise InputError(f"{info_path} already exists; not overwritten.")
-    info_path.write_text("".join(f"{k}: {v}\n" for k, v in lines.items()))
+    with atomic_output(info_path, overwrite=overwrite) as tmp:
+        tmp.write_text("".join(f"{k}: {v}\n" for k, v in lines.items()))
     written.append(info_path)
     return written
 

@@ -23,10 +23,12 @@ def descend(optim: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> floa
 
 
 def save_optimizer(state: dict, path: Path) -> None:
-    """Write an optimizer state beside its checkpoint, atomically (a hidden file renamed into place)."""
-    tmp = path.with_name("." + path.name + ".partial")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    """Write an optimizer state beside its checkpoint, atomically (a hidden file moved into place; none
+    left behind on a full disk or Ctrl-C)."""
+    from ..io.atomic import atomic_output
+
+    with atomic_output(path, overwrite=True) as tmp:
+        torch.save(state, tmp)
 
 
 def saved_optimizer(checkpoint, device) -> dict | None:

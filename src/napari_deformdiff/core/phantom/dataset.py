@@ -11,6 +11,7 @@ from ..errors import InputError
 from ..events import Plan, Progress
 from ..geometry import Geometry
 from ..io.acdc import write_acdc_patient
+from ..io.atomic import Staging, atomic_output, current_staging
 from ..io.volume import Volume
 from . import PhantomCase, cardiac_phantom, lung_phantom
 
@@ -66,25 +67,39 @@ def write_phantom_dataset(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise InputError(f"{out_dir} exists and is not empty; choose an empty or new folder.")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = {k: v for k, v in (("frames", frames), ("shape", shape), ("spacing", spacing)) if v is not None}
-    yield Plan((("cases", cases),))
-    for i in range(cases):
-        yield Progress(i, cases, f"case {i + 1}/{cases}", "cases")
-        case = makers[kind](seed + i, two_d=two_d, **kwargs)
-        patient = f"patient{i + 1:03d}"
-        cine, labels = case_volumes(case, patient)
-        if image_dtype == "uint16":
-            scaled = cine.data * UINT16_SCALE.get(kind, 1.0) + UINT16_OFFSET.get(kind, 0.0)
-            cine.data = np.clip(np.rint(scaled), 0, 65535).astype(np.uint16)
-        folder = out_dir / patient
-        info = {"Group": f"PHANTOM-{kind.upper()}", "Seed": case.seed, "Kind": kind}
-        info.update({f"param_{k}": v for k, v in case.params.items()})
-        write_acdc_patient(
-            folder, cine=cine, labels=labels, ed_index=case.ed_index, es_index=case.es_index,
-            info=info, overwrite=overwrite,
-        )
-        if fields:
-            np.savez_compressed(folder / f"{patient}_4d_ddf.npz", ddf=case.fields,
-                                spacing=np.asarray(case.spacing))
+    # All files appear together when the last case is written; cancelled or failed: none, no empty folder.
+    outer = current_staging()
+    stage = outer or Staging()
+    try:
+        stage.makedirs(out_dir)
+        kwargs = {k: v for k, v in (("frames", frames), ("shape", shape), ("spacing", spacing)) if v is not None}
+        yield Plan((("cases", cases),))
+        for i in range(cases):
+            yield Progress(i, cases, f"case {i + 1}/{cases}", "cases")
+            with stage.collecting():
+                _write_case(makers[kind](seed + i, two_d=two_d, **kwargs), stage.makedirs(out_dir / f"patient{i + 1:03d}"),
+                            image_dtype, fields, overwrite)
+        if outer is None:
+            stage.commit()
+    except BaseException:
+        if outer is None:
+            stage.discard()
+        raise
     yield Progress(cases, cases, "done", "cases")
+
+
+def _write_case(case: PhantomCase, folder: Path, image_dtype: str, fields: bool, overwrite: bool) -> None:
+    patient = folder.name
+    cine, labels = case_volumes(case, patient)
+    if image_dtype == "uint16":
+        scaled = cine.data * UINT16_SCALE.get(case.kind, 1.0) + UINT16_OFFSET.get(case.kind, 0.0)
+        cine.data = np.clip(np.rint(scaled), 0, 65535).astype(np.uint16)
+    info = {"Group": f"PHANTOM-{case.kind.upper()}", "Seed": case.seed, "Kind": case.kind}
+    info.update({f"param_{k}": v for k, v in case.params.items()})
+    write_acdc_patient(
+        folder, cine=cine, labels=labels, ed_index=case.ed_index, es_index=case.es_index,
+        info=info, overwrite=overwrite,
+    )
+    if fields:
+        with atomic_output(folder / f"{patient}_4d_ddf.npz", overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, ddf=case.fields, spacing=np.asarray(case.spacing))
