@@ -225,11 +225,28 @@ def bad_optimizer_state(t, m):
         "optimizer state beside the checkpoint is unreadable", []
 
 
+def evaluate_csv_exists(t, m):
+    (t / "r.csv").write_text("kept")
+    return ["evaluate", "ddm", "--data", str(t / "nodata"), "--csv", str(t / "r.csv")], 2, \
+        "r.csv already exists", []  # refused before the data are read (they do not exist here)
+
+
+def drdm_grid_too_large(t, m):
+    return ["train", "drdm", "--data", "phantom", "--ndims", "3", "--grid", "4096,4096,4096",
+            "--out", str(t / "m.safetensors")], 2, "would need 768.0 GiB", [t / "m.safetensors"]
+
+
+def drdm_grid_side_out_of_range(t, m):
+    return ["train", "drdm", "--data", "phantom", "--grid", "100000,64", "--out", str(t / "m.safetensors")], 2, \
+        "each in 1..4096", [t / "m.safetensors"]
+
+
 CASES = [out_is_source, out_through_dotdot, convert_onto_itself, convert_onto_hard_link, out_equals_fields_out,
          out_is_a_folder, name_of_300_characters, disk_full_convert, read_only_convert, permission_phantom,
          disk_full_ddm, mhd_outside, mhd_absolute, nhdr_outside, nhdr_list_outside, bool_nifti, ed_infinite,
          ed_fraction, ed_after_last_frame, ckpt_bad_json, ckpt_no_config, ckpt_absurd_grid, ckpt_absurd_channels,
-         modiff_grid_with_frames, drdm_bad_json, bad_optimizer_state]
+         modiff_grid_with_frames, drdm_bad_json, bad_optimizer_state, evaluate_csv_exists, drdm_grid_too_large,
+         drdm_grid_side_out_of_range]
 
 
 def snapshot(folder: Path) -> dict:
