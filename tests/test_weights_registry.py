@@ -30,9 +30,14 @@ class _Server(http.server.ThreadingHTTPServer):
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     hits: list[str] = []
+    drop_first = 0  # this many first requests get their connection closed without an answer
 
     def do_GET(self):  # noqa: N802 - http.server's naming
         type(self).hits.append(self.path)
+        if len(type(self).hits) <= type(self).drop_first:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         super().do_GET()
 
     def log_message(self, *args):
@@ -45,6 +50,7 @@ def server(tmp_path):
     root.mkdir()
     (root / "w.bin").write_bytes(PAYLOAD)
     _QuietHandler.hits = []
+    _QuietHandler.drop_first = 0
     httpd = _Server(("127.0.0.1", 0), partial(_QuietHandler, directory=str(root)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -57,6 +63,8 @@ def server(tmp_path):
 def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
     monkeypatch.setenv(wr.CACHE_ENV, str(folder))
+    monkeypatch.setattr(wr, "RETRIES", 1)  # one retry: pooch waits 1 s before it
+    monkeypatch.setattr(wr, "_progress_factory", None)  # tqdm, even after a GUI test installed napari's
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     return folder
@@ -93,7 +101,68 @@ def test_sha_mismatch_keeps_nothing(server, cache, monkeypatch):
     with pytest.raises(InputError, match="expected 0000") as info:
         wr.fetch("test-w")
     assert "test_w.bin" in str(info.value) and str(cache) in str(info.value)
-    assert len(hits) == 1
+    assert f"have sha256 {hashlib.sha256(PAYLOAD).hexdigest()}" in str(info.value) and "2 tries" in str(info.value)
+    assert len(hits) == 2  # retried once
+    assert list(cache.iterdir()) == []
+
+
+def test_a_dropped_connection_is_retried(server, cache, monkeypatch):
+    base, hits = server
+    _QuietHandler.drop_first = 1
+    _register(monkeypatch, f"{base}/w.bin")
+    assert wr.fetch("test-w").read_bytes() == PAYLOAD
+    assert len(hits) == 2 and sorted(p.name for p in cache.iterdir()) == ["test_w.bin"]
+
+
+def test_a_connection_that_keeps_failing_is_the_offline_message(server, cache, monkeypatch):
+    base, hits = server
+    _QuietHandler.drop_first = 5
+    e = _register(monkeypatch, f"{base}/w.bin")
+    with pytest.raises(InputError, match="could not download the test-w weights") as info:
+        wr.fetch("test-w")
+    assert "2 tries" in str(info.value) and e.sha256 in str(info.value)
+    assert len(hits) == 2 and list(cache.iterdir()) == []
+
+
+class RecordingBar:
+    """A progress bar with tqdm's API, recording what the download reports."""
+
+    def __init__(self, desc):
+        self.desc, self.total, self.n, self.updates, self.closed = desc, None, 0, [], False
+
+    def update(self, k):
+        self.updates.append(k)
+        self.n += k
+
+    def reset(self):
+        self.n = 0
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_download_reports_its_progress_to_the_installed_bar(server, cache, monkeypatch):
+    base, _ = server
+    _register(monkeypatch, f"{base}/w.bin")
+    bars = []
+    monkeypatch.setattr(wr, "_progress_factory", lambda desc: bars.append(RecordingBar(desc)) or bars[-1])
+    wr.fetch("test-w")
+    (bar,) = bars
+    assert bar.desc == "downloading test-w weights" and bar.total == len(PAYLOAD)
+    assert bar.n == len(PAYLOAD) and len(bar.updates) >= 2 and bar.closed
+
+
+def test_ctrl_c_during_a_download_leaves_no_file(server, cache, monkeypatch):
+    base, _ = server
+    _register(monkeypatch, f"{base}/w.bin")
+
+    class Interrupting(RecordingBar):
+        def update(self, k):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(wr, "_progress_factory", Interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        wr.fetch("test-w")
     assert list(cache.iterdir()) == []
 
 
@@ -151,7 +220,9 @@ def test_preseeded_official_file_needs_no_network(cache, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("fetch tried the network although the cache holds the file")
 
-    monkeypatch.setattr(wr.urllib.request, "urlopen", no_network)
+    import requests
+
+    monkeypatch.setattr(requests, "get", no_network)
     assert wr.fetch("drdm-cmr-2d") == cache / e.filename
     assert wr.sha256_of(cache / e.filename) == e.sha256
 
@@ -163,7 +234,9 @@ def test_cli_lists_and_fetches(server, cache, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "drdm-cmr-2d" in out and "Apache-2.0" in out and "test-w" in out and "not cached" in out
     assert main(["weights", "fetch", "test-w"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert str(cache / "test_w.bin") in out and "CC0-test" in out
+    assert "100%" in captured.err and "10.2k" in captured.err  # tqdm's bar: all 10247 bytes
     assert main(["weights", "fetch", "nope"]) == 2
     assert "no weights named 'nope'" in capsys.readouterr().err

@@ -2,8 +2,10 @@
 
 fetch(name) returns the path of a verified copy in the cache folder ($DEFORMDIFF_CACHE, else the
 platform's user cache folder, e.g. ~/.cache/napari-deformdiff on Linux), downloading it first when
-needed. A download goes to a hidden temporary file in the cache folder and is renamed into place
-only after its sha256 matched, so an interrupted or corrupted download never leaves a file behind.
+needed. pooch downloads it into a temporary file in the cache folder, checks its sha256, retries a
+failed or corrupted download RETRIES times, and moves it into place only once it matched, so an
+interrupted or corrupted download never leaves a file behind. The download shows a progress bar:
+tqdm on stderr, or what `set_download_progress` installs (napari's activity dock in the GUI).
 Without network, copy the file by hand into the cache folder under its expected name.
 """
 
@@ -12,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import urllib.error
-import urllib.request
-import uuid
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,17 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "DEFORMDIFF_CACHE"
 APP_NAME = "napari-deformdiff"
 TIMEOUT_S = 60.0
+RETRIES = 2  # after a failed connection or a wrong sha256; pooch waits 1 s, then 2 s, between tries
 _CHUNK = 1 << 20
+
+# factory(description) -> a progress bar with total/update/reset/close (tqdm's API), or None: tqdm
+_progress_factory: Callable[[str], object] | None = None
+
+
+def set_download_progress(factory: Callable[[str], object] | None) -> None:
+    """Show downloads with bars made by `factory` (the GUI installs napari's); None: tqdm on stderr."""
+    global _progress_factory
+    _progress_factory = factory
 
 
 @dataclass(frozen=True)
@@ -117,34 +127,44 @@ def _manual_hint(e: WeightsEntry, folder: Path) -> str:
 
 
 def _download(e: WeightsEntry, folder: Path, timeout: float) -> Path:
-    """Download into a temporary file in `folder`, check sha256, rename into place."""
+    """Download with pooch into `folder` (sha256 checked, RETRIES retries); InputError when it fails."""
+    import pooch
+    import requests
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the weights cache folder {folder}: {exc.strerror or exc}; "
                          f"set {CACHE_ENV} to a writable folder.") from None
-    target = folder / e.filename
-    tmp = folder / f".{e.filename}.{uuid.uuid4().hex[:8]}.partial"
-    digest = hashlib.sha256()
+    pooch.get_logger().setLevel(logging.WARNING)  # its "Downloading ..." lines: the bar says it
+    bar = True if _progress_factory is None else _progress_factory(f"downloading {e.name} weights")
+    downloader = pooch.HTTPDownloader(progressbar=bar, timeout=timeout, chunk_size=_CHUNK,
+                                      headers={"User-Agent": APP_NAME})
+    store = pooch.create(path=folder, base_url="", registry={e.filename: f"sha256:{e.sha256}"},
+                         urls={e.filename: e.url}, retry_if_failed=RETRIES)
+    tries = f"{RETRIES + 1} {'try' if RETRIES == 0 else 'tries'}"
     try:
-        try:
-            request = urllib.request.Request(e.url, headers={"User-Agent": APP_NAME})
-            with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    digest.update(chunk)
-                    out.write(chunk)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise InputError(f"could not download the {e.name} weights from {e.url} ({reason}). "
-                             f"To install them by hand, {_manual_hint(e, folder)}") from None
-        got = digest.hexdigest()
-        if got != e.sha256:
-            raise InputError(f"the downloaded {e.name} weights have sha256 {got}, expected {e.sha256}; "
-                             f"nothing was kept. Try again later, or {_manual_hint(e, folder)}")
-        os.replace(tmp, target)
+        return Path(store.fetch(e.filename, downloader=downloader))
+    except requests.exceptions.RequestException as exc:
+        raise InputError(f"could not download the {e.name} weights from {e.url} ({_reason(exc)}; {tries}). "
+                         f"To install them by hand, {_manual_hint(e, folder)}") from None
+    except ValueError as exc:  # pooch: the sha256 did not match
+        got = re.search(r"got ([0-9a-f]{64})", str(exc))
+        have = f"have sha256 {got.group(1)}" if got else "have another sha256"
+        raise InputError(f"the downloaded {e.name} weights {have}, expected {e.sha256} ({tries}); nothing "
+                         f"was kept. Try again later, or {_manual_hint(e, folder)}") from None
     finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        if bar is not True:
+            bar.close()
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost cause of a requests error, in a few words."""
+    inner = exc
+    while inner.__context__ is not None and not isinstance(inner, ConnectionRefusedError):
+        inner = inner.__context__
+    text = str(inner).split(": ", 1)[-1] if isinstance(inner, OSError) else str(exc)
+    return text.strip() or type(exc).__name__
 
 
 def fetch(name: str, *, timeout: float = TIMEOUT_S, report: Callable[[str], None] | None = None) -> Path:
