@@ -62,15 +62,20 @@ class ExportWidget(Container):
         """Run an export; report a specific error or what was written, as notifications."""
         from napari.utils.notifications import show_error, show_info
 
-        from ..core.errors import InputError, OutputExistsError
+        from ..core.errors import InputError, OutputExistsError, os_error_message
+        from ..core.io.atomic import staged
 
         if self.source.value is None:
             show_error(f"{what}: choose a sequence layer first.")
             return None
         try:
-            written = action(self.source.value)
-        except (InputError, OutputExistsError, ValueError, OSError) as exc:
+            with staged():  # all files of the export (a field per frame) appear together, or none
+                written = action(self.source.value)
+        except (InputError, OutputExistsError, ValueError) as exc:
             show_error(f"{what} not written: {exc}")
+            return None
+        except OSError as exc:
+            show_error(f"{what} not written: {os_error_message(exc)}")
             return None
         show_info(f"{what} written: {written}")
         return written
@@ -112,7 +117,11 @@ class ExportWidget(Container):
     def _write_fields(self, layer):
         from ..core.io.fields import write_displacement_series
 
+        from ..core.errors import InputError
+
         fields, geometry = self._field(layer)
+        if Path(self.fields_dir.value).is_file():
+            raise InputError(f"{self.fields_dir.value} is a file; choose a folder for the fields.")
         return write_displacement_series(Path(self.fields_dir.value), fields, geometry,
                                          stem=_safe(layer.name), suffix=self.field_format.value)
 

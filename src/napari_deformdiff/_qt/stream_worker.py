@@ -190,8 +190,14 @@ def start_stream(
                           progress_bar=progress_bar)
 
     def report(exc: Exception) -> None:
+        from ..core.errors import os_error_message
+
         if isinstance(exc, InputError):
             show_error(str(exc))
+        elif isinstance(exc, OSError):  # disk full, read-only, permission: the CLI's one line
+            show_error(f"{description}: {os_error_message(exc)}")
+        elif isinstance(exc, MemoryError):
+            show_error(f"{description}: out of memory; try smaller inputs or sizes.")
         else:
             log.error("%s failed:\n%s", description, "".join(traceback.format_exception(exc)))
             show_error(f"{description} failed: {type(exc).__name__}: {exc}")
