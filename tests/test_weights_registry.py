@@ -240,3 +240,35 @@ def test_cli_lists_and_fetches(server, cache, monkeypatch, capsys):
     assert "100%" in captured.err and "10.2k" in captured.err  # tqdm's bar: all 10247 bytes
     assert main(["weights", "fetch", "nope"]) == 2
     assert "no weights named 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.gui
+def test_in_napari_a_download_is_a_progress_bar_of_the_activity_dock(server, cache, monkeypatch, make_napari_viewer,
+                                                                     qtbot):
+    from napari.qt.threading import create_worker
+    from napari.utils import progress
+
+    import napari_deformdiff._qt as qt_package  # importing the widgets installs napari's bars
+
+    base, _ = server
+    _register(monkeypatch, f"{base}/w.bin")
+    make_napari_viewer()
+    bars, seen = [], []
+
+    def recording(desc):
+        bar = qt_package._activity_dock_bar(desc)
+        seen.append(bar in progress._all_instances)  # listed in the activity dock while it runs
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(wr, "_progress_factory", recording)
+    worker = create_worker(wr.fetch, "test-w")  # as the widgets do: in a worker thread
+    results = []
+    worker.returned.connect(results.append)
+    with qtbot.waitSignal(worker.finished, timeout=30_000):
+        worker.start()
+    assert results == [cache / "test_w.bin"] and (cache / "test_w.bin").read_bytes() == PAYLOAD
+    (bar,) = bars
+    assert isinstance(bar, progress) and bar.desc.startswith("downloading test-w weights")
+    assert bar.total == len(PAYLOAD) and bar.n == len(PAYLOAD) and seen == [True]
+    assert bar not in progress._all_instances  # closed: gone from the dock

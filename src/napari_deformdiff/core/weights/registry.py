@@ -137,7 +137,7 @@ def _download(e: WeightsEntry, folder: Path, timeout: float) -> Path:
         raise InputError(f"cannot create the weights cache folder {folder}: {exc.strerror or exc}; "
                          f"set {CACHE_ENV} to a writable folder.") from None
     pooch.get_logger().setLevel(logging.WARNING)  # its "Downloading ..." lines: the bar says it
-    bar = True if _progress_factory is None else _progress_factory(f"downloading {e.name} weights")
+    bar = True if _progress_factory is None else _Clamped(_progress_factory(f"downloading {e.name} weights"))
     downloader = pooch.HTTPDownloader(progressbar=bar, timeout=timeout, chunk_size=_CHUNK,
                                       headers={"User-Agent": APP_NAME})
     store = pooch.create(path=folder, base_url="", registry={e.filename: f"sha256:{e.sha256}"},
@@ -156,6 +156,30 @@ def _download(e: WeightsEntry, folder: Path, timeout: float) -> Path:
     finally:
         if bar is not True:
             bar.close()
+
+
+class _Clamped:
+    """pooch counts whole chunks (the last one past the file's end); the bar it feeds never passes its total."""
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+
+    @property
+    def total(self):
+        return self.bar.total
+
+    @total.setter
+    def total(self, value) -> None:
+        self.bar.total = value
+
+    def update(self, k: int) -> None:
+        self.bar.update(min(k, self.bar.total - self.bar.n) if self.bar.total else k)
+
+    def reset(self) -> None:
+        self.bar.reset()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _reason(exc: Exception) -> str:
