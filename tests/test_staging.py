@@ -248,3 +248,18 @@ def test_a_failing_optimizer_save_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         optim_step.save_optimizer({"state": {}}, path)
     assert files(tmp_path) == {Path(path.name): b"the previous state"}
+
+
+def test_ctrl_c_while_training_saves_leaves_no_partial_checkpoint(tmp_path, monkeypatch, capsys):
+    import safetensors.torch
+
+    assert main(["phantom", "--out", str(tmp_path / "ds"), "--2d", "--frames", "4", "--seed", "3"]) == 0
+
+    def half_then_ctrl_c(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_ctrl_c)
+    ckpt = tmp_path / "m.safetensors"
+    assert_interrupted(["train", "ddm", "--data", str(tmp_path / "ds"), "--out", str(ckpt), "--steps", "1",
+                        "--crop", "32,32"], tmp_path, capsys, [ckpt, tmp_path / "m.safetensors.optim.pt"])
+    assert not list(tmp_path.glob(".*"))
