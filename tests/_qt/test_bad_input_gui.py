@@ -198,7 +198,7 @@ def export_cine_on_a_full_disk(v, w, f, out, m):
     w.source.value = sequence_layer(v)
     w.cine_path.value = out / "cine.nrrd"
     failing_moves(m, errno.ENOSPC)
-    return w.export_cine, "Cine not written: cannot use {}: no space left on the device (disk full)".format(out / "cine.nrrd")
+    return w.export_cine, f"Cine not written: cannot use {out / 'cine.nrrd'}: no space left on the device (disk full)"
 
 
 def export_fields_into_a_read_only_folder(v, w, f, out, m):
@@ -275,8 +275,8 @@ ROWS = {
     MODIFF: [modiff_3d_first_with_2d_weights, modiff_ddm_checkpoint, modiff_corrupt_checkpoint,
              modiff_time_series_without_frame],
     EXPORT: [export_existing_report, export_existing_cine_volume, export_cine_into_a_missing_folder,
-             export_cine_on_a_full_disk, export_fields_into_a_read_only_folder, export_fields_failing_at_the_third_frame,
-             export_fields_into_a_file,
+             export_cine_on_a_full_disk, export_fields_into_a_read_only_folder,
+             export_fields_failing_at_the_third_frame, export_fields_into_a_file,
              export_fields_of_a_layer_without_fields],
     OPEN: [open_truncated_file, open_missing_file, open_bool_nifti, open_header_naming_an_outside_file],
 }

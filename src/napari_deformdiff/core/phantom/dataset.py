@@ -76,9 +76,10 @@ def write_phantom_dataset(
         yield Plan((("cases", cases),))
         for i in range(cases):
             yield Progress(i, cases, f"case {i + 1}/{cases}", "cases")
+            case = makers[kind](seed + i, two_d=two_d, **kwargs)
             with stage.collecting():
-                _write_case(makers[kind](seed + i, two_d=two_d, **kwargs), stage.makedirs(out_dir / f"patient{i + 1:03d}"),
-                            image_dtype, fields, overwrite)
+                folder = stage.makedirs(out_dir / f"patient{i + 1:03d}")
+                _write_case(case, folder, image_dtype, fields, overwrite)
         if outer is None:
             stage.commit()
     except BaseException:
