@@ -11,6 +11,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,22 @@ def test_dataloader_workers_assemble_the_same_batches(runs, tmp_path):
     assert losses == json.loads((one / "losses.json").read_text())
     for method in ("ddm", "drdm", "modiff"):
         assert_same_weights(tmp_path / f"{method}.safetensors", one / f"{method}.safetensors")
+
+
+def test_torchrun_trains_from_the_command_line_and_rank_0_alone_reports(tmp_path):
+    from napari_deformdiff.cli import main
+    from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
+
+    list(write_phantom_dataset(tmp_path / "data", cases=1, seed=2, two_d=True, frames=2))
+    args = ["train", "drdm", "--data", str(tmp_path / "data"), "--grid", "16,16", "--steps", "3", "--lr", "1e-3",
+            "--seed", "1"]
+    two, one = tmp_path / "two.safetensors", tmp_path / "one.safetensors"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "napari_deformdiff.cli", *args, "--batch", "1", "--out", str(two)],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("wrote") == 1 and run.stderr.count("on cpu, 2 processes") == 1
+    assert main(args + ["--batch", "2", "--out", str(one)]) == 0
+    assert read_state(two)[1]["batch"] == read_state(one)[1]["batch"] == "2"
+    for a, b in zip(outputs("drdm", two, tmp_path), outputs("drdm", one, tmp_path)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))

@@ -156,13 +156,15 @@ def train_ddm(
     crop = _check_crop(crop, config)
     optim_path = out.with_name(out.name + ".optim.pt")
     world = world or current_world()
-    data = [[f.to(device if workers == 0 else "cpu") for f in frames] for frames in pair_frames(pairs, config, sampling)]
+    item_device = device if workers == 0 else "cpu"
+    data = [[f.to(item_device) for f in frames] for frames in pair_frames(pairs, config, sampling)]
     started = time.perf_counter()
     history: list[float] = []
 
     def save(step: int) -> None:
         save_ddm(model, out, overwrite=True, step=str(step), seed=str(seed), lr=str(lr),
-                 pairs=str(len(data)), batch=str(batch * world.size), sampling=sampling, crop=str(list(crop) if crop else "none"),
+                 pairs=str(len(data)), batch=str(batch * world.size), sampling=sampling,
+                 crop=str(list(crop) if crop else "none"),
                  train_seconds=f"{time.perf_counter() - started:.0f}",
                  last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
         save_optimizer(optim.state_dict(), optim_path)

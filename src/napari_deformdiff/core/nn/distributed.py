@@ -36,6 +36,11 @@ class World:
     def main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def note(self) -> str:
+        """", N processes" for a progress line, empty for one process."""
+        return f", {self.size} processes" if self.size > 1 else ""
+
     def items(self, batch: int) -> range:
         """The global batch items this rank assembles when each rank takes `batch`."""
         return range(self.rank * batch, (self.rank + 1) * batch)
