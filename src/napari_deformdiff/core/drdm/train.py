@@ -2,8 +2,9 @@
 
 Each batch item draws an image, a light augmentation (flips, intensity jitter), a level t in
 1..80 and the forward fields at t: the network sees image o DDF_t and learns the recovery of the
-one-step DVF (losses.drdm_loss). Every step draws from a generator seeded with (seed, step), so a
-run is reproducible and a resumed run continues the same sequence.
+one-step DVF (losses.drdm_loss). Item i of a step draws from a generator seeded with (seed, step,
+i) (nn.distributed), so a run is reproducible, a resumed run continues the same sequence and a batch
+split over processes gives the same items.
 """
 
 from __future__ import annotations

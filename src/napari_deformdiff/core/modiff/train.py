@@ -1,8 +1,9 @@
 """Training Mo-Diff stage by stage (VAE, then stage 1, then stage 2), as a generator of progress.
 
-AdamW with a linear warm-up and a cosine decay per stage (as the paper). Every step draws its
-clips, frame count, crops, timesteps and noise from a generator seeded with (seed, stage, step),
-so a run is reproducible and a resumed run continues the same sequence.
+AdamW with a linear warm-up and a cosine decay per stage (as the paper). Every step plans its
+batch (sequences, frame counts) from a generator seeded with (seed, stage, step) and each item draws
+its clip, crop, timestep and noise from its own (batches.py), so a run is reproducible, a resumed
+run continues the same sequence and a batch split over processes gives the same items.
 """
 
 from __future__ import annotations
