@@ -35,8 +35,6 @@ from .ddm_helpers import tiny_config as tiny_ddm
 from .modiff_helpers import phantom_sequences
 from .modiff_helpers import tiny_config as tiny_modiff
 
-pytestmark = pytest.mark.slow
-
 GRID = (16, 16)
 DDM_STEPS, DRDM_STEPS = 3, 3
 MODIFF_STEPS = {"vae": 2, "tddm": 3, "video": 2}
@@ -146,6 +144,7 @@ def outputs(method: str, path: Path, data: Path) -> list[torch.Tensor]:
         return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ddm", "drdm", "modiff"])
 def test_two_processes_follow_one_with_the_doubled_batch(runs, method):
     two, one = runs
@@ -164,6 +163,7 @@ def test_two_processes_follow_one_with_the_doubled_batch(runs, method):
     assert len(set(curve_one)) > 1
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_and_a_resumed_two_process_run_continues_exactly(runs):
     two, one = runs
     assert sorted(p.name for p in (two / "rank0").iterdir()) == sorted(
@@ -173,6 +173,7 @@ def test_only_rank_0_writes_and_a_resumed_two_process_run_continues_exactly(runs
     assert read_state(two / "resume.safetensors")[1]["batch"] == "2"  # the global batch
 
 
+@pytest.mark.slow
 def test_dataloader_workers_assemble_the_same_batches(runs, tmp_path):
     _, one = runs
     losses = run_all(tmp_path, one.parent / "sequences", batch=2, workers=2)
@@ -181,6 +182,7 @@ def test_dataloader_workers_assemble_the_same_batches(runs, tmp_path):
         assert_same_weights(tmp_path / f"{method}.safetensors", one / f"{method}.safetensors")
 
 
+@pytest.mark.slow
 def test_torchrun_trains_from_the_command_line_and_rank_0_alone_reports(tmp_path):
     from napari_deformdiff.cli import main
     from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
@@ -198,3 +200,37 @@ def test_torchrun_trains_from_the_command_line_and_rank_0_alone_reports(tmp_path
     assert read_state(two)[1]["batch"] == read_state(one)[1]["batch"] == "2"
     for a, b in zip(outputs("drdm", two, tmp_path), outputs("drdm", one, tmp_path)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+def test_item_draws_do_not_depend_on_the_rest_of_the_batch():
+    from napari_deformdiff.core.nn import draws
+    from napari_deformdiff.core.nn.distributed import World
+
+    def gens(items):
+        return loss_generators(7, 3, items)
+
+    whole, t_whole = draws.randn((4, 2, 5), gens(range(4))), draws.randint(100, 4, gens(range(4)))
+    for rank in (0, 1):
+        mine = World(rank, 2).items(2)
+        assert list(mine) == [2 * rank, 2 * rank + 1]
+        assert torch.equal(draws.randn((2, 2, 5), gens(mine)), whole[2 * rank:2 * rank + 2])
+        assert torch.equal(draws.randint(100, 2, gens(mine)), t_whole[2 * rank:2 * rank + 2])
+    assert not torch.equal(whole[0], whole[1])
+    g = torch.Generator().manual_seed(1)  # one generator: torch's own draws, as before
+    assert torch.equal(draws.randn((4, 2, 5), g), torch.randn((4, 2, 5), generator=torch.Generator().manual_seed(1)))
+
+
+def test_torchrun_environment_is_read_and_checked(monkeypatch):
+    from napari_deformdiff.core.errors import InputError
+    from napari_deformdiff.core.nn.distributed import World, torchrun_world
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert torchrun_world() == World(1, 3, 1) and not torchrun_world().main
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(InputError, match="rank 3 is not among WORLD_SIZE=3"):
+        torchrun_world()
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(InputError, match="must be integers"):
+        torchrun_world()

@@ -14,8 +14,8 @@ from ..errors import InputError
 from ..events import Progress
 from ..io.pairs import Pair
 from ..nn.model_grid import GridMap, to_model
-from ..nn.distributed import Objective, World, barrier, current_world, item_generator, loss_generators, shared, \
-    step_batches
+from ..nn.distributed import (Objective, World, barrier, current_world, item_generator, loss_generators, shared,
+                              step_batches)
 from ..nn.optim_step import descend_shared, save_optimizer, saved_optimizer, training_start
 from .nets.ddm import DDM, DDMConfig
 from .nets.field_unet import skip_first_from_up_first

@@ -73,6 +73,10 @@ def process_group(device: str) -> Iterator[tuple[World, str]]:
     if world.size == 1 or dist.is_initialized():
         yield current_world(), device
         return
+    if not dist.is_available():
+        raise InputError("this PyTorch build has no torch.distributed: train in one process.")
+    if str(device).startswith("mps"):
+        raise InputError("several training processes run on CPUs (gloo) or CUDA GPUs (nccl), not on mps.")
     if str(device).startswith("cuda"):
         if world.local_rank >= torch.cuda.device_count():
             raise InputError(f"local rank {world.local_rank} has no GPU ({torch.cuda.device_count()} visible).")
@@ -87,7 +91,7 @@ def process_group(device: str) -> Iterator[tuple[World, str]]:
 
 def barrier(world: World) -> None:
     if world.size > 1:
-        dist.barrier()
+        dist.barrier(device_ids=[torch.cuda.current_device()] if dist.get_backend() == "nccl" else None)
 
 
 def item_generator(seed: int, step: int, item: int, purpose: str = "batch") -> torch.Generator:
