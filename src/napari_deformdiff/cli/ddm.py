@@ -16,6 +16,7 @@ def cmd_train_ddm(args: argparse.Namespace) -> int:
     from ..core.ddm.train import train_ddm
     from ..core.device import choose_device_name
     from ..core.io.pairs import find_pairs
+    from ..core.nn.distributed import process_group
 
     _check_outputs([unless_resumed(args.out, args.resume)], args.overwrite, inputs=[args.data])
     if args.resume is not None:
@@ -24,15 +25,20 @@ def cmd_train_ddm(args: argparse.Namespace) -> int:
         check_optimizer_files(args.resume, args.out)
     pairs = find_pairs(args.data)
     ndims = pairs[0].source.geometry.ndim
-    device = choose_device_name(args.device)
-    print(f"{len(pairs)} {ndims}D pairs from {args.data}; training on {device}", file=sys.stderr)
-    events = train_ddm(
-        pairs, args.out, steps=args.steps, config=DDMConfig.default(ndims), resume=args.resume,
-        seed=args.seed, device=device, lr=args.lr, crop=_sizes(args.crop), batch=args.batch, sampling=args.pairs,
-        save_every=args.save_every, overwrite=args.overwrite, anchor=args.anchor,
-    )
-    _progress(events, desc="train ddm")
-    print(f"wrote {args.out}")
+    with process_group(choose_device_name(args.device)) as (world, device):  # torchrun: one rank of several
+        if world.main:
+            print(f"{len(pairs)} {ndims}D pairs from {args.data}; training on {device}{world.note}", file=sys.stderr)
+        events = train_ddm(
+            pairs, args.out, steps=args.steps, config=DDMConfig.default(ndims), resume=args.resume,
+            seed=args.seed, device=device, lr=args.lr, crop=_sizes(args.crop), batch=args.batch, sampling=args.pairs,
+            save_every=args.save_every, overwrite=args.overwrite, anchor=args.anchor, workers=args.workers,
+        )
+        if world.main:
+            _progress(events, desc="train ddm")
+        else:
+            list(events)  # the other ranks train quietly
+    if world.main:
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -135,7 +141,7 @@ def _add_train(train) -> None:
     p.add_argument("--data", type=Path, required=True, help="folder of ACDC patients or of pairs")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
     p.add_argument("--steps", type=int, default=72000, help="total optimisation steps (paper: 72000)")
-    p.add_argument("--batch", type=int, default=1, help="pairs per step (paper: 1)")
+    p.add_argument("--batch", type=int, default=1, help="pairs per step and process (paper: 1)")
     p.add_argument("--crop", default=None, help="random crops of the model grid, e.g. 16,64,64")
     p.add_argument("--pairs", choices=["ends", "cine"], default="ends",
                    help="ends: source -> target only (paper); cine: also random frame pairs of the 4D cine")
@@ -145,6 +151,8 @@ def _add_train(train) -> None:
     p.add_argument("--anchor", type=float, default=None,
                    help="weight of ||field(source, zero code)||^2 (not in the paper; 0 = off): makes "
                         "gamma = 0 give the source itself")
+    p.add_argument("--workers", type=bounded_int(0, 256), default=0,
+                   help="DataLoader processes that assemble the batches (0: the training process)")
     _run_options(p)
     p.set_defaults(func=cmd_train_ddm)
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from .paths import check_name, check_output_folder_files, unless_resumed
-from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv
+from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv, bounded_int
 
 
 def cmd_train_drdm(args: argparse.Namespace) -> int:
     from ..core.device import choose_device_name
     from ..core.drdm.train import DEFAULT_GRID, train_drdm
+    from ..core.nn.distributed import process_group
 
     data = None if args.data == "phantom" else Path(args.data)
     _check_outputs([unless_resumed(args.out, args.resume)], args.overwrite, inputs=[data, args.init])
@@ -22,16 +23,22 @@ def cmd_train_drdm(args: argparse.Namespace) -> int:
 
         check_optimizer_files(args.resume, args.out)
     grid = _sizes(args.grid) or DEFAULT_GRID[args.ndims]
-    device = choose_device_name(args.device)
-    print(f"training a {args.ndims}D DRDM on grid {'x'.join(map(str, grid))} from {args.data} on {device}",
-          file=sys.stderr)
-    events = train_drdm(
-        args.data, args.out, ndims=args.ndims, grid=grid, steps=args.steps, batch=args.batch, lr=args.lr,
-        seed=args.seed, resume=args.resume, save_every=args.save_every, device=device,
-        overwrite=args.overwrite, crop=_sizes(args.crop), field_bank=args.field_bank, init=args.init,
-    )
-    _progress(events, desc="train drdm")
-    print(f"wrote {args.out}")
+    with process_group(choose_device_name(args.device)) as (world, device):  # torchrun: one rank of several
+        if world.main:
+            print(f"training a {args.ndims}D DRDM on grid {'x'.join(map(str, grid))} from {args.data} on "
+                  f"{device}{world.note}", file=sys.stderr)
+        events = train_drdm(
+            args.data, args.out, ndims=args.ndims, grid=grid, steps=args.steps, batch=args.batch, lr=args.lr,
+            seed=args.seed, resume=args.resume, save_every=args.save_every, device=device,
+            overwrite=args.overwrite, crop=_sizes(args.crop), field_bank=args.field_bank, init=args.init,
+            workers=args.workers,
+        )
+        if world.main:
+            _progress(events, desc="train drdm")
+        else:
+            list(events)  # the other ranks train quietly
+    if world.main:
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -120,7 +127,7 @@ def _add_train(train) -> None:
     p.add_argument("--ndims", type=int, choices=[2, 3], default=2, help="2D (slices) or 3D model")
     p.add_argument("--grid", default=None, help="model grid, multiples of 8 (default 128,128 / 32,64,64)")
     p.add_argument("--steps", type=int, default=20000, help="total optimisation steps")
-    p.add_argument("--batch", type=int, default=4, help="images per step, each at its own level")
+    p.add_argument("--batch", type=int, default=4, help="images per step and process, each at its own level")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
     p.add_argument("--save-every", type=int, default=100)
@@ -129,6 +136,8 @@ def _add_train(train) -> None:
                    help="reuse the fields of N forward draws (all levels each; saves most 3D CPU time)")
     p.add_argument("--init", type=Path, default=None,
                    help="start from these weights (a 2D file starts a 3D model slice by slice)")
+    p.add_argument("--workers", type=bounded_int(0, 256), default=0,
+                   help="DataLoader processes that assemble the batches (0: the training process)")
     _run_options(p)
     p.set_defaults(func=cmd_train_drdm)
 

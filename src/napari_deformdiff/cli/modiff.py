@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from .paths import unless_resumed
-from .progress import _check_outputs, _per_stage, _progress, _run_options, _sizes, _table_and_csv
+from .progress import _check_outputs, _per_stage, _progress, _run_options, _sizes, _table_and_csv, bounded_int
 
 
 def _modiff_config(args: argparse.Namespace, ndims: int, frames: list[int]):
@@ -36,6 +36,7 @@ def cmd_train_modiff(args: argparse.Namespace) -> int:
     from ..core.device import choose_device_name
     from ..core.modiff.data import find_sequences
     from ..core.modiff.train import train_modiff
+    from ..core.nn.distributed import process_group
 
     steps, lr, batch = _per_stage(args.steps), _per_stage(args.lr, float), _per_stage(args.batch)
     _check_outputs([unless_resumed(args.out, args.resume)], args.overwrite, inputs=[*args.data, args.init])
@@ -48,17 +49,22 @@ def cmd_train_modiff(args: argparse.Namespace) -> int:
     frames = [s.frames.data.shape[0] for s in sequences]
     config = _modiff_config(args, ndims, frames)
     stages = args.stages.split(",") if args.stages else ("vae", "tddm", "video")
-    device = choose_device_name(args.device)
-    print(f"{len(sequences)} {ndims}D sequences of {min(frames)}-{max(frames)} frames from "
-          f"{', '.join(map(str, args.data))}; model {config.ablation()}, frames {config.min_frames}-"
-          f"{config.max_frames}; stages {', '.join(stages)} on {device}", file=sys.stderr)
-    events = train_modiff(
-        sequences, args.out, steps=steps, stages=stages, config=config, resume=args.resume,
-        init=args.init, seed=args.seed, device=device, lr=lr,
-        batch=batch, save_every=args.save_every, overwrite=args.overwrite,
-    )
-    _progress(events, desc="train modiff")
-    print(f"wrote {args.out}")
+    with process_group(choose_device_name(args.device)) as (world, device):  # torchrun: one rank of several
+        if world.main:
+            print(f"{len(sequences)} {ndims}D sequences of {min(frames)}-{max(frames)} frames from "
+                  f"{', '.join(map(str, args.data))}; model {config.ablation()}, frames {config.min_frames}-"
+                  f"{config.max_frames}; stages {', '.join(stages)} on {device}{world.note}", file=sys.stderr)
+        events = train_modiff(
+            sequences, args.out, steps=steps, stages=stages, config=config, resume=args.resume,
+            init=args.init, seed=args.seed, device=device, lr=lr,
+            batch=batch, save_every=args.save_every, overwrite=args.overwrite, workers=args.workers,
+        )
+        if world.main:
+            _progress(events, desc="train modiff")
+        else:
+            list(events)  # the other ranks train quietly
+    if world.main:
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -157,7 +163,7 @@ def _add_train(train) -> None:
                    help="sequence to learn: ED -> ES (default) or the whole cycle from ED")
     p.add_argument("--steps", default="", help="steps per stage, e.g. vae=800,tddm=1500,video=1200")
     p.add_argument("--stages", default="", help="train only these stages, e.g. tddm (default: all three)")
-    p.add_argument("--batch", default="", help="batch per stage, e.g. vae=8,tddm=4,video=2")
+    p.add_argument("--batch", default="", help="batch per stage and process, e.g. vae=8,tddm=4,video=2")
     p.add_argument("--lr", default="", help="learning rate per stage, e.g. tddm=2e-4")
     p.add_argument("--min-frames", type=int, default=4, help="smallest frame count N the model learns")
     p.add_argument("--max-frames", type=int, default=None,
@@ -171,6 +177,8 @@ def _add_train(train) -> None:
     p.add_argument("--init", type=Path, help="start from the parts of this checkpoint that fit (ablations)")
     p.add_argument("--resume", type=Path, help="continue training this checkpoint")
     p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--workers", type=bounded_int(0, 256), default=0,
+                   help="DataLoader processes that assemble the batches (0: the training process)")
     _run_options(p)
     p.set_defaults(func=cmd_train_modiff)
 

@@ -14,7 +14,9 @@ from ..errors import InputError
 from ..events import Progress
 from ..io.pairs import Pair
 from ..nn.model_grid import GridMap, to_model
-from ..nn.optim_step import descend, save_optimizer, saved_optimizer, step_generator, training_start
+from ..nn.distributed import (Objective, World, barrier, current_world, item_generator, loss_generators, shared,
+                              step_batches)
+from ..nn.optim_step import descend_shared, save_optimizer, saved_optimizer, training_start
 from .nets.ddm import DDM, DDMConfig
 from .nets.field_unet import skip_first_from_up_first
 from .weights import OLD_FIELD_CONCAT, field_concat_of, load_ddm, save_ddm
@@ -89,6 +91,19 @@ def augment(s: torch.Tensor, t: torch.Tensor, g: torch.Generator, crop: Sequence
     return s.contiguous(), t.contiguous()
 
 
+class PairItems:
+    """make(step, item) of nn.distributed.step_batches: item `item` of a step's global batch, a random
+    pair drawn with draw_pair and augmented, from the item's own generator."""
+
+    def __init__(self, data: list[list[torch.Tensor]], seed: int, sampling: str, crop: Sequence[int] | None):
+        self.data, self.seed, self.sampling, self.crop = data, seed, sampling, crop
+
+    def __call__(self, step: int, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = item_generator(self.seed, step, item)
+        frames = self.data[int(torch.randint(0, len(self.data), (), generator=g))]
+        return augment(*draw_pair(frames, g, self.sampling), g, self.crop)
+
+
 def _check_crop(crop, config: DDMConfig):
     if crop is None:
         return None
@@ -116,16 +131,21 @@ def train_ddm(
     save_every: int = 100,
     overwrite: bool = False,
     anchor: float | None = None,
+    workers: int = 0,
+    world: World | None = None,
 ) -> Iterator[Progress]:
     """Train (or continue training) a DDM, saving a safetensors checkpoint to `out` as it goes.
 
-    `batch` pairs per step (the paper uses 1; on a CPU 2-4 uses the cores better).
+    `batch` pairs per step and process (the paper uses 1; on a CPU 2-4 uses the cores better).
     `sampling`: "ends" trains on source -> target only (the paper); "cine" also on random frame
     pairs of the pair's cine (ACDC 4D files), see draw_pair.
     Yields a Plan, then Progress(step, steps, "loss ...", "train") after every step. With `resume`, weights, optimizer
-    state and the step count come from that checkpoint (and its .optim.pt beside it). Each step
-    draws its pair, augmentation, timestep and noise from a generator seeded with (seed, step),
-    so a run is reproducible and a resumed run continues the same sequence.
+    state and the step count come from that checkpoint (and its .optim.pt beside it).
+    Each item of a step's batch draws its pair, augmentation, timestep and noise from its own
+    generator seeded with (seed, step, item), so a run is reproducible, a resumed run continues the
+    same sequence and, under torchrun (`world`, default: the initialised process group), N processes
+    of `batch` pairs give the run of one process with N * batch (nn/distributed.py); rank 0 saves.
+    `workers` DataLoader processes assemble the batches (0: in this process).
     `anchor` sets the configuration's lambda_anchor (see DDM.training_losses), also when resuming.
     """
     out = Path(out)
@@ -135,32 +155,33 @@ def train_ddm(
     config = model.config
     crop = _check_crop(crop, config)
     optim_path = out.with_name(out.name + ".optim.pt")
-    data = [[f.to(device) for f in frames] for frames in pair_frames(pairs, config, sampling)]
+    world = world or current_world()
+    item_device = device if workers == 0 else "cpu"
+    data = [[f.to(item_device) for f in frames] for frames in pair_frames(pairs, config, sampling)]
     started = time.perf_counter()
     history: list[float] = []
 
     def save(step: int) -> None:
         save_ddm(model, out, overwrite=True, step=str(step), seed=str(seed), lr=str(lr),
-                 pairs=str(len(data)), batch=str(batch), sampling=sampling, crop=str(list(crop) if crop else "none"),
+                 pairs=str(len(data)), batch=str(batch * world.size), sampling=sampling,
+                 crop=str(list(crop) if crop else "none"),
                  train_seconds=f"{time.perf_counter() - started:.0f}",
                  last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
         save_optimizer(optim.state_dict(), optim_path)
 
+    objective = shared(Objective(model, model.training_losses), world, device)
+    batches = step_batches(PairItems(data, seed, sampling, crop), start, steps, world=world, batch=batch,
+                           workers=workers, seed=seed, device=device)
     yield from training_start(start, steps)
-    for step in range(start, steps):
-        g = step_generator(seed, step)
-        chosen = [augment(*draw_pair(data[int(i)], g, sampling), g, crop)
-                  for i in torch.randint(0, len(data), (batch,), generator=g)]
-        s = torch.cat([c[0] for c in chosen])
-        t = torch.cat([c[1] for c in chosen])
-        losses = model.training_losses(s, t, generator=g)
-        total = descend(optim, losses["total"], step)
+    for step, (s, t) in enumerate(batches, start):
+        losses = objective(s, t, generator=loss_generators(seed, step, world.items(batch)))
+        total, ncc, eps = descend_shared(optim, losses["total"], step, world, (losses["ncc"], losses["diffusion"]))
         history.append(total)
         done = step + 1
-        if done % save_every == 0 or done == steps:
+        if world.main and (done % save_every == 0 or done == steps):
             save(done)
-        yield Progress(done, steps, f"loss {total:.4f} (ncc {float(losses['ncc'].detach()):.3f}, "
-                                         f"eps {float(losses['diffusion'].detach()):.4f})", "train")
+        yield Progress(done, steps, f"loss {total:.4f} (ncc {ncc:.3f}, eps {eps:.4f})", "train")
+    barrier(world)
     model.eval()
 
 

@@ -2,8 +2,9 @@
 
 Each batch item draws an image, a light augmentation (flips, intensity jitter), a level t in
 1..80 and the forward fields at t: the network sees image o DDF_t and learns the recovery of the
-one-step DVF (losses.drdm_loss). Every step draws from a generator seeded with (seed, step), so a
-run is reproducible and a resumed run continues the same sequence.
+one-step DVF (losses.drdm_loss). Item i of a step draws from a generator seeded with (seed, step,
+i) (nn.distributed), so a run is reproducible, a resumed run continues the same sequence and a batch
+split over processes gives the same items.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 from ..weights.files import read_state
 from ..errors import InputError
 from ..events import Progress
-from ..nn.optim_step import descend, save_optimizer, saved_optimizer, step_generator, training_start
+from ..nn.distributed import Objective, World, barrier, current_world, item_generator, shared, step_batches
+from ..nn.optim_step import descend_shared, save_optimizer, saved_optimizer, training_start
 from ..nn.model_grid import unit_range
 from .nets import RecResACNet
 from ..spatial import warp
@@ -197,25 +199,44 @@ def training_batch(images: torch.Tensor, batch: int, g: torch.Generator, device,
 
     Fields are drawn on the whole model grid (forward process, or `bank`); with `crop` the
     deformed image and the DVF are then cropped together at a random place (C = crop, else the grid).
+    The items draw from `g` one after the other (training_item).
     """
-    grid = tuple(images.shape[2:])
-    xs, ts, dvfs = [], [], []
-    for i in torch.randint(0, images.shape[0], (batch,), generator=g).tolist():
-        image = augment(images[i], g).to(device)
-        level = int(torch.randint(1, max_level + 1, (), generator=g))
-        if bank is None:
-            sample = sample_forward(grid, level, generator=g, device=device, with_dvf=True)
-            ddf, dvf = sample.ddf, sample.dvf
-        else:
-            ddf, dvf = bank.sample(level, g)
-        x = warp(image[None], ddf, padding_mode="border")
-        if crop is not None:
-            start = [int(torch.randint(0, s - c + 1, (), generator=g)) for s, c in zip(grid, crop)]
-            x, dvf = _crop(x, start, crop), _crop(dvf, start, crop)
-        xs.append(x)
-        ts.append(time_index(level, steps))
-        dvfs.append(dvf)
+    items = [training_item(images[i], g, device, crop=crop, bank=bank, max_level=max_level, steps=steps)
+             for i in torch.randint(0, images.shape[0], (batch,), generator=g).tolist()]
+    xs, ts, dvfs = zip(*items)
     return torch.cat(xs), torch.tensor(ts, device=device), torch.cat(dvfs)
+
+
+def training_item(image: torch.Tensor, g: torch.Generator, device, *, crop: Sequence[int] | None = None,
+                  bank: FieldBank | None = None, max_level: int = MAX_LEVEL, steps: int = MAX_LEVEL):
+    """One item of training_batch from one image (1, *grid): (deformed input (1, 1, *C), time index,
+    one-step DVF (1, n, *C))."""
+    grid = tuple(image.shape[1:])
+    image = augment(image, g).to(device)
+    level = int(torch.randint(1, max_level + 1, (), generator=g))
+    if bank is None:
+        sample = sample_forward(grid, level, generator=g, device=device, with_dvf=True)
+        ddf, dvf = sample.ddf, sample.dvf
+    else:
+        ddf, dvf = bank.sample(level, g)
+    x = warp(image[None], ddf, padding_mode="border")
+    if crop is not None:
+        start = [int(torch.randint(0, s - c + 1, (), generator=g)) for s, c in zip(grid, crop)]
+        x, dvf = _crop(x, start, crop), _crop(dvf, start, crop)
+    return x, time_index(level, steps), dvf
+
+
+class ImageItems:
+    """make(step, item) of nn.distributed.step_batches: item `item` of a step's global batch, drawn by
+    training_item from the item's own generator."""
+
+    def __init__(self, images: torch.Tensor, seed: int, device, **options):
+        self.images, self.seed, self.device, self.options = images, seed, device, options
+
+    def __call__(self, step: int, item: int):
+        g = item_generator(self.seed, step, item)
+        image = self.images[int(torch.randint(0, self.images.shape[0], (), generator=g))]
+        return training_item(image, g, self.device, **self.options)
 
 
 _Z_TAPS = {3: (0.0, 1.0, 0.0), "down": (0.125, 0.375, 0.375, 0.125), "up": (0.25, 0.75, 0.75, 0.25)}
@@ -299,6 +320,8 @@ def train_drdm(
     max_level: int = MAX_LEVEL,
     init: str | Path | None = None,
     images: torch.Tensor | None = None,
+    workers: int = 0,
+    world: World | None = None,
 ) -> Iterator[Progress]:
     """Train (or continue training) a RecResACNet, saving `out` (.safetensors) as it goes.
 
@@ -317,6 +340,10 @@ def train_drdm(
     continues up to it). With `resume`, weights and the step count come from that checkpoint and
     the Adam state from its side file `<name>.optim.pt` (read with weights_only=True).
     Yields a Plan, then Progress(step, steps, "loss ...", "train") after every step.
+    `batch` images per step and process: each item of a step's batch draws from its own generator
+    seeded with (seed, step, item), so under torchrun (`world`, default: the initialised process
+    group) N processes of `batch` give the run of one process with N * batch (nn/distributed.py);
+    rank 0 saves. `workers` DataLoader processes assemble the batches (0: in this process).
     """
     out = Path(out)
     grid, crop = _check_arguments(out, ndims, grid, crop, steps, batch, save_every, resume, overwrite)
@@ -329,11 +356,13 @@ def train_drdm(
         optim.load_state_dict(saved)
 
     images, description = _training_images(data, images, ndims, grid, seed, max_level)
+    world = world or current_world()
+    item_device = device if workers == 0 else "cpu"
     run_notes = {"data": description, "seed": str(seed), "lr": str(lr), "output_lr_scale": str(output_lr_scale),
-                 "warmup": str(warmup), "batch": str(batch), "images": str(images.shape[0]),
+                 "warmup": str(warmup), "batch": str(batch * world.size), "images": str(images.shape[0]),
                  "crop": "none" if crop is None else ",".join(map(str, crop)), "field_bank": str(field_bank or 0),
                  "init": extra.get("init", "none") if resume is not None else (Path(init).name if init else "none")}
-    bank = None if not field_bank else FieldBank(grid, field_bank, seed=seed, device=device, max_level=max_level)
+    bank = None if not field_bank else FieldBank(grid, field_bank, seed=seed, device=item_device, max_level=max_level)
     started = time.perf_counter()
     history: list[float] = []
 
@@ -344,18 +373,20 @@ def train_drdm(
                   last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
         save_optimizer(optim.state_dict(), optim_path)
 
+    objective = shared(Objective(model, lambda x, t, dvf: drdm_loss(model(x, t), dvf)), world, device)
+    items = ImageItems(images, seed, item_device, crop=crop, bank=bank, max_level=max_level,
+                       steps=model.steps)
+    batches = step_batches(items, start, steps, world=world, batch=batch, workers=workers, seed=seed, device=device)
     yield from training_start(start, steps)
-    for step in range(start, steps):
-        g = step_generator(seed, step)
+    for step, (x, t, dvf) in enumerate(batches, start):
         for group in optim.param_groups:
             group["lr"] = lr * group["scale"] * min(1.0, (step + 1) / max(int(warmup), 1))
-        x, t, dvf = training_batch(images, batch, g, device, crop=crop, bank=bank, max_level=max_level,
-                                   steps=model.steps)
-        total, message = _step(model, optim, x, t, dvf, step)
+        total, message = _step(objective, optim, x, t, dvf, step, world)
         history.append(total)
-        if (step + 1) % save_every == 0 or step + 1 == steps:
+        if world.main and ((step + 1) % save_every == 0 or step + 1 == steps):
             save(step + 1)
         yield Progress(step + 1, steps, message, "train")
+    barrier(world)
     model.eval()
 
 
@@ -411,10 +442,9 @@ def _training_images(data, images, ndims: int, grid, seed: int, max_level: int):
     return images, str(data)
 
 
-def _step(model, optim, x, t, dvf, step: int) -> tuple[float, str]:
-    """One optimisation step: (total loss, the progress message)."""
-    losses = drdm_loss(model(x, t), dvf)
-    total = descend(optim, losses["total"], step)
-    parts = {k: float(v.detach()) for k, v in losses.items()}
-    return total, (f"loss {total:.4f} (distance {parts['distance']:.3f}, angle {parts['angle']:.3f}, "
-                   f"folding {parts['folding']:.2g})")
+def _step(objective, optim, x, t, dvf, step: int, world: World) -> tuple[float, str]:
+    """One optimisation step: (total loss, the progress message), averaged over the ranks."""
+    losses = objective(x, t, dvf)
+    total, distance, angle, folding = descend_shared(optim, losses["total"], step, world,
+                                                     [losses[k] for k in ("distance", "angle", "folding")])
+    return total, f"loss {total:.4f} (distance {distance:.3f}, angle {angle:.3f}, folding {folding:.2g})"

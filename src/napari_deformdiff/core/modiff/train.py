@@ -1,8 +1,9 @@
 """Training Mo-Diff stage by stage (VAE, then stage 1, then stage 2), as a generator of progress.
 
-AdamW with a linear warm-up and a cosine decay per stage (as the paper). Every step draws its
-clips, frame count, crops, timesteps and noise from a generator seeded with (seed, stage, step),
-so a run is reproducible and a resumed run continues the same sequence.
+AdamW with a linear warm-up and a cosine decay per stage (as the paper). Every step plans its
+batch (sequences, frame counts) from a generator seeded with (seed, stage, step) and each item draws
+its clip, crop, timestep and noise from its own (batches.py), so a run is reproducible, a resumed
+run continues the same sequence and a batch split over processes gives the same items.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import torch
 
 from ..errors import InputError
 from ..events import Plan, Progress
-from .nets.modiff import STAGES, MoDiff, ModiffConfig, downsample
-from ..nn.optim_step import descend, save_optimizer
-from .data import MotionSequence, draw_clip, model_sequences
+from .nets.modiff import STAGES, MoDiff, ModiffConfig
+from ..nn.distributed import Objective, World, barrier, current_world, loss_generators, shared, step_batches
+from ..nn.optim_step import descend_shared, save_optimizer
+from .batches import ClipItems, stage_loss, step_plan
+from .data import MotionSequence, model_sequences
 from .weights import load_modiff, save_modiff, stage_steps
 
 DEFAULT_STEPS = {"vae": 800, "tddm": 1500, "video": 1500}
@@ -35,19 +38,6 @@ def lr_factor(step: int, steps: int) -> float:
         return (step + 1) / warm
     progress = (step - warm) / max(1, steps - warm)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _crop(x: torch.Tensor, size: Sequence[int], g: torch.Generator) -> torch.Tensor:
-    index = []
-    for n, c in zip(x.shape[-len(size):], size):
-        start = int(torch.randint(0, n - c + 1, (), generator=g))
-        index.append(slice(start, start + c))
-    return x[(..., *index)]
-
-
-def _frame_count(lengths: Sequence[int], config: ModiffConfig, g: torch.Generator) -> int:
-    hi = min(config.max_frames, *lengths)
-    return int(torch.randint(config.min_frames, hi + 1, (), generator=g))
 
 
 def measure_scales(model: MoDiff, data: list[torch.Tensor], which: str) -> float:
@@ -76,12 +66,17 @@ def train_modiff(
     batch: dict[str, int] | None = None,
     save_every: int = 100,
     overwrite: bool = False,
+    workers: int = 0,
+    world: World | None = None,
 ) -> Iterator[Progress]:
     """Train the `stages` of a Mo-Diff for `steps[stage]` steps each, saving `out` as it goes.
 
     resume: continue a checkpoint (weights, stage steps, optimizer state of the stage in progress).
     init: start from another checkpoint's parts where they fit this configuration (e.g. an
     ablation that retrains only stage 1 reuses the full model's VAE and stage 2).
+    `batch` items per step and process: under torchrun (`world`, default: the initialised process
+    group) N processes give the run of one process with N times the batch (batches.py,
+    nn/distributed.py); rank 0 saves. `workers` DataLoader processes assemble the batches.
     """
     out = Path(out)
     steps = {**DEFAULT_STEPS, **(steps or {})}
@@ -92,6 +87,7 @@ def train_modiff(
     history: dict[str, list[float]] = {}
     model, done, seconds = _starting_model(sequences, config, resume, init, device)
     config = model.config
+    world = world or current_world()
     data = [s.to(device) for s in model_sequences(sequences, config)]
     lengths = [s.shape[0] for s in data]
     if max(lengths) < config.min_frames:
@@ -118,50 +114,30 @@ def train_modiff(
         config = model.config
         history.setdefault(stage, [])
         t0 = time.perf_counter() - seconds.get(stage, 0.0)
-        for step in range(start, steps[stage]):
-            g = torch.Generator().manual_seed((seed * 1_000_003 + STAGES.index(stage)) * 1_000_003 + step)
+        size, mine = batch[stage] * world.size, world.items(batch[stage])
+        items = ClipItems(data if workers == 0 else [s.cpu() for s in data], config, stage, seed, size)
+        batches = step_batches(items, start, steps[stage], world=world, batch=batch[stage], workers=workers,
+                               seed=seed, device=device)
+        objective = shared(Objective(part, lambda *a, stage=stage: stage_loss(model, stage, *a)), world, device)
+        for step, (clips, counts) in enumerate(batches, start):
             for group in optim.param_groups:
                 group["lr"] = lr[stage] * lr_factor(step, steps[stage])
-            loss = _stage_loss(model, stage, data, lengths, batch[stage], g)
-            value = descend(optim, loss, step)
+            # stage 1's loss is a mean over the frames of every item: this rank's share of the global mean
+            everyone = sum(step_plan(seed, stage, step, lengths, size, config)[1])
+            weight = world.size * sum(counts.tolist()) / everyone if stage == "tddm" else 1.0
+            loss = objective(clips, counts, loss_generators(seed, step, mine, stage + " loss"), weight)
+            value = descend_shared(optim, loss, step, world)[0]
             history[stage].append(value)
             done[stage] = step + 1
             seconds[stage] = time.perf_counter() - t0
             count += 1
-            if done[stage] % save_every == 0 or done[stage] == steps[stage]:
+            if world.main and (done[stage] % save_every == 0 or done[stage] == steps[stage]):
                 save(stage, optim)
             yield Progress(step + 1, steps[stage], f"{stage} {step + 1}/{steps[stage]}: loss {value:.4f}", stage)
         part.eval()
+    barrier(world)
     if count == 0:
         yield Progress(0, 0, "nothing to train: every stage already reached its steps")
-
-
-def _stage_loss(model: MoDiff, stage: str, data, lengths, batch: int, g: torch.Generator) -> torch.Tensor:
-    c = model.config
-    picks = [int(i) for i in torch.randint(0, len(data), (batch,), generator=g)]
-    if stage == "vae":
-        crop = tuple(max(c.latent_factor * 4, n // 2) for n in c.grid)
-        frames = []
-        for i in picks:
-            seq = data[i]
-            frame = seq[int(torch.randint(0, seq.shape[0], (), generator=g))][None]
-            frames.append(_crop(draw_clip(frame, 1, g), crop, g))
-        return model.vae_loss(torch.stack(frames), generator=g)["total"]
-    if stage == "tddm":
-        fields, firsts, counts = [], [], []
-        for i in picks:
-            n = _frame_count([lengths[i]], c, g)
-            clip = draw_clip(data[i], n, g)[None]
-            fields.append(model.pad_fields(model.fields_of(clip)))
-            firsts.append(downsample(clip[:, :1], c.field_factor))
-            counts.append(n)
-        counts = torch.tensor(counts, device=fields[0].device)
-        return model.tddm_loss(torch.cat(fields), torch.cat(firsts), counts, generator=g)["total"]
-    n = _frame_count([lengths[i] for i in picks], c, g)
-    clips = torch.stack([draw_clip(data[i], n, g) for i in picks])
-    with torch.no_grad():
-        latents = model.encode_video(clips)
-    return model.video_loss(latents, model.fields_of(clips), generator=g)["total"]
 
 
 def _init_from(model: MoDiff, init: str | Path, device) -> dict[str, int]:

@@ -46,3 +46,18 @@ def training_start(start: int, steps: int):
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator of one training step, seeded by (seed, step): a resumed run draws the same."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def descend_shared(optim: torch.optim.Optimizer, loss: torch.Tensor, step: int, world, parts=()) -> list[float]:
+    """descend for this rank's share of a step's loss (DistributedDataParallel averages the
+    gradients in backward): [loss, *parts] averaged over the ranks, a clear error on every rank if
+    training diverged. With one process, the loss and parts themselves."""
+    from .distributed import mean_over_ranks
+
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    optim.step()
+    values = mean_over_ranks([float(loss.detach()), *(float(p.detach()) for p in parts)], world)
+    if not math.isfinite(values[0]):
+        raise InputError(f"training diverged at step {step + 1} (loss {values[0]}); lower the learning rate.")
+    return values

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ... import spatial
+from ...nn import draws
 from ...nn.losses import local_ncc, smoothness
 from ...nn.config_json import JsonConfig
 from .field_unet import FieldUNet
@@ -130,7 +131,7 @@ class DDM(nn.Module):
                 + self.sqrt_one_minus_alphas_cumprod[t].reshape(shape) * noise)
 
     def training_losses(self, source: torch.Tensor, target: torch.Tensor, *,
-                        generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                        generator: draws.Generators = None) -> dict[str, torch.Tensor]:
         """The paper's losses for a batch of (source, target) in [-1, 1].
 
         total = ||c - eps||^2 + lambda_sim * (-NCC(S o phi, T) + lambda_reg * smooth(phi)),
@@ -139,8 +140,8 @@ class DDM(nn.Module):
         """
         cfg = self.config
         b = source.shape[0]
-        t = torch.randint(0, cfg.timesteps, (b,), generator=generator).to(source.device)
-        noise = torch.randn(target.shape, generator=generator).to(source.device, source.dtype)
+        t = draws.randint(cfg.timesteps, b, generator).to(source.device)
+        noise = draws.randn(target.shape, generator).to(source.device, source.dtype)
         x_t = self.q_sample(target, t, noise)
         c = self.code(source, target, x_t, t)
         diffusion = torch.mean((c - noise) ** 2)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...nn import draws
 from ...nn.config_json import JsonConfig
 from ...nn.layers import check_ndims
 from .tddm import TemporalDifferentialUNet
@@ -168,20 +169,20 @@ class MoDiff(nn.Module):
         a = self._abar(t, x0.ndim)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise, a.sqrt() * noise - (1 - a).sqrt() * x0
 
-    def vae_loss(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def vae_loss(self, frames: torch.Tensor, generator: draws.Generators = None) -> dict[str, torch.Tensor]:
         mean, logvar = self.vae.encode(frames)
-        z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=generator).to(mean)
+        z = mean + (0.5 * logvar).exp() * draws.randn(mean.shape, generator).to(mean)
         recon = self.vae.decode(z)
         rec = (recon - frames).abs().mean() + ((recon - frames) ** 2).mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
         return {"total": rec + self.config.kl_weight * kl, "recon": rec, "kl": kl}
 
     def tddm_loss(self, fields: torch.Tensor, first: torch.Tensor, counts: torch.Tensor,
-                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                  generator: draws.Generators = None) -> dict[str, torch.Tensor]:
         """fields: (B, M, *F) padded scaled fields; first: (B, 1, *F); counts: (B,) N. Loss on k < N."""
         b, m = fields.shape[:2]
-        t = torch.randint(0, self.config.timesteps, (b,), generator=generator).to(fields.device)
-        noise = torch.randn(fields.shape, generator=generator).to(fields)
+        t = draws.randint(self.config.timesteps, b, generator).to(fields.device)
+        noise = draws.randn(fields.shape, generator).to(fields)
         x_t, v = self.noisy(fields, t, noise)
         pred = self.tddm(x_t, t, first, counts)
         mask = (torch.arange(m, device=fields.device)[None] < counts[:, None]).to(fields.dtype)
@@ -190,11 +191,11 @@ class MoDiff(nn.Module):
         return {"total": err, "v": err}
 
     def video_loss(self, latents: torch.Tensor, fields: torch.Tensor,
-                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                   generator: draws.Generators = None) -> dict[str, torch.Tensor]:
         """latents: (B, C, N, *L) of the true frames; fields: (B, N, *F) scaled true fields."""
         b = latents.shape[0]
-        t = torch.randint(0, self.config.timesteps, (b,), generator=generator).to(latents.device)
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        t = draws.randint(self.config.timesteps, b, generator).to(latents.device)
+        noise = draws.randn(latents.shape, generator).to(latents)
         x_t, v = self.noisy(latents, t, noise)
         pred = self.video(x_t, t, latents[:, :, 0], self.latent_fields(fields))
         err = ((pred - v) ** 2).mean()
