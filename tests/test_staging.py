@@ -263,3 +263,17 @@ def test_ctrl_c_while_training_saves_leaves_no_partial_checkpoint(tmp_path, monk
     assert_interrupted(["train", "ddm", "--data", str(tmp_path / "ds"), "--out", str(ckpt), "--steps", "1",
                         "--crop", "32,32"], tmp_path, capsys, [ckpt, tmp_path / "m.safetensors.optim.pt"])
     assert not list(tmp_path.glob(".*"))
+
+
+def test_checkpoint_and_optimizer_state_are_saved_together(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the optimizer state is saved: the checkpoint written just before it goes too."""
+    import torch
+
+    assert main(["phantom", "--out", str(tmp_path / "ds"), "--2d", "--frames", "4", "--seed", "3"]) == 0
+    ckpt = tmp_path / "m.safetensors"
+    interrupt_on_call(monkeypatch, torch, "save", when=0)
+    before = files(tmp_path)
+    assert main(["train", "ddm", "--data", str(tmp_path / "ds"), "--out", str(ckpt), "--steps", "1",
+                 "--crop", "32,32"]) == 130
+    assert files(tmp_path) == before and not ckpt.exists()
+    assert not list(tmp_path.glob(".*"))

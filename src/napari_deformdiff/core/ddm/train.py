@@ -16,6 +16,7 @@ from ..io.pairs import Pair
 from ..nn.model_grid import GridMap, to_model
 from ..nn.distributed import (Objective, World, barrier, current_world, item_generator, loss_generators, shared,
                               step_batches)
+from ..io.atomic import staged
 from ..nn.optim_step import descend_shared, save_optimizer, saved_optimizer, training_start
 from .nets.ddm import DDM, DDMConfig
 from .nets.field_unet import skip_first_from_up_first
@@ -162,12 +163,13 @@ def train_ddm(
     history: list[float] = []
 
     def save(step: int) -> None:
-        save_ddm(model, out, overwrite=True, step=str(step), seed=str(seed), lr=str(lr),
-                 pairs=str(len(data)), batch=str(batch * world.size), sampling=sampling,
-                 crop=str(list(crop) if crop else "none"),
-                 train_seconds=f"{time.perf_counter() - started:.0f}",
-                 last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
-        save_optimizer(optim.state_dict(), optim_path)
+        with staged():  # the checkpoint and its optimizer state appear together
+            save_ddm(model, out, overwrite=True, step=str(step), seed=str(seed), lr=str(lr),
+                     pairs=str(len(data)), batch=str(batch * world.size), sampling=sampling,
+                     crop=str(list(crop) if crop else "none"),
+                     train_seconds=f"{time.perf_counter() - started:.0f}",
+                     last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
+            save_optimizer(optim.state_dict(), optim_path)
 
     objective = shared(Objective(model, model.training_losses), world, device)
     batches = step_batches(PairItems(data, seed, sampling, crop), start, steps, world=world, batch=batch,

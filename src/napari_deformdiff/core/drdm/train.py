@@ -20,6 +20,7 @@ from ..weights.files import read_state
 from ..errors import InputError
 from ..events import Progress
 from ..nn.distributed import Objective, World, barrier, current_world, item_generator, shared, step_batches
+from ..io.atomic import staged
 from ..nn.optim_step import descend_shared, save_optimizer, saved_optimizer, training_start
 from ..nn.model_grid import unit_range
 from .nets import RecResACNet
@@ -367,11 +368,12 @@ def train_drdm(
     history: list[float] = []
 
     def save(step: int) -> None:
-        meta = DRDMMeta(ndims=ndims, grid=grid, steps=model.steps, name=out.stem, source=description)
-        save_drdm(model, out, meta=meta, overwrite=True, **run_notes, train_steps=str(step),
-                  seconds=f"{seconds_before + time.perf_counter() - started:.0f}",
-                  last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
-        save_optimizer(optim.state_dict(), optim_path)
+        with staged():  # the checkpoint and its optimizer state appear together
+            meta = DRDMMeta(ndims=ndims, grid=grid, steps=model.steps, name=out.stem, source=description)
+            save_drdm(model, out, meta=meta, overwrite=True, **run_notes, train_steps=str(step),
+                      seconds=f"{seconds_before + time.perf_counter() - started:.0f}",
+                      last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
+            save_optimizer(optim.state_dict(), optim_path)
 
     objective = shared(Objective(model, lambda x, t, dvf: drdm_loss(model(x, t), dvf)), world, device)
     items = ImageItems(images, seed, item_device, crop=crop, bank=bank, max_level=max_level,

@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..events import Plan, Progress
 from .nets.modiff import STAGES, MoDiff, ModiffConfig
 from ..nn.distributed import Objective, World, barrier, current_world, loss_generators, shared, step_batches
+from ..io.atomic import staged
 from ..nn.optim_step import descend_shared, save_optimizer
 from .batches import ClipItems, stage_loss, step_plan
 from .data import MotionSequence, model_sequences
@@ -99,11 +100,12 @@ def train_modiff(
     count = 0
 
     def save(stage: str, optim) -> None:
-        save_modiff(model, out, overwrite=True, seed=str(seed), stage_steps=json.dumps(done),
-                    stage_seconds=json.dumps({k: round(v) for k, v in seconds.items()}),
-                    sequences=str(len(data)), frames_range=f"{config.min_frames}-{config.max_frames}",
-                    last_loss=json.dumps({k: round(float(np.mean(v[-50:])), 5) for k, v in history.items() if v}))
-        save_optimizer({"stage": stage, "state": optim.state_dict()}, optim_path)
+        with staged():  # the checkpoint and its optimizer state appear together
+            save_modiff(model, out, overwrite=True, seed=str(seed), stage_steps=json.dumps(done),
+                        stage_seconds=json.dumps({k: round(v) for k, v in seconds.items()}),
+                        sequences=str(len(data)), frames_range=f"{config.min_frames}-{config.max_frames}",
+                        last_loss=json.dumps({k: round(float(np.mean(v[-50:])), 5) for k, v in history.items() if v}))
+            save_optimizer({"stage": stage, "state": optim.state_dict()}, optim_path)
 
     for stage in stages:
         start = done.get(stage, 0)
