@@ -470,3 +470,25 @@ def test_shards_and_an_appended_json_manifest_read_back_in_any_order(tmp_path, t
     text = (tmp_path / "manifest.csv").read_text()
     (tmp_path / "manifest.csv").write_text(text[:-30])
     assert [r["id"] for r in read_manifest(tmp_path / "manifest.csv")] == [typed[1]["id"]]
+
+
+def test_find_cases_reads_an_acdc_dataset_listing_each_folder_once(tmp_path, monkeypatch):
+    from napari_deformdiff.core.drdm import augment
+    from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
+
+    list(write_phantom_dataset(tmp_path / "ds" / "training", cases=2, seed=3, two_d=True, frames=4,
+                               shape=(32, 28), fields=False))
+    listed = []
+    real = augment._readable_files
+    monkeypatch.setattr(augment, "_readable_files", lambda folder: listed.append(folder) or real(folder))
+    for root in (tmp_path / "ds", tmp_path / "ds" / "training"):
+        listed.clear()
+        cases, notes = find_cases(root)
+        patients = sorted({c.name.split("_")[0] for c in cases})
+        assert patients == ["patient001", "patient002"] and len(cases) == 4  # ED and ES of each
+        assert all(c.labels is not None and c.labels.data.shape == c.image.data.shape for c in cases)
+        assert all("_frame" in c.name and c.image.geometry.ndim == 2 for c in cases)
+        assert len(notes) == 2 and all("time series" in n for n in notes)  # the 4D cines
+        assert sorted(listed) == sorted(set(listed)) and len(listed) == 2  # each patient folder once
+    files, _ = find_cases(tmp_path / "ds", keep_data=False)
+    assert [f.name for f in files] == [c.name for c in cases] and {f.ndims for f in files} == {2}

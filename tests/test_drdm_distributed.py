@@ -150,3 +150,20 @@ def test_gpus_are_pinned_by_worker_number():
     assert [gpu_for(k, 2, 2) for k in range(4)] == [0, 0, 1, 1]
     assert [gpu_for(str(k), 3, 1) for k in range(3)] == [0, 0, 0]
     assert gpu_for("tcp://10.0.0.5:4567", 1, 4) is None  # a worker of a running cluster: its own device
+
+
+def test_the_cli_on_a_local_cluster_writes_the_in_process_manifest(tmp_path, one_thread, capsys):
+    from napari_deformdiff.cli import main
+    from napari_deformdiff.core.drdm.weights import save_drdm
+
+    model, meta = tiny_drdm(2, seed=6)
+    weights = save_drdm(model, tmp_path / "tiny.safetensors", meta=meta)
+    folder = write_folder(tmp_path / "in")
+    args = ["generate", "drdm", "--image", str(folder), "--levels", "4:6:2", "--samples", "1", "--seed", "2",
+            "--weights", str(weights), "--shard-size", "3", "--manifest", "json"]
+    assert main([*args, "--out-dir", str(tmp_path / "dask"), "--scheduler", "local", "--workers", "1"]) == 0
+    assert main([*args, "--out-dir", str(tmp_path / "one"), "--device", "cpu"]) == 0
+    dask, one = (tmp_path / "dask" / "manifest.json").read_text(), (tmp_path / "one" / "manifest.json").read_text()
+    assert dask == one
+    rows = read_manifest(tmp_path / "dask" / "manifest.json")
+    assert [r["field"].split("/")[0] for r in rows] == ["000", "000", "000", "001"]
