@@ -135,11 +135,13 @@ def run_unit_task(ref: Case | CaseFiles, unit: Unit, settings: ExportSettings, o
 
 def local_gpus(device: str) -> int:
     """GPUs a LocalCluster spreads its workers over: those torch sees here, when `device` may use them."""
-    if device not in ("auto", "cuda"):
+    from ..device import choose_device_name
+
+    if choose_device_name(device) != "cuda":
         return 0
     import torch
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return torch.cuda.device_count()
 
 
 def connect(scheduler: str, *, workers: int | None = None, threads_per_worker: int = 1, timeout: str = "20s",
