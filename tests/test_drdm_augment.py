@@ -492,3 +492,19 @@ def test_find_cases_reads_an_acdc_dataset_listing_each_folder_once(tmp_path, mon
         assert sorted(listed) == sorted(set(listed)) and len(listed) == 2  # each patient folder once
     files, _ = find_cases(tmp_path / "ds", keep_data=False)
     assert [f.name for f in files] == [c.name for c in cases] and {f.ndims for f in files} == {2}
+
+
+def test_case_files_read_from_another_working_folder_keep_their_source(tmp_path, monkeypatch):
+    c = case_2d()
+    (tmp_path / "in").mkdir()
+    write_volume(c.image, tmp_path / "in" / "p1.nii.gz")
+    write_volume(c.labels, tmp_path / "in" / "p1_gt.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    (files,), _ = find_cases("in", keep_data=False)
+    assert (files.image, files.labels, files.ndims) == ("in/p1.nii.gz", "in/p1_gt.nii.gz", 2)
+    moved = files.absolute()
+    monkeypatch.chdir(tmp_path / "in")  # a worker elsewhere
+    case = moved.load()
+    assert case.source == "in/p1.nii.gz"  # the manifest's source column as an in-process run writes it
+    np.testing.assert_array_equal(case.labels.data, c.labels.data)
+    assert case.image.geometry.almost_equal(c.image.geometry)

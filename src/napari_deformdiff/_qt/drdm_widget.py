@@ -14,7 +14,6 @@ frame choice. After a preview the status line warns about folding and about the 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import ComboBox, FileEdit, PushButton, SpinBox

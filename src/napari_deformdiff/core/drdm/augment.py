@@ -35,6 +35,7 @@ output folder ("000/heart_L04_s000_image.nii.gz").
 from __future__ import annotations
 
 import errno
+import os
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
@@ -46,12 +47,11 @@ import numpy as np
 
 from ..errors import InputError, OutputExistsError
 from ..events import Frame, Plan, Progress
-from ..io.atomic import atomic_output, split_suffix
+from ..io.atomic import split_suffix
 from ..io.volume import Volume, is_integer_valued
 from .manifest import (  # noqa: F401  (COLUMNS, manifest_text, read_manifest: this module's API too)
     COLUMNS,
     FILE_ROLES,
-    INT_COLUMNS,
     STAT_COLUMNS,
     append_row,
     check_row_files,
@@ -680,12 +680,20 @@ class CaseFiles:
     image: str
     labels: str | None = None
     ndims: int = 0
+    source: str = ""  # the manifest's source column (default: `image`)
 
     def load(self) -> Case:
         from ..io import read_volume
 
         lab = read_volume(self.labels, as_labels=True) if self.labels else None
-        return Case(self.name, read_volume(self.image, as_labels=False), lab, self.image)
+        return Case(self.name, read_volume(self.image, as_labels=False), lab, self.source or self.image)
+
+    def absolute(self) -> CaseFiles:
+        """The same case with absolute paths (for workers in other working folders), same source."""
+        from dataclasses import replace
+
+        return replace(self, image=os.path.abspath(self.image), source=self.source or self.image,
+                       labels=os.path.abspath(self.labels) if self.labels else None)
 
 
 def _readable_files(folder: Path) -> list[Path]:

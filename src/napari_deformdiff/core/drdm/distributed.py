@@ -226,7 +226,7 @@ def export_drdm_distributed(
         from distributed import as_completed
 
         needed = {u.case for u in todo}
-        refs = {c.name: (client.scatter(c, broadcast=False) if isinstance(c, Case) else c)
+        refs = {c.name: (client.scatter(c, broadcast=False) if isinstance(c, Case) else c.absolute())
                 for c in cases if c.name in needed}
         threads = threads_per_worker if scheduler == "local" else None
         resources = _gpu_resources(client, device)

@@ -46,13 +46,8 @@ COLUMNS = {
 }
 INT_COLUMNS = ("level", "sample", "seed", "syn_level", "syn_seed", "fold_free",
                *{c for mode in FILE_ROLES for c in _checksum_columns(mode) if c.endswith("_bytes")})
-TEXT_COLUMNS = ("id", "case", "source", "loop", "weights", "precision")
 _JSON_TAIL = b"\n]}\n"
 _CHUNK = 1 << 20
-
-
-def manifest_columns(mode: str) -> tuple[str, ...]:
-    return COLUMNS[mode]
 
 
 # --------------------------------------------------------------------------- checksums
