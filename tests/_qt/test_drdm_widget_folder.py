@@ -45,8 +45,8 @@ def folder_widget(viewer, weights, folder, out):
     return widget
 
 
-def test_folder_export_cancel_and_resume_give_the_cli_manifest(make_napari_viewer, qtbot, weights, folder,
-                                                               tmp_path):
+def test_folder_export_cancel_and_resume_give_the_cli_manifest(make_napari_viewer, qtbot, monkeypatch, weights,
+                                                               folder, tmp_path):
     viewer = make_napari_viewer()
     out = tmp_path / "gui"
     widget = folder_widget(viewer, weights, folder, out)
@@ -62,13 +62,19 @@ def test_folder_export_cancel_and_resume_give_the_cli_manifest(make_napari_viewe
     assert widget.status.value.endswith("; Resume continues") and f"exported {len(first)}/4" in widget.status.value
     assert len(viewer.layers) == 0  # an export adds no layer
 
+    field = out / first[0]["field"]
+    field.write_bytes(field.read_bytes()[:-16])  # a damaged file: Resume makes its sample again
+    warned = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warned.append)
     worker = widget.resume()
     made = []
     worker.yielded.connect(lambda e: made.append(e.info["id"]) if isinstance(e, Frame) else None)
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
-    assert made == [r for r in ("p1_L16_s000", "p1_L24_s000", "p2_L16_s000", "p2_L24_s000")][len(first):]
-    assert widget.status.value == f"exported 4/4 samples to {out}"
+    assert len(warned) == 1 and "p1_L16_s000" in warned[0] and "truncated" in warned[0]
+    ids = ["p1_L16_s000", "p1_L24_s000", "p2_L16_s000", "p2_L24_s000"]
+    assert made == ["p1_L16_s000", *ids[len(first):]]
+    assert widget.status.value == f"exported 4/4 samples to {out}; 1 damaged sample(s) made again"
 
     cli = tmp_path / "cli"
     assert main(["generate", "drdm", "--image", str(folder), "--levels", "16:24:8", "--samples", "1",

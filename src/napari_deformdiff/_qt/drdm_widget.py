@@ -147,7 +147,8 @@ class DRDMWidget(GeneratorWidget):
         units = plan_export(cases, settings)
         overwrite = self.if_files.value == "overwrite" and not resume
         resume = resume or self.if_files.value == "resume"
-        done = prepare_output(out, units, settings, overwrite=overwrite, resume=resume)
+        # the files are verified by the export itself, in the worker
+        done = prepare_output(out, units, settings, overwrite=overwrite, resume=resume, verify=False)
         return cases, settings, device, weights, out, units, done, overwrite, resume
 
     # ------------------------------------------------------------------ preview
@@ -249,6 +250,8 @@ class DRDMWidget(GeneratorWidget):
         return self._export(resume=True)
 
     def _export(self, *, resume: bool):
+        from napari.utils.notifications import show_warning
+
         from ..core.drdm.augment import export_drdm
         from ..core.events import Progress
 
@@ -259,13 +262,14 @@ class DRDMWidget(GeneratorWidget):
         total = len(units)
         self.exported = len(done)
         self._export_total = total
+        redone: list[str] = []  # listed samples with damaged files, made again (filled in the worker)
 
         def events():
             made = len(done)
             for event in export_drdm(cases, out, settings, weights=weights, device=device, overwrite=overwrite,
-                                     resume=resume):
+                                     resume=resume, on_redo=redone.append):
                 if isinstance(event, Frame):
-                    made += 1
+                    made = event.info["done"]
                 elif isinstance(event, Progress) and event.stage == "samples":  # the whole batch's count
                     event = Progress(event.index, event.total, f"{made}/{total} samples: {event.message}",
                                      event.stage)
@@ -273,14 +277,17 @@ class DRDMWidget(GeneratorWidget):
 
         def on_event(event):
             if isinstance(event, Frame):
-                self.exported += 1
+                self.exported = event.info["done"]
                 self.status.value = f"exported {self.exported}/{total}: {event.info['id']}"
 
         def on_done():
             self._idle()
             self.export_button.enabled = self.resume_button.enabled = True
+            for message in redone:
+                show_warning(message)
             rest = "" if self.exported == total else "; Resume continues"
-            self.status.value = f"exported {self.exported}/{total} samples to {out}{rest}"
+            again = f"; {len(redone)} damaged sample(s) made again" if redone else ""
+            self.status.value = f"exported {self.exported}/{total} samples to {out}{again}{rest}"
 
         self.export_button.enabled = self.resume_button.enabled = False
         return self._stream(events, description=f"DRDM export to {out.name}", on_event=on_event,

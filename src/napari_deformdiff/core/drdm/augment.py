@@ -38,7 +38,7 @@ import errno
 import os
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -327,13 +327,15 @@ def _check_row(row: dict, unit: Unit | None, settings: ExportSettings, manifest:
 
 
 def prepare_output(out_dir: str | Path, units: Sequence[Unit], settings: ExportSettings, *,
-                   overwrite: bool = False, resume: bool = False) -> list[dict]:
+                   overwrite: bool = False, resume: bool = False, verify: bool = True,
+                   on_redo: Callable[[str], None] | None = None) -> list[dict]:
     """Check the output folder; return the manifest rows already done (resume) in plan order.
 
     A folder with files in it is refused unless `overwrite` (start again, replacing files) or
     `resume` (keep the complete units of the same plan, make the rest) is asked. A resume refuses
     another mode, format or manifest format than the folder's; a listed unit whose files are
-    missing or differ from their recorded size and sha256 is made again (ExportWarning).
+    missing or differ from their recorded size and sha256 is made again, and said so: on_redo(message),
+    by default an ExportWarning. Without `verify` the files are not read (the settings are checked).
     """
     out = Path(out_dir)
     if overwrite and resume:
@@ -365,14 +367,18 @@ def prepare_output(out_dir: str | Path, units: Sequence[Unit], settings: ExportS
             if row["id"] in seen:
                 continue
             seen.add(row["id"])
-            problem = check_row_files(out, row, settings.mode)
+            problem = check_row_files(out, row, settings.mode) if verify else ""
             if problem:
-                warnings.warn(f"{row['id']}: {problem}; this sample is made again.", ExportWarning, stacklevel=2)
+                (on_redo or _warn)(f"{row['id']}: {problem}; this sample is made again.")
             else:
                 done.append(row)
     order = {u.id: k for k, u in enumerate(units)}
     done.sort(key=lambda r: order[r["id"]])
     return done
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, ExportWarning, stacklevel=3)
 
 
 def start_output(out_dir: Path, rows: Sequence[dict], settings: ExportSettings,
@@ -626,17 +632,20 @@ def export_drdm(
     device="cpu",
     overwrite: bool = False,
     resume: bool = False,
+    on_redo: Callable[[str], None] | None = None,
 ) -> Iterator[Progress | Frame]:
     """Run the whole export in this process.
 
     Yields Progress(index = unit, total = units) while a unit is made (one per recovery step) and a
     Frame per finished unit (image: the augmented / fixed image, field: the written field, labels,
-    info["row"]: its manifest row). Units already listed in the manifest (resume) are skipped.
+    info["row"]: its manifest row, info["done"]: the units listed now). Units already listed in the
+    manifest (resume) are skipped; a listed unit with missing or damaged files is made again and said
+    so (on_redo(message), by default an ExportWarning).
     """
     check_cases(cases)
     units = plan_export(cases, settings)
     out = Path(out_dir)
-    rows = prepare_output(out, units, settings, overwrite=overwrite, resume=resume)
+    rows = prepare_output(out, units, settings, overwrite=overwrite, resume=resume, on_redo=on_redo)
     yield Plan((("weights", 1), ("samples", len(units))))
     yield Progress(0, 1, "loading weights", "weights")
     model, meta, label = load_for_export(cases, settings, weights=weights, model=model, meta=meta, device=device)
@@ -661,6 +670,7 @@ def export_drdm(
             except OSError as exc:
                 raise write_error(exc, out, len(rows), manifest) from exc
             rows = record_unit(out, rows, row, settings, manifest)
+            frame.info["done"] = len(rows)  # samples the manifest lists now
             yield frame
         finished = True
     finally:
