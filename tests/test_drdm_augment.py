@@ -366,3 +366,145 @@ def test_find_cases_matches_labels_by_name(tmp_path):
     assert single.name == "c" and single.labels is not None
     with pytest.raises(InputError, match="folder"):
         find_cases(folder, folder / "a_gt.nii.gz")
+
+
+# --------------------------------------------------------------------------- manifest checksums, resume checks
+
+
+def partial_export(case, out, model_meta, units=2, **kw):
+    """Stop an export after `units` complete units, as Cancel does."""
+    model, meta = model_meta
+    settings = ExportSettings(**{"levels": "4:8:4", "samples": 2, "seed": 5, **kw})
+    events = export_drdm([case], out, settings, model=model, meta=meta)
+    frames = 0
+    for event in events:
+        frames += isinstance(event, Frame)
+        if frames == units:
+            break
+    events.close()
+    return read_manifest(out / settings.manifest_name)
+
+
+def test_the_manifest_records_size_and_sha256_and_resume_redoes_a_truncated_or_missing_file(tmp_path, tiny2d):
+    import hashlib
+
+    from napari_deformdiff.core.drdm.augment import ExportWarning
+
+    case = case_2d()
+    out = tmp_path / "out"
+    rows = partial_export(case, out, tiny2d, units=3)
+    assert [r["id"] for r in rows] == ["heart_L04_s000", "heart_L04_s001", "heart_L08_s000"]
+    for row in rows:
+        for role in ("image", "labels", "field"):
+            data = (out / row[role]).read_bytes()
+            assert row[f"{role}_bytes"] == len(data) > 100
+            assert row[f"{role}_sha256"] == hashlib.sha256(data).hexdigest()
+    truncated = out / rows[0]["field"]
+    truncated.write_bytes(truncated.read_bytes()[:-10])
+    (out / rows[2]["labels"]).unlink()
+    with pytest.warns(ExportWarning) as caught:
+        written = [e.info["id"] for e in run([case], out, tiny2d, resume=True) if isinstance(e, Frame)]
+    messages = " ".join(str(w.message) for w in caught)
+    assert "heart_L04_s000" in messages and "truncated" in messages and "heart_L08_s000" in messages
+    assert written == ["heart_L04_s000", "heart_L08_s000", "heart_L08_s001"]  # the damaged ones and the missing one
+    run([case], tmp_path / "full", tiny2d)
+    assert (out / "manifest.csv").read_text() == (tmp_path / "full" / "manifest.csv").read_text()
+
+
+def test_resume_refuses_another_format_mode_or_manifest_format_and_changes_nothing(tmp_path, tiny2d):
+    case = case_2d()
+    out = tmp_path / "out"
+    partial_export(case, out, tiny2d, units=1, fmt="nrrd")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(InputError, match="nrrd files, not nii.gz: resume with --format nrrd"):
+        run([case], out, tiny2d, resume=True)
+    with pytest.raises(InputError, match="manifest.csv.*--manifest csv"):
+        run([case], out, tiny2d, resume=True, fmt="nrrd", manifest="json")
+    with pytest.raises(InputError, match="augmentations; resume it in mode 'augment'"):
+        run([case], out, tiny2d, resume=True, fmt="nrrd", mode="pairs")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    run([case], out, tiny2d, resume=True, fmt="nrrd")
+    assert len(read_manifest(out / "manifest.csv")) == 4 and not any(out.glob("*.nii.gz"))
+
+
+def test_a_rejected_input_leaves_no_folder_and_no_header_only_manifest(tmp_path, tiny2d):
+    good = case_2d()
+    data = good.image.data.copy()
+    data[3, 3] = np.nan  # refused by the recovery, after the run has started
+    bad = Case("nan", Volume(data, good.image.geometry, False, "nan"))
+    with pytest.raises(InputError, match="NaN"):
+        run([bad], tmp_path / "new", tiny2d)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="NaN"):
+        run([bad], tmp_path / "empty", tiny2d)
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_shards_and_an_appended_json_manifest_read_back_in_any_order(tmp_path, tiny2d):
+    from napari_deformdiff.core.drdm.manifest import append_row, write_manifest
+
+    case = case_2d()
+    out = tmp_path / "sharded"
+    run([case], out, tiny2d, shard_size=3, manifest="json")
+    doc = json.loads((out / "manifest.json").read_text())
+    rows = doc["samples"]
+    assert doc["settings"]["shard_size"] == 3
+    assert [r["image"] for r in rows] == ["000/heart_L04_s000_image.nii.gz", "000/heart_L04_s001_image.nii.gz",
+                                          "000/heart_L08_s000_image.nii.gz", "001/heart_L08_s001_image.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["000", "001", "manifest.json"]
+    assert all((out / r[c]).is_file() for r in rows for c in ("image", "labels", "field"))
+    # appending (units finish in any order on a cluster) and a torn last line
+    settings = ExportSettings(levels="4:8:4", samples=2, seed=5, shard_size=3, manifest="json")
+    typed = read_manifest(out / "manifest.json")
+    write_manifest(tmp_path, [typed[2]], settings)
+    append_row(tmp_path, typed[0], settings)
+    append_row(tmp_path, typed[3], settings)
+    assert read_manifest(tmp_path / "manifest.json") == [typed[2], typed[0], typed[3]]
+    text = (tmp_path / "manifest.json").read_text()
+    (tmp_path / "manifest.json").write_text(text[: len(text) - 40])  # killed while appending the third
+    assert read_manifest(tmp_path / "manifest.json") == [typed[2], typed[0]]
+    csv_settings = ExportSettings(levels="4:8:4", samples=2, seed=5)
+    write_manifest(tmp_path, [typed[1]], csv_settings)
+    append_row(tmp_path, typed[3], csv_settings)
+    text = (tmp_path / "manifest.csv").read_text()
+    (tmp_path / "manifest.csv").write_text(text[:-30])
+    assert [r["id"] for r in read_manifest(tmp_path / "manifest.csv")] == [typed[1]["id"]]
+
+
+def test_find_cases_reads_an_acdc_dataset_listing_each_folder_once(tmp_path, monkeypatch):
+    from napari_deformdiff.core.drdm import augment
+    from napari_deformdiff.core.phantom.dataset import write_phantom_dataset
+
+    list(write_phantom_dataset(tmp_path / "ds" / "training", cases=2, seed=3, two_d=True, frames=4,
+                               shape=(32, 28), fields=False))
+    listed = []
+    real = augment._readable_files
+    monkeypatch.setattr(augment, "_readable_files", lambda folder: listed.append(folder) or real(folder))
+    for root in (tmp_path / "ds", tmp_path / "ds" / "training"):
+        listed.clear()
+        cases, notes = find_cases(root)
+        patients = sorted({c.name.split("_")[0] for c in cases})
+        assert patients == ["patient001", "patient002"] and len(cases) == 4  # ED and ES of each
+        assert all(c.labels is not None and c.labels.data.shape == c.image.data.shape for c in cases)
+        assert all("_frame" in c.name and c.image.geometry.ndim == 2 for c in cases)
+        assert len(notes) == 2 and all("time series" in n for n in notes)  # the 4D cines
+        assert sorted(listed) == sorted(set(listed)) and len(listed) == 2  # each patient folder once
+    files, _ = find_cases(tmp_path / "ds", keep_data=False)
+    assert [f.name for f in files] == [c.name for c in cases] and {f.ndims for f in files} == {2}
+
+
+def test_case_files_read_from_another_working_folder_keep_their_source(tmp_path, monkeypatch):
+    c = case_2d()
+    (tmp_path / "in").mkdir()
+    write_volume(c.image, tmp_path / "in" / "p1.nii.gz")
+    write_volume(c.labels, tmp_path / "in" / "p1_gt.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    (files,), _ = find_cases("in", keep_data=False)
+    assert (files.image, files.labels, files.ndims) == ("in/p1.nii.gz", "in/p1_gt.nii.gz", 2)
+    moved = files.absolute()
+    monkeypatch.chdir(tmp_path / "in")  # a worker elsewhere
+    case = moved.load()
+    assert case.source == "in/p1.nii.gz"  # the manifest's source column as an in-process run writes it
+    np.testing.assert_array_equal(case.labels.data, c.labels.data)
+    assert case.image.geometry.almost_equal(c.image.geometry)

@@ -106,6 +106,8 @@ def test_bfloat16_precision_is_recorded_and_a_resume_does_not_mix_precisions(fol
     (["--levels", "40:64:8", "--syn-level", "10"], "--pairs"),
     (["--format", "png"], "invalid choice"),
     (["--precision", "float16"], "invalid choice"),
+    (["--workers-per-gpu", "2"], "add --scheduler"),
+    (["--shard-size", "0"], "shard size must be a positive"),
 ])
 def test_bad_options_fail_with_one_line_and_write_nothing(folder, tmp_path, weights, capsys, extra, message):
     path, _, _ = weights

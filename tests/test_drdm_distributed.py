@@ -1,17 +1,24 @@
-"""The DRDM export on a Dask LocalCluster (2 worker processes) gives the in-process export's files and manifest."""
+"""The DRDM export on a Dask LocalCluster (2 worker processes) gives the in-process export's files and manifest,
+also when a worker is killed mid-run; workers read inputs by path and pin GPUs by their number."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
+import torch
 
 from napari_deformdiff.core.drdm.augment import (
+    CaseFiles,
     ExportSettings,
     export_drdm,
+    find_cases,
     read_manifest,
 )
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.io import read_volume
+from napari_deformdiff.core.io import Volume, read_volume, write_volume
 from napari_deformdiff.core.events import Progress
 
 from .drdm_export_helpers import case_2d, tiny_drdm
@@ -80,3 +87,83 @@ def test_stopping_a_cluster_export_keeps_a_consistent_manifest_and_resume_on_a_r
                                      resume=True))
     list(export_drdm(cases, tmp_path / "one", settings, weights=weights))
     assert (out / "manifest.csv").read_text() == (tmp_path / "one" / "manifest.csv").read_text()
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: the same float rounding, so the same bytes and checksums
+    yield
+    torch.set_num_threads(before)
+
+
+def write_folder(folder):
+    folder.mkdir()
+    a, b = case_2d("a"), case_2d("b", shape=(36, 40))
+    write_volume(a.image, folder / "p1.nii.gz")
+    write_volume(a.labels, folder / "p1_gt.nii.gz")
+    write_volume(Volume(b.image.data[::-1].copy(), b.image.geometry, False), folder / "p2.nrrd")
+    return folder
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_manifest_is_exact(tmp_path, one_thread):
+    from distributed import Client, LocalCluster
+
+    from napari_deformdiff.core.drdm.distributed import export_drdm_distributed
+    from napari_deformdiff.core.drdm.weights import save_drdm
+
+    model, meta = tiny_drdm(2, seed=6)
+    weights = save_drdm(model, tmp_path / "tiny.safetensors", meta=meta)
+    folder = write_folder(tmp_path / "in")
+    files, _ = find_cases(folder, keep_data=False)
+    assert all(isinstance(f, CaseFiles) and f.ndims == 2 for f in files)  # workers read the files themselves
+    assert [f.labels is not None for f in files] == [True, False]
+    settings = ExportSettings(levels="4:8:2", samples=2, seed=11, shard_size=5)
+    out = tmp_path / "dask"
+    killed = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env={"OMP_NUM_THREADS": "1"}) as cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)
+        assert len(pids) == 2
+        events = export_drdm_distributed(files, out, settings, scheduler=cluster.scheduler_address, weights=weights)
+        for event in events:
+            if not killed and isinstance(event, Progress) and "done" in event.message:
+                victim = sorted(pids.values())[0]
+                os.kill(victim, signal.SIGKILL)  # both workers are busy: a unit is lost mid-way
+                killed.append(victim)
+        assert killed and event.index == event.total == 12
+    cases, _ = find_cases(folder)
+    list(export_drdm(cases, tmp_path / "one", settings, weights=weights))
+    rows = read_manifest(out / "manifest.csv")
+    assert rows == read_manifest(tmp_path / "one" / "manifest.csv")  # ids, files, sizes, sha256, statistics
+    assert [r["image"].split("/")[0] for r in rows] == ["000"] * 5 + ["001"] * 5 + ["002"] * 2
+    assert (out / "manifest.csv").read_text() == (tmp_path / "one" / "manifest.csv").read_text()
+    on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    listed = sorted(r[c] for r in rows for c in ("image", "labels", "field") if r[c])
+    assert on_disk == sorted([*listed, "manifest.csv"])  # no leftover of the killed worker, hidden or not
+
+
+def test_gpus_are_pinned_by_worker_number():
+    from napari_deformdiff.core.drdm.distributed import gpu_for
+
+    assert [gpu_for(k, 1, 2) for k in range(4)] == [0, 1, 0, 1]
+    assert [gpu_for(k, 2, 2) for k in range(4)] == [0, 0, 1, 1]
+    assert [gpu_for(str(k), 3, 1) for k in range(3)] == [0, 0, 0]
+    assert gpu_for("tcp://10.0.0.5:4567", 1, 4) is None  # a worker of a running cluster: its own device
+
+
+def test_the_cli_on_a_local_cluster_writes_the_in_process_manifest(tmp_path, one_thread, capsys):
+    from napari_deformdiff.cli import main
+    from napari_deformdiff.core.drdm.weights import save_drdm
+
+    model, meta = tiny_drdm(2, seed=6)
+    weights = save_drdm(model, tmp_path / "tiny.safetensors", meta=meta)
+    folder = write_folder(tmp_path / "in")
+    args = ["generate", "drdm", "--image", str(folder), "--levels", "4:6:2", "--samples", "1", "--seed", "2",
+            "--weights", str(weights), "--shard-size", "3", "--manifest", "json"]
+    assert main([*args, "--out-dir", str(tmp_path / "dask"), "--scheduler", "local", "--workers", "1"]) == 0
+    assert main([*args, "--out-dir", str(tmp_path / "one"), "--device", "cpu"]) == 0
+    dask, one = (tmp_path / "dask" / "manifest.json").read_text(), (tmp_path / "one" / "manifest.json").read_text()
+    assert dask == one
+    rows = read_manifest(tmp_path / "dask" / "manifest.json")
+    assert [r["field"].split("/")[0] for r in rows] == ["000", "000", "000", "001"]

@@ -1,9 +1,12 @@
 """Dock widget "Augment (DRDM)": preview one DRDM instance deformation, export augmentations or pairs.
 
+The input is an image layer (and its labels) or a folder / ACDC dataset, read as `deformdiff
+generate drdm --image DIR` reads it (core.drdm.augment.find_cases).
 Preview streams the recovery of one sample (the export's first: first level, sample 0, same seed)
 into a growing 4D image layer (fields kept for Inspect deformation) and adds the warped labels.
-Export runs core.drdm.augment.export_drdm in a worker with a napari progress bar; Cancel stops
-after the current step and keeps the complete samples (the manifest lists exactly those).
+Export runs core.drdm.augment.export_drdm in a worker with a napari progress bar over the whole
+batch; Cancel stops within the current sample and keeps the complete ones (the manifest lists
+exactly those), and Resume continues such a folder.
 Image and labels default to the newest ACDC ED and its labels; a time series needs the explicit
 frame choice. After a preview the status line warns about folding and about the bundled
 (phantom) weights on an image that is not a phantom.
@@ -11,7 +14,6 @@ frame choice. After a preview the status line warns about folding and about the 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import ComboBox, FileEdit, PushButton, SpinBox
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 NO_LABELS = "(none)"
 MODES = {"augment": "augment", "registration pairs": "pairs"}
 IF_FILES = ["stop", "resume", "overwrite"]
+LAYER, FOLDER = "layer", "folder / ACDC dataset"
 
 
 class DRDMWidget(GeneratorWidget):
@@ -37,6 +40,10 @@ class DRDMWidget(GeneratorWidget):
         from napari.layers import Image, Labels
 
         self.viewer = viewer
+        self.source = ComboBox(label="Input", choices=[LAYER, FOLDER], value=LAYER)
+        self.in_folder = FileEdit(label="Input folder", mode="d", visible=False,
+                                  tooltip="images (labels <name>_gt, _seg, ... beside them or in labels/), "
+                                          "an ACDC patient folder, or a folder of them")
         self.image = ComboBox(label="Image", choices=lambda _w: pick(viewer.layers, Image))
         self.labels = ComboBox(label="Labels", choices=lambda _w: [(NO_LABELS, None), *pick(viewer.layers, Labels)])
         compact(self.image, self.labels)
@@ -55,15 +62,24 @@ class DRDMWidget(GeneratorWidget):
         controls = self._stream_controls("Preview")
         self.export_button = PushButton(text="Export")
         self.export_button.changed.connect(self.export)
-        self.extend([self.image, self.labels, self._slider_control(), self.level_from, self.level_to, self.level_step, self.samples,
+        self.resume_button = PushButton(text="Resume", tooltip="continue an interrupted export in the output folder")
+        self.resume_button.changed.connect(self.resume)
+        self.source.changed.connect(self._show_source)
+        self.extend([self.source, self.in_folder, self.image, self.labels, self._slider_control(), self.level_from, self.level_to, self.level_step, self.samples,
                      self.seed, self.loop, *compute, self.mode, self.syn_level, self.out_dir, self.format,
-                     self.if_files, controls[0], self.export_button, *controls[1:]])
+                     self.if_files, controls[0], self.export_button, self.resume_button, *controls[1:]])
         self.preview_labels = None
         self.exported = 0
         self._export_total = 0
         self.defaults = RoleDefaults(viewer, [(self.image, "ED", None), (self.labels, "ED labels", self.image)])
         self.defaults.apply()
         follow_layer_list(self, viewer, self.defaults)
+
+    def _show_source(self, *_args) -> None:
+        folder = self.source.value == FOLDER
+        self.in_folder.visible = folder
+        for widget in (self.image, self.labels, self.use_slider):
+            widget.visible = not folder
 
     # ------------------------------------------------------------------ inputs
 
@@ -94,27 +110,46 @@ class DRDMWidget(GeneratorWidget):
         check_case(case)
         return case
 
-    def _inputs(self):
-        """(case, settings, device name, weights) as chosen."""
-        case = self._case()
-        settings = self._settings()
-        return case, settings, *self._compute()
+    def _cases(self) -> list:
+        """The chosen layer's case, or every case of the input folder (as `--image DIR` finds them)."""
+        from ..core.drdm.augment import find_cases
+        from ..core.errors import InputError
+        from .layer_inputs import chosen_file
 
-    def _export_inputs(self):
+        if self.source.value == LAYER:
+            return [self._case()]
+        folder = chosen_file(self.in_folder)
+        if folder is None:
+            raise InputError("DRDM: choose an input folder (images, an ACDC patient folder or a folder of them).")
+        if not folder.is_dir():
+            raise InputError(f"DRDM: {folder} is not a folder.")
+        return find_cases(folder)[0]
+
+    def _inputs(self):
+        """(cases, settings, device name, weights) as chosen."""
+        cases = self._cases()
+        settings = self._settings()
+        return cases, settings, *self._compute()
+
+    def _export_inputs(self, resume: bool = False):
         """What _inputs gives, and the output folder, the units to make and those already there."""
         from ..core.drdm.augment import check_cases, plan_export, prepare_output
         from ..core.errors import InputError
+        from .layer_inputs import chosen_file
 
-        case, settings, device, weights = self._inputs()
-        value = self.out_dir.value
-        if value is None or str(value) in ("", "."):
+        cases, settings, device, weights = self._inputs()
+        out = chosen_file(self.out_dir)
+        if out is None:
             raise InputError("DRDM: choose an output folder.")
-        out = Path(value)
-        check_cases([case])
-        units = plan_export([case], settings)
-        overwrite, resume = self.if_files.value == "overwrite", self.if_files.value == "resume"
-        done = prepare_output(out, units, settings, overwrite=overwrite, resume=resume)
-        return case, settings, device, weights, out, units, done
+        if resume and not out.is_dir():
+            raise InputError(f"DRDM: {out} does not exist; there is no export to resume.")
+        check_cases(cases)
+        units = plan_export(cases, settings)
+        overwrite = self.if_files.value == "overwrite" and not resume
+        resume = resume or self.if_files.value == "resume"
+        # the files are verified by the export itself, in the worker
+        done = prepare_output(out, units, settings, overwrite=overwrite, resume=resume, verify=False)
+        return cases, settings, device, weights, out, units, done, overwrite, resume
 
     # ------------------------------------------------------------------ preview
 
@@ -127,11 +162,13 @@ class DRDMWidget(GeneratorWidget):
             return None
         from .._layers import short_label
 
-        case, settings, device, weights = inputs
+        cases, settings, device, weights = inputs
+        case = cases[0]
         unit = plan_export([case], settings)[0]
-        inputs_shown = (self.image.value, self.labels.value)
-        name = f"DRDM {short_label(inputs_shown[0])} level {unit.level}"
-        provenance = {"method": "DRDM", "image": inputs_shown[0].name,
+        from_layers = self.source.value == LAYER
+        inputs_shown = (self.image.value, self.labels.value) if from_layers else (None, None)
+        name = f"DRDM {short_label(inputs_shown[0]) if from_layers else case.name} level {unit.level}"
+        provenance = {"method": "DRDM", "image": inputs_shown[0].name if from_layers else case.source,
                       "labels": inputs_shown[1].name if inputs_shown[1] is not None else None,
                       "weights": self._weights_text(weights), "seed": settings.seed, "sample_seed": unit.seed,
                       "level": unit.level,
@@ -167,12 +204,12 @@ class DRDMWidget(GeneratorWidget):
         def on_done():
             self._add_preview_labels(case, name)
             self._idle()
-            self.export_button.enabled = True
+            self.export_button.enabled = self.resume_button.enabled = True
             made = self.sequence.count if self.sequence else 0
             total = self.sequence.total if self.sequence else 0
             self.status.value = self._line(f"preview: {made}/{total} steps", self._folding(), note)
 
-        self.export_button.enabled = False
+        self.export_button.enabled = self.resume_button.enabled = False
         return self._stream(events, description=name, on_event=on_event, on_done=on_done, prepare=buffers.stage)
 
     def _add_preview_labels(self, case, name: str) -> None:
@@ -206,31 +243,52 @@ class DRDMWidget(GeneratorWidget):
 
     def export(self):
         """Export: the whole batch into the output folder, in a worker; Cancel keeps complete samples."""
-        from ..core.drdm.augment import export_drdm
+        return self._export(resume=False)
 
-        inputs = self._read(self._export_inputs)
+    def resume(self):
+        """Continue the export in the output folder (same settings): only the missing samples are made."""
+        return self._export(resume=True)
+
+    def _export(self, *, resume: bool):
+        from napari.utils.notifications import show_warning
+
+        from ..core.drdm.augment import export_drdm
+        from ..core.events import Progress
+
+        inputs = self._read(lambda: self._export_inputs(resume))
         if inputs is None:
             return None
-        case, settings, device, weights, out, units, done = inputs
-        overwrite, resume = self.if_files.value == "overwrite", self.if_files.value == "resume"
+        cases, settings, device, weights, out, units, done, overwrite, resume = inputs
         total = len(units)
         self.exported = len(done)
         self._export_total = total
+        redone: list[str] = []  # listed samples with damaged files, made again (filled in the worker)
 
         def events():
-            yield from export_drdm([case], out, settings, weights=weights, device=device, overwrite=overwrite,
-                                   resume=resume)
+            made = len(done)
+            for event in export_drdm(cases, out, settings, weights=weights, device=device, overwrite=overwrite,
+                                     resume=resume, on_redo=redone.append):
+                if isinstance(event, Frame):
+                    made = event.info["done"]
+                elif isinstance(event, Progress) and event.stage == "samples":  # the whole batch's count
+                    event = Progress(event.index, event.total, f"{made}/{total} samples: {event.message}",
+                                     event.stage)
+                yield event
 
         def on_event(event):
             if isinstance(event, Frame):
-                self.exported += 1
+                self.exported = event.info["done"]
                 self.status.value = f"exported {self.exported}/{total}: {event.info['id']}"
 
         def on_done():
             self._idle()
-            self.export_button.enabled = True
-            self.status.value = f"exported {self.exported}/{total} samples to {out}"
+            self.export_button.enabled = self.resume_button.enabled = True
+            for message in redone:
+                show_warning(message)
+            rest = "" if self.exported == total else "; Resume continues"
+            again = f"; {len(redone)} damaged sample(s) made again" if redone else ""
+            self.status.value = f"exported {self.exported}/{total} samples to {out}{again}{rest}"
 
-        self.export_button.enabled = False
+        self.export_button.enabled = self.resume_button.enabled = False
         return self._stream(events, description=f"DRDM export to {out.name}", on_event=on_event,
                             on_done=on_done, status="starting export...")

@@ -48,11 +48,14 @@ def cmd_generate_drdm(args: argparse.Namespace) -> int:
 
     if args.syn_level is not None and not args.pairs:
         raise InputError("--syn-level applies to registration pairs: add --pairs.")
+    if args.workers_per_gpu is not None and not args.scheduler:
+        raise InputError("--workers-per-gpu applies to Dask runs: add --scheduler.")
     settings = ExportSettings(levels=args.levels, samples=args.samples, seed=args.seed,
                               mode="pairs" if args.pairs else "augment", syn_level=args.syn_level, loop=args.loop,
                               fmt=args.format, manifest=args.manifest, precision=args.precision,
-                              fold_free=not args.allow_folding)
-    cases, notes = find_cases(args.image, args.labels)
+                              fold_free=not args.allow_folding, shard_size=args.shard_size)
+    # on Dask the workers read the inputs; here each is read once to check it, then dropped
+    cases, notes = find_cases(args.image, args.labels, keep_data=not args.scheduler)
     for note in notes:
         print(f"  {note}", file=sys.stderr)
     with_labels = sum(c.labels is not None for c in cases)
@@ -63,22 +66,25 @@ def cmd_generate_drdm(args: argparse.Namespace) -> int:
     check_output_folder_files(args.out_dir, names, [p for c in cases for p in _case_files(c)])
     print(f"{len(cases)} image(s) ({with_labels} with labels), levels {list(settings.levels)}, "
           f"{settings.samples} sample(s) per level: {total} {settings.mode} sample(s)", file=sys.stderr)
-    device = choose_device_name(args.device)
-    common = dict(weights=args.weights, device=device, overwrite=args.overwrite, resume=args.resume)
+    common = dict(weights=args.weights, overwrite=args.overwrite, resume=args.resume)
     if args.scheduler:
         from ..core.drdm.distributed import export_drdm_distributed
 
+        # each worker resolves the device (and pins its GPU)
         events = export_drdm_distributed(cases, args.out_dir, settings, scheduler=args.scheduler,
-                                         workers=args.workers, **common)
+                                         device=args.device or "auto",
+                                         workers=args.workers, workers_per_gpu=args.workers_per_gpu or 1, **common)
     else:
-        events = export_drdm(cases, args.out_dir, settings, **common)
+        events = export_drdm(cases, args.out_dir, settings, device=choose_device_name(args.device), **common)
     _progress(events, desc=f"drdm {settings.mode}")
     print(f"wrote {total} sample(s) to {args.out_dir} (listed in {settings.manifest_name})")
     return 0
 
 
 def _case_files(case) -> list[Path]:
-    """The files an export case was read from."""
+    """The files an export case (a Case or CaseFiles) was read from."""
+    if isinstance(case.image, str):
+        return [Path(p) for p in (case.image, case.labels) if p]
     return [Path(v.source) for v in (case.image, case.labels) if v is not None and v.source]
 
 
@@ -169,6 +175,10 @@ def _add_generate(generate) -> None:
     p.add_argument("--scheduler", default=None,
                    help="run on Dask: 'local' (worker processes here) or a scheduler address (tcp://host:8786)")
     p.add_argument("--workers", type=int, default=None, help="worker processes of --scheduler local")
+    p.add_argument("--workers-per-gpu", type=int, default=None,
+                   help="--scheduler local on GPUs: worker processes per GPU, each pinned to one GPU (default 1)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="put every N samples into a subfolder (000/, 001/, ...); the manifest names them relative")
     p.add_argument("--resume", action="store_true", help="continue an interrupted export in --out-dir")
     _run_options(p)
     p.set_defaults(func=cmd_generate_drdm)

@@ -23,20 +23,23 @@ The seed of a unit depends only on these numbers, never on the order in which un
 resumed, a parallel (Dask) and a plain run write the same files, and the moving image of a pair
 equals the augmented image of the same unit.
 
-Files are written atomically (core/io/atomic.py) and the manifest (manifest.csv or manifest.json)
-is rewritten atomically after every unit, so it always lists exactly the complete units; stopping
-the generator (Cancel) keeps them. A failed write removes the files of the unfinished unit.
+Files are written atomically (core/io/atomic.py); a unit's row (with the size and sha256 of each
+of its files) is appended to the manifest (manifest.csv or manifest.json, see manifest.py) once
+all its files are complete, so the manifest always lists exactly the complete units; stopping the
+generator (Cancel) keeps them. At the end of a run the manifest is rewritten once in plan order. A
+failed write removes the files of the unfinished unit. With settings.shard_size = N, unit k of
+the plan writes into the subfolder f"{k // N:03d}" and the manifest names files relative to the
+output folder ("000/heart_L04_s000_image.nii.gz").
 """
 
 from __future__ import annotations
 
-import csv
 import errno
-import io
-import json
+import os
+import warnings
 import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +47,20 @@ import numpy as np
 
 from ..errors import InputError, OutputExistsError
 from ..events import Frame, Plan, Progress
-from ..io.atomic import atomic_output, split_suffix
+from ..io.atomic import split_suffix
 from ..io.volume import Volume, is_integer_valued
+from .manifest import (  # noqa: F401  (COLUMNS, manifest_text, read_manifest: this module's API too)
+    COLUMNS,
+    FILE_ROLES,
+    STAT_COLUMNS,
+    append_row,
+    check_row_files,
+    file_checksums,
+    manifest_mode,
+    manifest_text,
+    read_manifest,
+    write_manifest,
+)
 
 MAX_LEVEL = 80  # = forward.MAX_LEVEL; repeated here so planning does not import torch
 MODES = ("augment", "pairs")
@@ -54,15 +69,10 @@ MANIFEST_FORMATS = ("csv", "json")
 LOOPS = ("paper", "authors")
 PRECISIONS = ("float32", "bfloat16")  # = models.drdm_bf16.PRECISIONS, repeated so planning does not import torch
 MAX_SAMPLES = 10_000
-STAT_COLUMNS = ("max_mm", "mean_mm", "max_pct", "mean_pct", "folding_pct")
-_COMMON = ("id", "case", "source", "level", "sample", "seed")
-_PROVENANCE = ("loop", "weights", "precision", "fold_free")
-COLUMNS = {
-    "augment": (*_COMMON, "image", "labels", "field", *STAT_COLUMNS, *_PROVENANCE),
-    "pairs": (*_COMMON, "syn_level", "syn_seed", "moving", "fixed", "moving_labels", "fixed_labels", "field",
-              *STAT_COLUMNS, *_PROVENANCE),
-}
-INT_COLUMNS = ("level", "sample", "seed", "syn_level", "syn_seed", "fold_free")
+
+
+class ExportWarning(UserWarning):
+    """A resume found a listed unit whose files are missing or damaged: the unit is made again."""
 
 
 # --------------------------------------------------------------------------- settings and plan
@@ -122,6 +132,7 @@ class ExportSettings:
     manifest: str = "csv"
     precision: str = "float32"  # of the recovery network's passes (see recover.py)
     fold_free: bool = True  # False: the authors' fields, which may fold
+    shard_size: int | None = None  # units per subfolder (000/, 001/, ...); None: all in the folder
 
     def __post_init__(self):
         object.__setattr__(self, "levels", parse_levels(self.levels))
@@ -145,6 +156,8 @@ class ExportSettings:
         object.__setattr__(self, "fold_free", bool(self.fold_free))
         if not 0 <= int(self.seed) < 2**63:
             raise InputError(f"seed must be a non-negative integer, got {self.seed}.")
+        if self.shard_size is not None and not 1 <= int(self.shard_size) <= MAX_SAMPLES * 100:
+            raise InputError(f"shard size must be a positive number of samples per subfolder, got {self.shard_size}.")
 
     @property
     def manifest_name(self) -> str:
@@ -169,6 +182,7 @@ class Unit:
     seed: int
     syn_level: int | None = None
     syn_seed: int | None = None
+    folder: str = ""  # shard subfolder ("" without sharding)
 
     @property
     def id(self) -> str:
@@ -242,20 +256,21 @@ def plan_export(cases: Sequence[Case], settings: ExportSettings) -> list[Unit]:
         for level in settings.levels:
             for k in range(settings.samples):
                 seed = derive_seed(settings.seed, case.name, level, k, 0)
+                folder = f"{len(units) // settings.shard_size:03d}" if settings.shard_size else ""
                 if settings.mode == "pairs":
                     syn = settings.syn_level if settings.syn_level is not None else level
                     units.append(Unit(case.name, level, k, seed, int(syn),
-                                      derive_seed(settings.seed, case.name, level, k, 1)))
+                                      derive_seed(settings.seed, case.name, level, k, 1), folder))
                 else:
-                    units.append(Unit(case.name, level, k, seed))
+                    units.append(Unit(case.name, level, k, seed, folder=folder))
     return units
 
 
 def unit_files(unit: Unit, settings: ExportSettings, with_labels: bool) -> dict[str, str]:
-    """Manifest column -> file name of a unit's outputs."""
-    roles = ("image", "labels", "field") if settings.mode == "augment" else (
-        "moving", "fixed", "moving_labels", "fixed_labels", "field")
-    return {r: f"{unit.id}_{r}{settings.fmt}" for r in roles if with_labels or "labels" not in r}
+    """Manifest column -> file name of a unit's outputs (relative to the output folder)."""
+    prefix = f"{unit.folder}/" if unit.folder else ""
+    return {r: f"{prefix}{unit.id}_{r}{settings.fmt}" for r in FILE_ROLES[settings.mode]
+            if with_labels or "labels" not in r}
 
 
 # --------------------------------------------------------------------------- manifest
@@ -269,59 +284,58 @@ def _format_value(key: str, value: Any) -> Any:
     return value
 
 
-def manifest_text(rows: Sequence[dict], settings: ExportSettings) -> str:
-    columns = COLUMNS[settings.mode]
-    if settings.manifest == "json":
-        doc = {"format": "napari-deformdiff drdm export", "version": 1, "settings": asdict(settings),
-               "columns": list(columns), "samples": [{c: row.get(c, "") for c in columns} for row in rows]}
-        return json.dumps(doc, indent=1) + "\n"
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: row.get(c, "") for c in columns})
-    return out.getvalue()
-
-
-def write_manifest(out_dir: Path, rows: Sequence[dict], settings: ExportSettings) -> Path:
-    """Atomically (re)write the manifest listing `rows`."""
-    path = Path(out_dir) / settings.manifest_name
-    with atomic_output(path, overwrite=True) as tmp:
-        tmp.write_text(manifest_text(rows, settings), encoding="utf-8")
-    return path
-
-
-def read_manifest(path: str | Path) -> list[dict]:
-    """Rows of a manifest.csv / manifest.json, numbers as int/float, empty cells as ''."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            rows = json.loads(text)["samples"]
-        else:
-            rows = list(csv.DictReader(io.StringIO(text)))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: not a readable DRDM export manifest ({exc}).") from exc
-    for row in rows:
-        for key, value in row.items():
-            if value in ("", None):
-                row[key] = ""
-            elif key in INT_COLUMNS:
-                row[key] = int(value)
-            elif key in STAT_COLUMNS:
-                row[key] = float(value)
-    return rows
-
-
 # --------------------------------------------------------------------------- output folder
 
 
+def _other_manifest(out: Path, settings: ExportSettings) -> Path | None:
+    for kind in ("csv", "json"):
+        path = out / f"manifest.{kind}"
+        if kind != settings.manifest and path.is_file():
+            return path
+    return None
+
+
+def _check_row(row: dict, unit: Unit | None, settings: ExportSettings, manifest: Path) -> None:
+    """InputError when a listed unit was made with other settings than the resumed export's."""
+    if unit is None or row.get("seed") != unit.seed or row.get("loop") != settings.loop or (
+            row.get("precision") or "float32") != settings.precision or (
+            unit.syn_seed is not None and row.get("syn_seed") != unit.syn_seed) or (
+            unit.syn_level is not None and row.get("syn_level") != unit.syn_level) or (
+            # exports from before the column were not repaired
+            bool(row.get("fold_free") or 0) != settings.fold_free):
+        raise InputError(
+            f"{manifest} lists sample {row.get('id')!r} made with other settings (levels, samples, "
+            "seed, mode, loop, precision or fold-free); resume with the same settings, or use another "
+            "folder."
+        )
+    expected = unit_files(unit, settings, True)
+    for role in FILE_ROLES[settings.mode]:
+        name = str(row.get(role) or "")
+        if not name:
+            if "labels" not in role:
+                raise InputError(f"{manifest} lists sample {row['id']!r} without its {role} file; it is not "
+                                 "a DRDM export manifest of this mode.")
+            continue
+        folder, _, base = name.rpartition("/")
+        if not base.endswith(settings.fmt) and base.startswith(f"{unit.id}_{role}."):
+            fmt = base[len(unit.id) + len(role) + 2:]
+            raise InputError(f"{manifest} lists {fmt} files, not {settings.fmt[1:]}: resume with --format {fmt} "
+                             "(one export keeps one format), or use another folder.")
+        if base != expected[role].rpartition("/")[2] or (folder and not folder.isdigit()):
+            raise InputError(f"{manifest} lists file {name!r} for sample {row['id']!r}; expected "
+                             f"{expected[role]!r}. Resume with the same settings, or use another folder.")
+
+
 def prepare_output(out_dir: str | Path, units: Sequence[Unit], settings: ExportSettings, *,
-                   overwrite: bool = False, resume: bool = False) -> list[dict]:
+                   overwrite: bool = False, resume: bool = False, verify: bool = True,
+                   on_redo: Callable[[str], None] | None = None) -> list[dict]:
     """Check the output folder; return the manifest rows already done (resume) in plan order.
 
     A folder with files in it is refused unless `overwrite` (start again, replacing files) or
-    `resume` (keep the complete units of the same plan, make the rest) is asked.
+    `resume` (keep the complete units of the same plan, make the rest) is asked. A resume refuses
+    another mode, format or manifest format than the folder's; a listed unit whose files are
+    missing or differ from their recorded size and sha256 is made again, and said so: on_redo(message),
+    by default an ExportWarning. Without `verify` the files are not read (the settings are checked).
     """
     out = Path(out_dir)
     if overwrite and resume:
@@ -336,47 +350,102 @@ def prepare_output(out_dir: str | Path, units: Sequence[Unit], settings: ExportS
             "overwrite (--overwrite) or to resume an interrupted export (--resume)."
         )
     manifest = out / settings.manifest_name
+    other = _other_manifest(out, settings) if resume else None
+    if other is not None:
+        raise InputError(f"{out} holds {other.name}: resume it with the manifest format {other.suffix[1:]} "
+                         f"(--manifest {other.suffix[1:]}), or use another folder.")
     if resume and manifest.is_file():
+        rows = read_manifest(manifest)
+        mode = manifest_mode(rows)
+        if mode is not None and mode != settings.mode:
+            raise InputError(f"{manifest} lists {'registration pairs' if mode == 'pairs' else 'augmentations'}; "
+                             f"resume it in mode {mode!r}, or use another folder.")
         by_id = {u.id: u for u in units}
-        for row in read_manifest(manifest):
-            unit = by_id.get(str(row.get("id")))
-            if unit is None or row.get("seed") != unit.seed or row.get("loop") != settings.loop or (
-                    row.get("precision") or "float32") != settings.precision or (
-                    unit.syn_seed is not None and row.get("syn_seed") != unit.syn_seed) or (
-                    unit.syn_level is not None and row.get("syn_level") != unit.syn_level) or (
-                    # exports from before the column were not repaired
-                    bool(row.get("fold_free") or 0) != settings.fold_free):
-                raise InputError(
-                    f"{manifest} lists sample {row.get('id')!r} made with other settings (levels, samples, "
-                    "seed, mode, loop, precision or fold-free); resume with the same settings, or use another "
-                    "folder."
-                )
-            files = [row[c] for c in COLUMNS[settings.mode] if c in unit_files(unit, settings, True) and row.get(c)]
-            if all((out / f).is_file() for f in files):
+        seen = set()
+        for row in rows:
+            _check_row(row, by_id.get(str(row.get("id"))), settings, manifest)
+            if row["id"] in seen:
+                continue
+            seen.add(row["id"])
+            problem = check_row_files(out, row, settings.mode) if verify else ""
+            if problem:
+                (on_redo or _warn)(f"{row['id']}: {problem}; this sample is made again.")
+            else:
                 done.append(row)
     order = {u.id: k for k, u in enumerate(units)}
     done.sort(key=lambda r: order[r["id"]])
     return done
 
 
+def _warn(message: str) -> None:
+    warnings.warn(message, ExportWarning, stacklevel=3)
+
+
 def start_output(out_dir: Path, rows: Sequence[dict], settings: ExportSettings,
                  units: Sequence[Unit] = ()) -> Path:
-    """Create the folder and write the manifest of the units already done; returns the manifest path.
+    """Create the folder, list exactly `rows` (the units already done) in the manifest; returns its path.
 
-    Hidden temporaries of `units` left by a killed process (".<id>_<role>.<hex>.partial.<ext>") are removed.
+    No manifest is written while no unit is complete. Hidden temporaries of `units` left by a killed
+    process (".<id>_<role>.<hex>.partial.<ext>", also in shard subfolders) are removed.
     """
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}.") from exc
-    prefixes = tuple(f".{u.id}_" for u in units)
-    for leftover in out_dir.glob(".*.partial*"):
-        if prefixes and leftover.name.startswith(prefixes) and leftover.is_file():
-            leftover.unlink(missing_ok=True)
+    remove_partials(out_dir, units)
+    manifest = out_dir / settings.manifest_name
     try:
-        return write_manifest(out_dir, rows, settings)
+        if rows:
+            write_manifest(out_dir, rows, settings)
+        else:
+            manifest.unlink(missing_ok=True)
     except OSError as exc:
-        raise write_error(exc, out_dir, len(rows), out_dir / settings.manifest_name) from exc
+        raise write_error(exc, out_dir, len(rows), manifest) from exc
+    return manifest
+
+
+def remove_partials(out_dir: Path, units: Sequence[Unit]) -> None:
+    prefixes = tuple(f".{u.id}_" for u in units)
+    if not prefixes:
+        return
+    for leftover in [*out_dir.glob(".*.partial*"), *out_dir.glob("[0-9]*/.*.partial*")]:
+        if leftover.name.startswith(prefixes) and leftover.is_file():
+            leftover.unlink(missing_ok=True)
+
+
+def finish_output(out_dir: Path, rows: Sequence[dict], settings: ExportSettings, order: dict[str, int]) -> None:
+    """The one rewrite of a run: the manifest in plan order (identical for identical settings)."""
+    if rows:
+        write_manifest(out_dir, sorted(rows, key=lambda r: order.get(r["id"], len(order))), settings)
+
+
+def close_output(out_dir: Path, rows: Sequence[dict], settings: ExportSettings, order: dict[str, int], *,
+                 finished: bool, created: bool) -> None:
+    """End of a run: the manifest in plan order; after an error or Cancel that may fail quietly (the
+    appended manifest is exact already), and a folder this run created and left empty goes."""
+    if finished:
+        finish_output(out_dir, rows, settings, order)
+        return
+    if not rows:
+        discard_empty_output(out_dir, created)
+        return
+    try:
+        finish_output(out_dir, rows, settings, order)
+    except OSError:
+        pass
+
+
+def discard_empty_output(out_dir: Path, created: bool) -> None:
+    """Remove the output folder this run created when nothing ended up in it (a rejected input)."""
+    if not created:
+        return
+    try:
+        for sub in out_dir.iterdir():
+            if sub.is_dir() and sub.name.isdigit():
+                sub.rmdir()
+        out_dir.rmdir()
+    except OSError:
+        pass  # not empty: keep it
 
 
 # --------------------------------------------------------------------------- one unit
@@ -434,6 +503,8 @@ def _write_unit_files(out: Path, files: dict[str, str], arrays: dict[str, tuple[
 
     geometry = case.image.geometry
     written: list[Path] = []
+    for name in files.values():
+        (out / name).parent.mkdir(exist_ok=True)  # a shard subfolder
     try:
         for role, name in files.items():
             if role == "field":
@@ -492,15 +563,16 @@ def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Pa
     row.update(_field_stats(field, image.geometry.spacing))
     row = {k: _format_value(k, v) for k, v in row.items()}
     _write_unit_files(out, files, arrays, field, case, overwrite)
+    row.update(file_checksums(out, files))
     frame = Frame(index, total, preview, field, preview_labels, {"row": row, "id": unit.id}, "samples")
     return row, frame
 
 
-def remove_unit_files(out_dir: Path, row: dict) -> None:
+def remove_unit_files(out_dir: Path, row: dict, mode: str) -> None:
     """Delete the files a manifest row names (a unit whose row could not be recorded)."""
-    for key, value in row.items():
-        if value and isinstance(value, str) and key not in ("id", "case", "source", *_PROVENANCE):
-            (Path(out_dir) / value).unlink(missing_ok=True)
+    for role in FILE_ROLES[mode]:
+        if row.get(role):
+            (Path(out_dir) / row[role]).unlink(missing_ok=True)
 
 
 def write_error(exc: OSError, out_dir: Path, done: int, manifest: str) -> InputError:
@@ -518,9 +590,10 @@ def write_error(exc: OSError, out_dir: Path, done: int, manifest: str) -> InputE
 
 
 def load_for_export(cases: Sequence[Case], settings: ExportSettings, *, weights=None, model=None, meta=None,
-                    device="cpu"):
-    """(model, meta, weights label) for the cases' dimensionality; checks levels against meta.steps."""
-    ndims = check_cases(cases)
+                    device="cpu", ndims: int | None = None):
+    """(model, meta, weights label) for the cases' dimensionality (or `ndims`, cases already checked);
+    checks levels against meta.steps."""
+    ndims = check_cases(cases) if ndims is None else int(ndims)
     if model is None:
         from .weights import load_drdm
 
@@ -537,17 +610,15 @@ def load_for_export(cases: Sequence[Case], settings: ExportSettings, *, weights=
     return model, meta, label
 
 
-def record_unit(out: Path, rows: list[dict], row: dict, settings: ExportSettings, order: dict[str, int],
-                manifest: Path) -> list[dict]:
-    """Add a finished unit's row and rewrite the manifest (atomically, in plan order); the rows now
-    listed. When the manifest cannot be written, the unit's files go too, so nothing unlisted stays."""
-    new_rows = sorted([*rows, row], key=lambda r: order[r["id"]])
+def record_unit(out: Path, rows: list[dict], row: dict, settings: ExportSettings, manifest: Path) -> list[dict]:
+    """Append a finished unit's row to the manifest; the rows now listed. When the manifest cannot be
+    written, the unit's files go too, so nothing unlisted stays."""
     try:
-        write_manifest(out, new_rows, settings)
+        append_row(out, row, settings)
     except OSError as exc:
-        remove_unit_files(out, row)
+        remove_unit_files(out, row, settings.mode)
         raise write_error(exc, out, len(rows), manifest) from exc
-    return new_rows
+    return [*rows, row]
 
 
 def export_drdm(
@@ -561,44 +632,78 @@ def export_drdm(
     device="cpu",
     overwrite: bool = False,
     resume: bool = False,
+    on_redo: Callable[[str], None] | None = None,
 ) -> Iterator[Progress | Frame]:
     """Run the whole export in this process.
 
     Yields Progress(index = unit, total = units) while a unit is made (one per recovery step) and a
     Frame per finished unit (image: the augmented / fixed image, field: the written field, labels,
-    info["row"]: its manifest row). Units already listed in the manifest (resume) are skipped.
+    info["row"]: its manifest row, info["done"]: the units listed now). Units already listed in the
+    manifest (resume) are skipped; a listed unit with missing or damaged files is made again and said
+    so (on_redo(message), by default an ExportWarning).
     """
     check_cases(cases)
     units = plan_export(cases, settings)
     out = Path(out_dir)
-    rows = prepare_output(out, units, settings, overwrite=overwrite, resume=resume)
+    rows = prepare_output(out, units, settings, overwrite=overwrite, resume=resume, on_redo=on_redo)
     yield Plan((("weights", 1), ("samples", len(units))))
     yield Progress(0, 1, "loading weights", "weights")
     model, meta, label = load_for_export(cases, settings, weights=weights, model=model, meta=meta, device=device)
     by_name = {c.name: c for c in cases}
     done_ids = {r["id"] for r in rows}
     order = {u.id: k for k, u in enumerate(units)}
+    created = not out.exists()
     manifest = start_output(out, rows, settings, units)
-    for k, unit in enumerate(units):
-        if unit.id in done_ids:
-            continue
-        yield Progress(k, len(units), f"{unit.id}: sampling the random deformation", "samples")
-        try:
-            # files of a unit the manifest does not list are leftovers of an interrupted run: replaced
-            row, frame = yield from run_unit(by_name[unit.case], unit, settings, out, model=model, meta=meta,
-                                             device=device, overwrite=overwrite or resume, index=k,
-                                             total=len(units), weights_name=label)
-        except OutputExistsError:
-            raise
-        except OSError as exc:
-            raise write_error(exc, out, len(rows), manifest) from exc
-        rows = record_unit(out, rows, row, settings, order, manifest)
-        yield frame
+    finished = False
+    try:
+        for k, unit in enumerate(units):
+            if unit.id in done_ids:
+                continue
+            yield Progress(k, len(units), f"{unit.id}: sampling the random deformation", "samples")
+            try:
+                # files of a unit the manifest does not list are leftovers of an interrupted run: replaced
+                row, frame = yield from run_unit(by_name[unit.case], unit, settings, out, model=model, meta=meta,
+                                                 device=device, overwrite=overwrite or resume, index=k,
+                                                 total=len(units), weights_name=label)
+            except OutputExistsError:
+                raise
+            except OSError as exc:
+                raise write_error(exc, out, len(rows), manifest) from exc
+            rows = record_unit(out, rows, row, settings, manifest)
+            frame.info["done"] = len(rows)  # samples the manifest lists now
+            yield frame
+        finished = True
+    finally:
+        close_output(out, rows, settings, order, finished=finished, created=created)
 
 
 # --------------------------------------------------------------------------- inputs from files
 
 LABEL_SUFFIXES = ("_gt", "_seg", "_labels", "_label", "_mask")
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """Where a case is read from; `ndims` is set once the case was read and checked."""
+
+    name: str
+    image: str
+    labels: str | None = None
+    ndims: int = 0
+    source: str = ""  # the manifest's source column (default: `image`)
+
+    def load(self) -> Case:
+        from ..io import read_volume
+
+        lab = read_volume(self.labels, as_labels=True) if self.labels else None
+        return Case(self.name, read_volume(self.image, as_labels=False), lab, self.source or self.image)
+
+    def absolute(self) -> CaseFiles:
+        """The same case with absolute paths (for workers in other working folders), same source."""
+        from dataclasses import replace
+
+        return replace(self, image=os.path.abspath(self.image), source=self.source or self.image,
+                       labels=os.path.abspath(self.labels) if self.labels else None)
 
 
 def _readable_files(folder: Path) -> list[Path]:
@@ -607,57 +712,96 @@ def _readable_files(folder: Path) -> list[Path]:
     return [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and can_read(p)]
 
 
-def _labels_for(image: Path, folders: Sequence[Path]) -> Path | None:
-    """The label map of `image`: <stem><label suffix>.<ext> beside it, or <stem>[<suffix>].<ext> in a
-    labels folder."""
-    stem = split_suffix(image.name)[0]
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        own = folder == image.parent
-        wanted = [stem + s for s in LABEL_SUFFIXES] + ([] if own else [stem])
-        found = {split_suffix(p.name)[0]: p for p in _readable_files(folder)}
-        for name in wanted:
-            if name in found:
-                return found[name]
-    return None
+class _Listing:
+    """The readable files of each folder by stem, listed once (not once per image)."""
+
+    def __init__(self) -> None:
+        self._stems: dict[Path, dict[str, Path]] = {}
+
+    def stems(self, folder: Path) -> dict[str, Path]:
+        if folder not in self._stems:
+            files = _readable_files(folder) if folder.is_dir() else []
+            self._stems[folder] = {split_suffix(p.name)[0]: p for p in files}
+        return self._stems[folder]
+
+    def labels_for(self, image: Path, folders: Sequence[Path]) -> Path | None:
+        """The label map of `image`: <stem><label suffix>.<ext> beside it, or <stem>[<suffix>].<ext> in a
+        labels folder."""
+        stem = split_suffix(image.name)[0]
+        for folder in folders:
+            found = self.stems(folder)
+            own = folder == image.parent
+            for name in [stem + s for s in LABEL_SUFFIXES] + ([] if own else [stem]):
+                if name in found:
+                    return found[name]
+        return None
 
 
-def find_cases(image: str | Path, labels: str | Path | None = None) -> tuple[list[Case], list[str]]:
-    """Cases from an image file (+ optional label file) or a folder of images; returns (cases, notes).
+def _image_folders(image: Path) -> list[Path]:
+    """The folders whose files are inputs: `image` itself, or the ACDC patient folders of a dataset
+    (a folder of patientNNN/ folders, also below training/ and testing/)."""
+    from ..io.acdc import is_acdc_folder
 
-    Folder rules: every readable file whose name does not look like a label map (_gt, seg, label,
-    mask) is an image; its labels are <name>_gt / _seg / _labels / _label / _mask (any readable
-    format) beside it, else <name> or <name>_gt ... in a `labels/` subfolder, or in the folder given
-    as `labels`. Time series in a folder are skipped (with a note); a single file must be 2D or 3D.
-    """
-    from ..io import read_volume
+    if is_acdc_folder(image):
+        return [image]
+    patients = [p for p in sorted(image.iterdir()) if is_acdc_folder(p)]
+    for part in ("training", "testing"):
+        if not patients and (image / part).is_dir():
+            patients += [p for p in sorted((image / part).iterdir()) if is_acdc_folder(p)]
+    return patients or [image]
+
+
+def find_case_files(image: str | Path, labels: str | Path | None = None) -> list[CaseFiles]:
+    """The files of find_cases' inputs, without reading them (see find_cases for the rules)."""
     from ..io.volume import looks_like_label_name
 
     image, labels = Path(image), (Path(labels) if labels is not None else None)
     if not image.exists():
         raise InputError(f"{image}: no such file or folder.")
-    notes: list[str] = []
     if image.is_file():
         if labels is not None and labels.is_dir():
             raise InputError(f"--labels {labels} is a folder but the image is a single file; give its label file.")
-        vol = read_volume(image, as_labels=False)
-        lab = read_volume(labels, as_labels=True) if labels is not None else None
-        return [Case(safe_name(split_suffix(image.name)[0]), vol, lab, str(image))], notes
+        return [CaseFiles(safe_name(split_suffix(image.name)[0]), str(image), str(labels) if labels else None)]
     if labels is not None and not labels.is_dir():
         raise InputError(f"--image {image} is a folder, so --labels must be a folder too (matched by name).")
-    cases = []
-    for path in _readable_files(image):
-        if looks_like_label_name(path):
+    listing = _Listing()
+    found = []
+    for folder in _image_folders(image):
+        for path in listing.stems(folder).values():
+            if looks_like_label_name(path):
+                continue
+            folders = [folder, labels] if labels is not None else [folder, folder / "labels"]
+            lab = listing.labels_for(path, folders)
+            found.append(CaseFiles(safe_name(split_suffix(path.name)[0]), str(path), str(lab) if lab else None))
+    return found
+
+
+def find_cases(image: str | Path, labels: str | Path | None = None, *,
+               keep_data: bool = True) -> tuple[list, list[str]]:
+    """Cases from an image file (+ optional label file), a folder of images or an ACDC dataset;
+    returns (cases, notes).
+
+    Folder rules: every readable file whose name does not look like a label map (_gt, seg, label,
+    mask) is an image; its labels are <name>_gt / _seg / _labels / _label / _mask (any readable
+    format) beside it, else <name> or <name>_gt ... in a `labels/` subfolder, or in the folder given
+    as `labels`. A folder of ACDC patient folders (or with training/ and testing/ holding them)
+    gives the frames of every patient. Time series in a folder are skipped (with a note); a single
+    file must be 2D or 3D. Every case is checked (check_case). With keep_data=False the volumes are
+    read one at a time and dropped: the cases are CaseFiles, read again where they are used (a Dask
+    worker).
+    """
+    files = find_case_files(image, labels)
+    single = Path(image).is_file()
+    cases: list = []
+    notes: list[str] = []
+    for entry in files:
+        case = entry.load()
+        if case.image.has_time and not single:
+            notes.append(f"skipped {Path(entry.image).name}: a time series (export single frames)")
             continue
-        vol = read_volume(path, as_labels=False)
-        if vol.has_time:
-            notes.append(f"skipped {path.name}: a time series (export single frames)")
-            continue
-        folders = [image, labels] if labels is not None else [image, image / "labels"]
-        lab_path = _labels_for(path, folders)
-        lab = read_volume(lab_path, as_labels=True) if lab_path is not None else None
-        cases.append(Case(safe_name(split_suffix(path.name)[0]), vol, lab, str(path)))
+        check_case(case)
+        cases.append(case if keep_data else CaseFiles(entry.name, entry.image, entry.labels,
+                                                      case.image.geometry.ndim))
     if not cases:
         raise InputError(f"{image}: no 2D/3D images found (label maps and time series are not inputs).")
     return cases, notes
