@@ -11,17 +11,6 @@ from ..errors import InputError
 from ..events import Plan, Progress
 
 
-def descend(optim: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> float:
-    """Back-propagate `loss`, step `optim`; the loss value, or a clear error if training diverged."""
-    optim.zero_grad(set_to_none=True)
-    loss.backward()
-    optim.step()
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise InputError(f"training diverged at step {step + 1} (loss {value}); lower the learning rate.")
-    return value
-
-
 def save_optimizer(state: dict, path: Path) -> None:
     """Write an optimizer state beside its checkpoint, atomically (a hidden file moved into place; none
     left behind on a full disk or Ctrl-C)."""
@@ -43,13 +32,8 @@ def training_start(start: int, steps: int):
     yield Progress(start, steps, "starting" if start == 0 else f"resuming at step {start}", "train")
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of one training step, seeded by (seed, step): a resumed run draws the same."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
 def descend_shared(optim: torch.optim.Optimizer, loss: torch.Tensor, step: int, world, parts=()) -> list[float]:
-    """descend for this rank's share of a step's loss (DistributedDataParallel averages the
+    """Back-propagate and step for this rank's share of a step's loss (DistributedDataParallel averages the
     gradients in backward): [loss, *parts] averaged over the ranks, a clear error on every rank if
     training diverged. With one process, the loss and parts themselves."""
     from .distributed import mean_over_ranks
