@@ -44,8 +44,8 @@ def fit_to_screen(docks: list, short_titles: list[str], raised: int = 0) -> None
 
     screen = window.screen() or QGuiApplication.primaryScreen()
     area = screen.availableGeometry()
-    window.showNormal()
     window.setGeometry(area)
+    window.showMaximized()  # a window manager then fits the frame and title bar in the screen too
     QApplication.processEvents()  # docks are sized against the new window size
     width = area.width()
     left = [d for d in window.findChildren(QDockWidget)

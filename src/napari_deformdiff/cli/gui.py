@@ -55,6 +55,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("gui", help="open napari with the plugin's widgets and a case")
     p.add_argument("paths", nargs="*", type=Path, help="files or folders to open (default: a sample)")
     p.add_argument("--sample", choices=["cardiac", "cardiac_2d", "lung", "none"], default="cardiac")
-    p.add_argument("--screenshot", type=Path, help="save a window screenshot after loading")
+    p.add_argument("--screenshot", type=Path,
+                   help="save a window screenshot after loading (and print the window and canvas geometry)")
     p.add_argument("--quit", action="store_true", help="close instead of running the event loop")
     p.set_defaults(func=cmd_gui)
