@@ -301,8 +301,8 @@ def test_saving_a_sequence_keeps_its_labels_and_fields(tmp_path, monkeypatch):
     for t, shift in ((0, 0.5), (1, 1.5)):  # physical mm along the image's x axis, by SimpleITK alone
         frame = sitk.Extract(field_image, [*field_image.GetSize()[:3], 0], [0, 0, 0, t])
         expected = shift * img.GetSpacing()[0] * direction[:, 0]
-        np.testing.assert_allclose(sitk.GetArrayFromImage(frame).reshape(-1, 3), np.broadcast_to(expected, (arr[0].size, 3)),
-                                   atol=1e-5)
+        vectors = sitk.GetArrayFromImage(frame).reshape(-1, 3)
+        np.testing.assert_allclose(vectors, np.broadcast_to(expected, vectors.shape), atol=1e-5)
     for t in range(3):
         frame = sitk.Extract(field_image, [*field_image.GetSize()[:3], 0], [0, 0, 0, t])
         u, geometry = from_itk_displacement(frame)
