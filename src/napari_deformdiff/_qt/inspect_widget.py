@@ -50,6 +50,8 @@ class InspectWidget(Container):
         self.extend([self.source, self.vectors_on, self.stride, self.length, self.grid_on, self.grid_step,
                      self.jacobian_on, self.log_jacobian, self.folding_on, self.magnitude_on,
                      self.show_button, self.legend, self.readout])
+        for label in (self.legend, self.readout):  # wrapped: a narrow dock needs no scrolling
+            label.native.setWordWrap(True)
         self.plot = BlitReadoutPlot()
         self.plot.canvas.setVisible(False)  # empty axes until there is something to plot
         self.native.layout().addWidget(self.plot.canvas)
