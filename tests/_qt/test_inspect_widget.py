@@ -383,3 +383,40 @@ def test_legend_and_plot_axes_make_sense(make_napari_viewer, qtbot):
     assert list(widget.plot.folding_line.get_xdata()) == [0, 1, 2, 3]
     assert list(widget.plot.marker.get_xdata()) == [3, 3]
     assert widget.readout.value.startswith("frame 3/3:")
+
+
+def test_a_stream_with_overlays_leaves_other_layers_alone(make_napari_viewer, qtbot):
+    """With 13 other layers present (20 in all once the stream has its 7), streaming and inspecting
+    re-slice, re-draw or re-thumbnail none of them: their cost per frame does not grow with them."""
+    from napari_deformdiff._sample_data import cardiac_2d
+
+    viewer = make_napari_viewer()
+    samples = cardiac_2d()
+    others = [viewer.add_layer(Layer.create(*samples[k % 2][:2], samples[k % 2][2])) for k in range(13)]
+    for k, layer in enumerate(others):
+        layer.name = f"other {k}"
+    events = []
+    for layer in others:
+        for emitter in (layer.events.set_data, layer.events.thumbnail, layer.events.data):
+            emitter.connect(lambda e, name=layer.name: events.append(name))
+    ranges = viewer.dims.range
+    _, phantom = viewer.window.add_plugin_dock_widget(PLUGIN, "Phantom generator")
+    phantom.two_d.value = True
+    phantom.frames.value = 6
+    _, inspect = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspect deformation")
+    started = []
+
+    def first_frame(event):
+        if isinstance(event, Frame) and not started:
+            inspect.source.reset_choices()
+            inspect.source.value = phantom.sequence.image_layer
+            started.append(inspect.start())
+
+    worker = phantom.start()
+    worker.yielded.connect(first_frame)
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: inspect.overlays is not None and inspect.overlays.count == 6 and inspect.worker is None
+                    and inspect.overlays.idle, timeout=120_000)
+    assert len(viewer.layers) == 13 + 2 + 4  # + image, labels, vectors, grid, det J, folding
+    assert events == [] and viewer.dims.range == ranges
