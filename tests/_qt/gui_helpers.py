@@ -14,6 +14,11 @@ def canvas_at_steps(viewer, qtbot, steps, wait_ms: int = 300) -> list[np.ndarray
         viewer.dims.set_current_step(0, t)
         qtbot.wait(wait_ms)
         shots.append(viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float))
+    return common_centre(*shots)
+
+
+def common_centre(*shots: np.ndarray) -> list[np.ndarray]:
+    """Screenshots cropped to their common size about their centres."""
     h, w = min(s.shape[0] for s in shots), min(s.shape[1] for s in shots)
     return [s[(s.shape[0] - h) // 2:][:h, (s.shape[1] - w) // 2:][:, :w] for s in shots]
 
