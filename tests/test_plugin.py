@@ -254,3 +254,84 @@ def test_public_layer_attributes_match_what_napari_gives_writers(tmp_path):
     napari_s = layer_to_volume(layer.data, layer._get_state(), is_labels=False)
     assert ours.geometry.almost_equal(napari_s.geometry, rtol=1e-9, atol_mm=1e-9)
     assert ours.time_spacing == napari_s.time_spacing == pytest.approx(0.035)
+
+
+def sequence_layers(tmp_path):
+    """An oblique 3D+t image read through the plugin, carrying (3, 3, Z, Y, X) voxel fields (frames 0
+    and 1 shift along the ITK x axis by 0.5 and 1.5 voxels, frame 2 is random), and its label map."""
+    from napari_deformdiff._layers import attach_field, volume_to_layer_data
+    from napari_deformdiff.core.geometry import Geometry
+    from napari_deformdiff.core.io import Volume
+
+    img, arr = itk_oblique_image(dim4=3)
+    sitk.WriteImage(img, str(tmp_path / "src.nrrd"))
+    (image,) = layer_from(tmp_path / "src.nrrd")
+    fields = np.zeros((3, 3, *arr.shape[1:]), np.float32)
+    fields[0, 2], fields[1, 2] = 0.5, 1.5
+    fields[2] = np.random.default_rng(4).normal(0, 0.7, fields[2].shape)
+    attach_field(image.metadata, fields)
+    geometry = Geometry.from_dict(image.metadata["deformdiff"]["geometry"])
+    labels = (arr > 100).astype(np.uint8)
+    labels_layer = Layer.create(*volume_to_layer_data(Volume(labels, geometry, True, "seq labels")))
+    return img, arr, fields, image, labels_layer
+
+
+def test_saving_a_sequence_keeps_its_labels_and_fields(tmp_path, monkeypatch):
+    """File > Save Selected Layers on image + labels: three files, geometry kept, fields as ITK
+    displacement images (mm, x-y-z), nothing overwritten."""
+    from napari.plugins.io import save_layers
+
+    from napari_deformdiff.core.io.fields import from_itk_displacement
+
+    messages = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", messages.append)
+    img, arr, fields, image, labels = sequence_layers(tmp_path)
+    out = tmp_path / "seq.nii.gz"
+    written = save_layers(str(out), [image, labels], plugin="napari-deformdiff")
+    names = ["seq.nii.gz", "seq_fields.nii.gz", "seq_labels.nii.gz"]
+    assert sorted(Path(p).name for p in written) == sorted(names)
+    back = sitk.ReadImage(str(out))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back), arr)
+    back_labels = sitk.ReadImage(str(tmp_path / "seq_labels.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back_labels), (arr > 100).astype(np.uint8))
+    field_image = sitk.ReadImage(str(tmp_path / "seq_fields.nii.gz"))
+    assert field_image.GetDimension() == 4 and field_image.GetSize()[3] == 3
+    assert field_image.GetNumberOfComponentsPerPixel() == 3
+    direction = np.asarray(img.GetDirection()).reshape(4, 4)[:3, :3]
+    for t, shift in ((0, 0.5), (1, 1.5)):  # physical mm along the image's x axis, by SimpleITK alone
+        frame = sitk.Extract(field_image, [*field_image.GetSize()[:3], 0], [0, 0, 0, t])
+        expected = shift * img.GetSpacing()[0] * direction[:, 0]
+        vectors = sitk.GetArrayFromImage(frame).reshape(-1, 3)
+        np.testing.assert_allclose(vectors, np.broadcast_to(expected, vectors.shape), atol=1e-5)
+    for t in range(3):
+        frame = sitk.Extract(field_image, [*field_image.GetSize()[:3], 0], [0, 0, 0, t])
+        u, geometry = from_itk_displacement(frame)
+        np.testing.assert_allclose(u, fields[t], atol=1e-5)
+        for written_image in (frame, back, back_labels):
+            np.testing.assert_allclose(written_image.GetSpacing()[:3], img.GetSpacing()[:3], rtol=1e-5)
+            np.testing.assert_allclose(written_image.GetOrigin()[:3], img.GetOrigin()[:3], atol=1e-4)
+            np.testing.assert_allclose(np.reshape(written_image.GetDirection(), (-1,))[:3], direction[0], atol=1e-5)
+    assert messages == []
+
+    # saved again: refused as a whole, the files untouched
+    before = {n: (tmp_path / n).read_bytes() for n in names}
+    assert save_layers(str(out), [image, labels], plugin="napari-deformdiff") == []
+    assert "already exists" in messages[-1]
+    assert {n: (tmp_path / n).read_bytes() for n in names} == before
+    # one file of the set in the way: nothing written, not even the free ones
+    (tmp_path / "other_fields.nii.gz").write_bytes(b"mine")
+    assert save_layers(str(tmp_path / "other.nii.gz"), [image, labels], plugin="napari-deformdiff") == []
+    assert not (tmp_path / "other.nii.gz").exists() and not (tmp_path / "other_labels.nii.gz").exists()
+    assert (tmp_path / "other_fields.nii.gz").read_bytes() == b"mine"
+
+
+def test_saving_an_image_alone_keeps_its_fields(tmp_path):
+    from napari_deformdiff.core.io.fields import from_itk_displacement
+
+    img, arr, fields, image, _ = sequence_layers(tmp_path)
+    out = tmp_path / "alone.mha"
+    assert write_image(str(out), image.data, image._get_state()) == [str(out), str(tmp_path / "alone_fields.mha")]
+    field_image = sitk.ReadImage(str(tmp_path / "alone_fields.mha"))
+    for t in range(3):
+        u, _ = from_itk_displacement(sitk.Extract(field_image, [*field_image.GetSize()[:3], 0], [0, 0, 0, t]))
+        np.testing.assert_allclose(u, fields[t], atol=1e-5)

@@ -6,13 +6,21 @@ import numpy as np
 
 
 def canvas_at_steps(viewer, qtbot, steps, wait_ms: int = 300) -> list[np.ndarray]:
-    """Canvas screenshots (RGB, float) with the time slider at each of `steps`."""
+    """Canvas screenshots (RGB, float) with the time slider at each of `steps`, cropped to their
+    common size about the centre (a dock whose text changes can resize the canvas by a few pixels
+    in between; the view stays centred)."""
     shots = []
     for t in steps:
         viewer.dims.set_current_step(0, t)
         qtbot.wait(wait_ms)
         shots.append(viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float))
-    return shots
+    return common_centre(*shots)
+
+
+def common_centre(*shots: np.ndarray) -> list[np.ndarray]:
+    """Screenshots cropped to their common size about their centres."""
+    h, w = min(s.shape[0] for s in shots), min(s.shape[1] for s in shots)
+    return [s[(s.shape[0] - h) // 2:][:h, (s.shape[1] - w) // 2:][:, :w] for s in shots]
 
 
 def assert_change_near_the_centre(before: np.ndarray, after: np.ndarray) -> np.ndarray:

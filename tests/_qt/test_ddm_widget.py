@@ -68,7 +68,7 @@ def test_ddm_widget_streams_a_cycle_with_labels_and_fields(make_napari_viewer, q
         assert prov["source"] == p.ed.name and prov["target"] == p.es.name
         assert prov["labels"] == "patient001 ED labels" and prov["weights"] == str(weights) and prov["frames"] == 5
 
-    # the quality line: last frame (gamma 1) vs ES, recomputed here
+    # the quality line: last frame (gamma 1, numbered as the time slider: 4) vs ES, recomputed here
     end, es = expected[-1].image.astype(np.float64), p.es.data.astype(np.float64)
     a_, b_ = end - end.mean(), es - es.mean()
     ncc = (a_ * b_).sum() / np.sqrt((a_ ** 2).sum() * (b_ ** 2).sum())
@@ -79,7 +79,7 @@ def test_ddm_widget_streams_a_cycle_with_labels_and_fields(make_napari_viewer, q
     g = [[np.gradient(u[:, i], axis=j + 1) for j in range(2)] for i in range(2)]
     det = (1 + g[0][0]) * (1 + g[1][1]) - g[0][1] * g[1][0]
     folding = f"FOLDING: det J <= 0 at {(det <= 0).sum()} voxels" if (det <= 0).any() else "no folding (det J > 0)"
-    assert widget.status.value == (f"5/5 frames; frame 5 end vs target: NCC {ncc:.3f}, PSNR {psnr:.1f} dB, "
+    assert widget.status.value == (f"5/5 frames; frame 4 end vs target: NCC {ncc:.3f}, PSNR {psnr:.1f} dB, "
                                    f"Dice {dice:.3f}; {folding}")
 
     widget.frames.value = 200

@@ -153,23 +153,57 @@ def test_screenshot_shows_the_heart(make_napari_viewer, qtbot):
     # the labels sit on bright blood (LV/RV cavities) in the image underneath
     gray = image_only.mean(-1)
     assert gray[overlay].mean() > gray[gray > 5].mean()
-    labels.visible = True
-    if os.environ.get("DEFORMDIFF_UPDATE_SCREENSHOTS"):
-        SCREENSHOT_DIR.mkdir(exist_ok=True)
-        qtbot.wait(100)
-        viewer.screenshot(str(SCREENSHOT_DIR / "main_window.png"), canvas_only=False, flash=False)
+
+
+def run_on_own_screen(cmd: list[str], width: int, height: int, cwd: Path) -> subprocess.CompletedProcess:
+    """`cmd` on a fresh Xvfb screen of width x height (Xvfb picks a free display number)."""
+    read, write = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", f"{width}x{height}x24",
+                             "-nolisten", "tcp"], pass_fds=(write,), stderr=subprocess.DEVNULL)
+    os.close(write)
+    try:
+        with os.fdopen(read) as f:
+            display = f.readline().strip()
+        assert display, "Xvfb did not start"
+        env = {**os.environ, "DISPLAY": f":{display}", "OMP_NUM_THREADS": "1"}
+        return subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=env,
+                              cwd=cwd)
+    finally:
+        xvfb.terminate()
+        xvfb.wait(10)
 
 
 @pytest.mark.slow
-def test_gui_command_opens_widgets_and_the_sample_case(tmp_path):
-    """README command (1) without the event loop: `deformdiff gui` with the committed sample case."""
+@pytest.mark.parametrize(("width", "height"), [(1366, 768), (1920, 1080)])
+def test_gui_command_fits_the_screen_and_shows_the_heart(tmp_path, width, height):
+    """README command (1), with a screenshot instead of the event loop, on screens of both sizes:
+    the window fits, the docks are tabbed, the canvas takes >= 60 % of the width and shows the heart."""
+    import json
+
     root = Path(__file__).resolve().parents[2]
     shot = tmp_path / "gui.png"
-    cmd = [sys.executable, "-m", "napari_deformdiff.cli", "gui", str(root / "sample_data" / "patient001"),
+    cmd = [sys.executable, "-m", "napari_deformdiff.cli", "gui", "sample_data/patient001",
            "--screenshot", str(shot), "--quit"]
-    out = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    out = run_on_own_screen(cmd, width, height, cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
+    layout = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("layout "))[7:])
+    assert (layout["window_width"], layout["window_height"]) == (width, height)
+    assert layout["canvas_width"] >= 0.6 * width, layout
+    assert layout["canvas_y"] + layout["canvas_height"] <= height  # the time slider is on screen
     from PIL import Image
 
     pixels = np.asarray(Image.open(shot))[..., :3].astype(float)
-    assert pixels.shape[0] > 300 and pixels.std() > 20
+    assert pixels.shape[:2] == (height, width)
+    x, y = layout["canvas_x"], layout["canvas_y"]
+    canvas = pixels[y:y + layout["canvas_height"], x:x + layout["canvas_width"]]
+    # the ACDC labels (coloured) over the grey image: the heart, a part of the canvas near its centre
+    labelled = canvas.max(-1) - canvas.min(-1) > 60
+    assert 0.03 < labelled.mean() < 0.4, labelled.mean()
+    rows, cols = np.nonzero(labelled)
+    h, w = labelled.shape
+    assert abs(rows.mean() - h / 2) < h / 4 and abs(cols.mean() - w / 2) < w / 4
+    heart_rows = rows.max() - rows.min()
+    assert heart_rows > 0.2 * h  # drawn large, not a thumbnail
+    if os.environ.get("DEFORMDIFF_UPDATE_SCREENSHOTS") and width == 1366:
+        SCREENSHOT_DIR.mkdir(exist_ok=True)
+        (SCREENSHOT_DIR / "main_window.png").write_bytes(shot.read_bytes())

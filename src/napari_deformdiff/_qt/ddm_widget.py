@@ -103,7 +103,7 @@ class DDMWidget(GeneratorWidget):
             if isinstance(event, Frame):
                 self.sequence.add(event)
                 self._run["gammas"][event.index] = float(event.info["gamma"])
-                self.status.value = f"frame {event.index + 1}/{event.total} (gamma {event.info['gamma']:.2f})"
+                self.status.value = f"{event.index + 1}/{event.total} frames (gamma {event.info['gamma']:.2f})"
 
         return self._stream(
             lambda: generate_ddm(source, target, frames=frames, loop=loop, labels=labels, weights=weights,
@@ -129,4 +129,4 @@ class DDMWidget(GeneratorWidget):
         metrics = match_metrics(buffers.images[k], run["target"].data, end_labels, target_labels)
         fields = buffers.fields[: seq.count] if buffers.fields is not None else None
         self.metrics = {**metrics, "frame": k}
-        return self._line(f"frame {k + 1} {match_note(metrics)}", folding_note(fields), run["note"])
+        return self._line(f"frame {k} {match_note(metrics)}", folding_note(fields), run["note"])

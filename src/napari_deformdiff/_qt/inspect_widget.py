@@ -7,13 +7,14 @@ frame, and follow the source while a generator is still streaming frames into it
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 
 from .._layers import field_of
-from ..core.inspect.vector_style import MAGNITUDE_BIN_COLORS, MAGNITUDE_BIN_NAMES
+from ..core.inspect.vector_style import MAGNITUDE_BIN_COLORS, MAGNITUDE_BIN_NAMES, fields_extent, vector_strides
 from .overlay_layers import OverlaySet
 from .readout_plot import BlitReadoutPlot
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 def legend_html() -> str:
     boxes = "".join(
-        f'<span style="color:{c}">&#9632;</span>&nbsp;{n}&nbsp;&nbsp;'
+        f'<span style="color:{c}">&#9632;</span>&nbsp;{html.escape(n)}&nbsp;&nbsp;'
         for c, n in zip(MAGNITUDE_BIN_COLORS, MAGNITUDE_BIN_NAMES, strict=True)
     )
     return f"<small>vectors by |u|: {boxes}</small>"
@@ -36,7 +37,7 @@ class InspectWidget(Container):
         self.source = ComboBox(label="Field of", choices=self._source_choices)
         self.vectors_on = CheckBox(text="Vectors (coloured by |u| in mm)", value=True)
         self.stride = SpinBox(label="In-plane vector stride (0 = auto)", value=0, min=0, max=64)
-        self.length = FloatSpinBox(label="Vector length x", value=1.0, min=0.1, max=20.0, step=0.5)
+        self.length = FloatSpinBox(label="Vector length x (0 = auto)", value=0.0, min=0.0, max=20.0, step=0.5)
         self.grid_on = CheckBox(text="Deformed grid", value=True)
         self.grid_step = SpinBox(label="Grid step (voxels)", value=8, min=2, max=64)
         self.jacobian_on = CheckBox(text="Jacobian determinant (centred at 1)", value=True)
@@ -49,7 +50,10 @@ class InspectWidget(Container):
         self.extend([self.source, self.vectors_on, self.stride, self.length, self.grid_on, self.grid_step,
                      self.jacobian_on, self.log_jacobian, self.folding_on, self.magnitude_on,
                      self.show_button, self.legend, self.readout])
+        for label in (self.legend, self.readout):  # wrapped: a narrow dock needs no scrolling
+            label.native.setWordWrap(True)
         self.plot = BlitReadoutPlot()
+        self.plot.canvas.setVisible(False)  # empty axes until there is something to plot
         self.native.layout().addWidget(self.plot.canvas)
         self.overlays: OverlaySet | None = None
         self.worker = None
@@ -82,13 +86,16 @@ class InspectWidget(Container):
         if self._source_layer is not None:
             self._source_layer.events.data.disconnect(self._on_source_grew)
         fields, geometry, total = field_of(layer)
+        stride = self.stride.value or None
         show = {"vectors": self.vectors_on.value, "grid": self.grid_on.value,
                 "jacobian": self.jacobian_on.value, "folding": self.folding_on.value,
                 "magnitude": self.magnitude_on.value}
         self.overlays = OverlaySet(self.viewer, name=layer.name, geometry=geometry, total=total,
                                    show=show, log_jacobian=self.log_jacobian.value,
-                                   vector_length=self.length.value)
+                                   vector_length=self.length.value or None, stride=stride,
+                                   vector_extent=fields_extent(fields, vector_strides(fields.shape[2:], stride)))
         self.plot.set_frames(total)
+        self.plot.canvas.setVisible(True)
         self._source_layer = layer
         layer.events.data.connect(self._on_source_grew)
         self.viewer.layers.selection.active = layer
@@ -150,8 +157,8 @@ class InspectWidget(Container):
         m = self.overlays.metrics[t]
         if not m:
             return
-        self.readout.value = (
-            f"frame {t + 1}/{self.overlays.total}: folding {m['folding_count']} voxels "
+        self.readout.value = (  # frames numbered as napari's time slider: 0 .. total - 1
+            f"frame {t}/{self.overlays.total - 1}: folding {m['folding_count']} voxels "
             f"({m['folding_pct']:.3f} %), det J {m['det_min']:.3f} .. {m['det_max']:.3f}<br>"
             f"|u| max {m['max_mm']:.2f} mm ({m['max_pct']:.1f} %), mean {m['mean_mm']:.2f} mm "
             f"({m['mean_pct']:.2f} %)"

@@ -8,6 +8,7 @@ import numpy as np
 
 from .._layers import derived_layer_kwargs, vector_colors
 from ..core.geometry import Geometry
+from ..core.inspect.vector_style import ARROW_WIDTH_SHARE, auto_length, in_plane_extent, vector_strides
 
 if TYPE_CHECKING:
     import napari
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
     from ..core.inspect.overlays import FrameOverlay
 
 JACOBIAN_LIMITS = {False: (0.0, 2.0), True: (-0.5, 0.5)}  # centred at det 1 (log10: 0)
+# blue (shrinking) - transparent at det 1 - red (growing): where nothing changes, the anatomy shows
+JACOBIAN_COLORS = ((0.15, 0.35, 1.0, 1.0), (1.0, 1.0, 1.0, 0.0), (1.0, 0.15, 0.1, 1.0))
+GRID_OPACITY = 0.3
 # Layer updates run one per event-loop turn, this far apart: a zero-delay chain of them would run
 # back to back with the repaint each causes, and hold up timers and input for all of them.
 REFRESH_SPACING_MS = 15
@@ -42,14 +46,18 @@ class OverlaySet:
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, *, name: str, geometry: Geometry, total: int,
-                 show: dict[str, bool], log_jacobian: bool = False, vector_length: float = 1.0):
+                 show: dict[str, bool], log_jacobian: bool = False, vector_length: float | None = 1.0,
+                 stride: int | None = None, vector_extent: float = 0.0):
         self.viewer = viewer
         self.name = name
         self.geometry = geometry
         self.total = total
         self.show = show
         self.log_jacobian = log_jacobian
-        self.vector_length = vector_length
+        self.auto_length = vector_length is None  # follows the largest in-plane |u| seen so far
+        self.vector_length = vector_length or 1.0
+        self.stride = stride
+        self.vector_extent = vector_extent  # voxels (see vector_style.in_plane_extent)
         self.count = 0
         self.metrics: list[dict[str, float]] = []
         self.layers: dict[str, object] = {}
@@ -97,6 +105,7 @@ class OverlaySet:
             v[:, :, 1:] = overlay.vectors
             self._vectors[t] = (v, vector_colors(overlay.vector_mm))
             self._grid_shape = overlay.jacobian.shape
+            self._follow_extent(in_plane_extent(overlay.vectors))
             if t == self.vectors_frame:  # recomputed: the layer holds the old vectors
                 self.vectors_frame = None
             if "vectors" not in self.layers or t == viewed:
@@ -104,6 +113,19 @@ class OverlaySet:
         if self._behind:
             self._start_catch_up(0 if self.count >= self.total else CATCH_UP_MS)
         self._schedule()
+
+    def in_plane_stride(self) -> int:
+        return vector_strides(self._grid_shape, self.stride)[-1]
+
+    def _follow_extent(self, extent: float) -> None:
+        """Automatic length: shorter arrows once a frame moves more than all before it (by 10 %)."""
+        if not self.auto_length or extent <= self.vector_extent * 1.1:
+            return
+        self.vector_extent = extent
+        self.vector_length = auto_length(extent, self.in_plane_stride())
+        layer = self.layers.get("vectors")
+        if layer is not None:
+            layer.length = self.vector_length
 
     def vectors_of(self, t: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Frame t's vectors (N, 2, n+1) with t as time coordinate and their RGBA colours."""
@@ -183,7 +205,7 @@ class OverlaySet:
 
     def _refresh_image(self, key: str) -> None:
         from napari.layers import Image, Labels
-        from napari.utils.colormaps import DirectLabelColormap
+        from napari.utils.colormaps import Colormap, DirectLabelColormap
 
         view = self._buffers[key][: self.count]
         layer = self.layers.get(key)
@@ -205,14 +227,15 @@ class OverlaySet:
             cmap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "magenta"})
             layer = Labels(view, colormap=cmap, opacity=0.8, **kwargs)
         elif key == "jacobian":
-            layer = Image(view, colormap="bwr", contrast_limits=JACOBIAN_LIMITS[self.log_jacobian],
-                          opacity=0.5, **kwargs)
+            cmap = Colormap(JACOBIAN_COLORS, controls=(0.0, 0.5, 1.0), name="det J, clear at 1")
+            layer = Image(view, colormap=cmap, contrast_limits=JACOBIAN_LIMITS[self.log_jacobian],
+                          opacity=0.6, **kwargs)
         elif key == "magnitude":
             layer = Image(view, colormap="inferno", contrast_limits=(0.0, 10.0), opacity=0.6,
                           visible=True, **kwargs)
         else:
             layer = Image(view, colormap="yellow", blending="additive", contrast_limits=(0.0, 1.0),
-                          opacity=0.7, **kwargs)
+                          opacity=GRID_OPACITY, **kwargs)
         self.layers[key] = self.viewer.add_layer(layer)
 
     def _on_step(self, _event=None) -> None:
@@ -245,7 +268,10 @@ class OverlaySet:
         data, colors = self._vectors[t]
         if layer is None:
             kwargs = derived_layer_kwargs(self.geometry, f"{self.name} vectors")
-            layer = Vectors(data, edge_color=colors, edge_width=0.4, length=self.vector_length,
+            if self.auto_length:
+                self.vector_length = auto_length(self.vector_extent, self.in_plane_stride())
+            layer = Vectors(data, edge_color=colors, edge_width=ARROW_WIDTH_SHARE * self.in_plane_stride(),
+                            length=self.vector_length,
                             vector_style="arrow", extent=self.vectors_extent, **kwargs)
             self.layers["vectors"] = self.viewer.add_layer(layer)
         elif len(data) == len(layer.data):

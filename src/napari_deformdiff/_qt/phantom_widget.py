@@ -45,7 +45,7 @@ class PhantomWidget(GeneratorWidget):
                     total=frame.total, with_labels=True, time_spacing=FRAME_SECONDS[kind], buffers=buffers,
                 )
             self.sequence.add(frame)
-            self.status.value = f"frame {frame.index + 1}/{frame.total}"
+            self.status.value = f"{frame.index + 1}/{frame.total} frames"
 
         self.sequence = None
         return self._stream(lambda: stream(seed, frames=total, two_d=two_d), description=f"Generating {name}",

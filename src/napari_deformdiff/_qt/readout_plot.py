@@ -1,5 +1,7 @@
 """A small plot of folding % and max |u| against frame index, with the current frame marked.
 
+Frames are numbered as napari's time slider numbers them (0 .. T - 1); both y axes start at 0.
+
 Lines are created once and only their data change (a fixed layout, no per-update relayout):
 the plot redraws on every streamed frame and must stay cheap for the GUI thread.
 """
@@ -8,6 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+
+# Smallest top of the y axes: a flat curve at 0 (no folding, no motion) sits on the bottom axis.
+MIN_TOP = {"folding": 0.1, "motion": 1.0}
 
 
 class ReadoutPlot:
@@ -28,20 +33,23 @@ class ReadoutPlot:
             axis.tick_params(labelsize=7)
         (self.folding_line,) = self.ax.plot([], [], color="#c03070", marker=".", lw=1)
         (self.motion_line,) = self.ax2.plot([], [], color="#2070c0", marker=".", lw=1)
-        self.marker = self.ax.axvline(1, color="0.5", lw=0.8, ls="--")
+        self.marker = self.ax.axvline(0, color="0.5", lw=0.8, ls="--")
+        for axis, key in ((self.ax, "folding"), (self.ax2, "motion")):
+            axis.set_ylim(0, MIN_TOP[key])
 
     def update(self, metrics: list[dict], current: int) -> None:
-        rows = [(t + 1, m) for t, m in enumerate(metrics) if m]
+        rows = [(t, m) for t, m in enumerate(metrics) if m]
         frames = [t for t, _ in rows]
         self.folding_line.set_data(frames, [m["folding_pct"] for _, m in rows])
         self.motion_line.set_data(frames, [m["max_mm"] for _, m in rows])
-        for axis in (self.ax, self.ax2):
+        for axis, key in ((self.ax, "folding"), (self.ax2, "motion")):
             axis.relim()
             axis.autoscale_view()
+            axis.set_ylim(0, max(axis.get_ylim()[1], MIN_TOP[key]))
         self.mark(current)
 
     def mark(self, t: int) -> None:
-        self.marker.set_xdata([t + 1, t + 1])
+        self.marker.set_xdata([t, t])
         self.canvas.draw_idle()
 
     def series(self) -> dict[str, list[float]]:
@@ -87,8 +95,8 @@ class BlitReadoutPlot(ReadoutPlot):
         self.canvas.mpl_connect("draw_event", self._on_draw)
 
     def set_frames(self, total: int) -> None:
-        """Fix the x axis to frames 1..total (and let the y axes fit the next curves afresh)."""
-        self.ax.set_xlim(0.5, total + 0.5)
+        """Fix the x axis to frames 0..total-1 (and let the y axes fit the next curves afresh)."""
+        self.ax.set_xlim(-0.5, total - 0.5)
         self._kept_ylim = {}
         self._refresh()
 
@@ -149,6 +157,6 @@ class BlitReadoutPlot(ReadoutPlot):
         self._kept_ylim[axis] = axis.get_ylim()
 
     def mark(self, t: int) -> None:
-        self.marker.set_xdata([t + 1, t + 1])
+        self.marker.set_xdata([t, t])
         if not self._in_update:
             self._refresh()

@@ -60,7 +60,7 @@ def stream_overlays(fields: np.ndarray, spacing: tuple[float, ...], *, first: in
     for k in range(total):
         overlay = frame_overlay(fields[first + k], spacing, stride=stride, grid_step=grid_step)
         yield OverlayReady(k, total, first + k, overlay)
-        yield Progress(k + 1, total, f"overlays of frame {first + k + 1}", "overlays")
+        yield Progress(k + 1, total, f"overlays of frame {first + k}", "overlays")
 
 
 def frame_overlay(

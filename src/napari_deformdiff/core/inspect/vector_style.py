@@ -36,3 +36,32 @@ def sampled(shape: tuple[int, ...], strides: tuple[int, ...]) -> tuple[slice, ..
 
 def magnitude_bins(mm: np.ndarray) -> np.ndarray:
     return np.digitize(mm, MAGNITUDE_BIN_EDGES_MM).astype(np.uint8)
+
+
+# Automatic vector length: the longest vectors (99th percentile of in-plane |u|) span this share of
+# the distance between neighbouring vectors, so arrows are readable and do not overlap.
+AUTO_LENGTH_SHARE = 0.9
+ARROW_WIDTH_SHARE = 0.12  # arrow shaft width as a share of that distance (the head is twice as wide)
+
+
+def in_plane_extent(vectors: np.ndarray) -> float:
+    """99th percentile of the in-plane (last two axes) length, in voxels, of vectors (N, 2, n)."""
+    if len(vectors) == 0:
+        return 0.0
+    return float(np.percentile(np.hypot(vectors[:, 1, -1], vectors[:, 1, -2]), 99))
+
+
+def auto_length(extent_voxels: float, stride: int) -> float:
+    """Length multiplier that draws vectors of `extent_voxels` as AUTO_LENGTH_SHARE of `stride`
+    (1.0 for no motion)."""
+    if extent_voxels <= 1e-3:
+        return 1.0
+    return AUTO_LENGTH_SHARE * stride / extent_voxels
+
+
+def fields_extent(fields: np.ndarray, strides: tuple[int, ...]) -> float:
+    """in_plane_extent over every frame of fields (T, n, *S) sampled at `strides`."""
+    if fields.shape[0] == 0:
+        return 0.0
+    picked = fields[(slice(None), slice(-2, None), *sampled(fields.shape[2:], strides))]
+    return float(np.percentile(np.hypot(picked[:, 0], picked[:, 1]), 99))
