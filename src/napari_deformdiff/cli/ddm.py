@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from .paths import unless_resumed
-from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv, bounded_int
+from .progress import _check_outputs, _report_trained, _train, _progress, _run_options, _sizes, _table_and_csv, bounded_int
 
 
 def cmd_train_ddm(args: argparse.Namespace) -> int:
@@ -33,13 +33,8 @@ def cmd_train_ddm(args: argparse.Namespace) -> int:
             seed=args.seed, device=device, lr=args.lr, crop=_sizes(args.crop), batch=args.batch, sampling=args.pairs,
             save_every=args.save_every, overwrite=args.overwrite, anchor=args.anchor, workers=args.workers,
         )
-        if world.main:
-            _progress(events, desc="train ddm")
-        else:
-            list(events)  # the other ranks train quietly
-    if world.main:
-        print(f"wrote {args.out}")
-    return 0
+        _train(events, world, desc="train ddm")
+    return _report_trained(world, args.out)
 
 
 def _ddm_inputs(args: argparse.Namespace):

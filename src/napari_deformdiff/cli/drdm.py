@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from .paths import check_name, check_output_folder_files, unless_resumed
-from .progress import _check_outputs, _progress, _run_options, _sizes, _table_and_csv, bounded_int
+from .progress import _check_outputs, _report_trained, _train, _progress, _run_options, _sizes, _table_and_csv, bounded_int
 
 
 def cmd_train_drdm(args: argparse.Namespace) -> int:
@@ -33,13 +33,8 @@ def cmd_train_drdm(args: argparse.Namespace) -> int:
             overwrite=args.overwrite, crop=_sizes(args.crop), field_bank=args.field_bank, init=args.init,
             workers=args.workers,
         )
-        if world.main:
-            _progress(events, desc="train drdm")
-        else:
-            list(events)  # the other ranks train quietly
-    if world.main:
-        print(f"wrote {args.out}")
-    return 0
+        _train(events, world, desc="train drdm")
+    return _report_trained(world, args.out)
 
 
 def cmd_generate_drdm(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from .paths import unless_resumed
-from .progress import _check_outputs, _per_stage, _progress, _run_options, _sizes, _table_and_csv, bounded_int
+from .progress import _check_outputs, _report_trained, _train, _per_stage, _progress, _run_options, _sizes, _table_and_csv, bounded_int
 
 
 def _modiff_config(args: argparse.Namespace, ndims: int, frames: list[int]):
@@ -59,13 +59,8 @@ def cmd_train_modiff(args: argparse.Namespace) -> int:
             init=args.init, seed=args.seed, device=device, lr=lr,
             batch=batch, save_every=args.save_every, overwrite=args.overwrite, workers=args.workers,
         )
-        if world.main:
-            _progress(events, desc="train modiff")
-        else:
-            list(events)  # the other ranks train quietly
-    if world.main:
-        print(f"wrote {args.out}")
-    return 0
+        _train(events, world, desc="train modiff")
+    return _report_trained(world, args.out)
 
 
 def _first_frame(args: argparse.Namespace):

@@ -29,6 +29,21 @@ def _progress(events: Iterable, *, desc: str):
     return seen
 
 
+def _train(events: Iterable, world, *, desc: str) -> None:
+    """Run a training generator: rank 0 shows its progress, the other ranks train quietly."""
+    if world.main:
+        _progress(events, desc=desc)
+    else:
+        for _ in events:
+            pass
+
+
+def _report_trained(world, out) -> int:
+    if world.main:
+        print(f"wrote {out}")
+    return 0
+
+
 def _sizes(text: str | None) -> tuple[int, ...] | None:
     if not text:
         return None

@@ -233,14 +233,19 @@ def check_case(case: Case) -> None:
         )
 
 
-def check_cases(cases: Sequence[Case]) -> int:
-    """Validate all cases; return their (common) dimensionality."""
+def check_names(cases: Sequence) -> None:
+    """At least one case, and no two with the same name (their output files would collide)."""
     if not cases:
         raise InputError("no images to export.")
     names = [c.name for c in cases]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise InputError(f"two inputs have the same name {sorted(dup)[0]!r}; output files would collide.")
+
+
+def check_cases(cases: Sequence[Case]) -> int:
+    """Validate all cases; return their (common) dimensionality."""
+    check_names(cases)
     for c in cases:
         check_case(c)
     dims = {c.image.geometry.ndim for c in cases}

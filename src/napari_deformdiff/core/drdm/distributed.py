@@ -31,6 +31,7 @@ from .augment import (
     ExportSettings,
     Unit,
     check_case,
+    check_names,
     close_output,
     load_for_export,
     plan_export,
@@ -50,12 +51,7 @@ _CASES: OrderedDict = OrderedDict()  # per worker process: (CaseFiles, mtimes) -
 
 def check_inputs(cases: Sequence[Case | CaseFiles]) -> int:
     """Check every case (CaseFiles not yet checked are read one at a time); their common ndims."""
-    if not cases:
-        raise InputError("no images to export.")
-    names = [c.name for c in cases]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise InputError(f"two inputs have the same name {sorted(dup)[0]!r}; output files would collide.")
+    check_names(cases)
     dims = set()
     for case in cases:
         if isinstance(case, CaseFiles) and case.ndims:
