@@ -207,3 +207,13 @@ def test_batch_recovery_refuses_unpaired_levels_and_bad_levels():
         _run(recover_batch(image, [2, 3], [1], model=model, meta=meta))
     with pytest.raises(InputError, match="level"):
         _run(recover_batch(image, [2, 81], [1, 2], model=model, meta=meta))
+
+
+def test_the_compile_cache_goes_to_the_weights_cache_folder_unless_chosen(monkeypatch, tmp_path):
+    from napari_deformdiff.core.drdm.bfloat16 import use_persistent_compile_cache
+
+    monkeypatch.setenv("DEFORMDIFF_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert use_persistent_compile_cache() == str(tmp_path / "torchinductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert use_persistent_compile_cache() == str(tmp_path / "mine")
