@@ -207,6 +207,8 @@ def test_batch_recovery_refuses_unpaired_levels_and_bad_levels():
         _run(recover_batch(image, [2, 3], [1], model=model, meta=meta))
     with pytest.raises(InputError, match="level"):
         _run(recover_batch(image, [2, 81], [1, 2], model=model, meta=meta))
+    with pytest.raises(InputError, match="chunk"):
+        _run(recover_batch(image, [2, 3], [1, 2], model=model, meta=meta, chunk=0))
 
 
 def test_the_compile_cache_goes_to_the_weights_cache_folder_unless_chosen(monkeypatch, tmp_path):

@@ -245,6 +245,8 @@ def recover_batch(image: Volume | np.ndarray, levels, seeds, *, model: RecResACN
                                                   spacing, weights, precision)
     if chunk is None:
         chunk = 1 if precision == "bfloat16" else len(levels)
+    if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 1:
+        raise InputError(f"chunk (samples per network pass) must be a positive integer, got {chunk!r}.")
     if not getattr(model, "ready", True):
         yield Progress(0, 1, "compiling the bfloat16 network (once per session, 10-40 s)", "compile")
         model.warm_up(meta.grid)
@@ -262,13 +264,12 @@ def recover_batch(image: Volume | np.ndarray, levels, seeds, *, model: RecResACN
         tt = time_index(t, meta.steps)
         with torch.inference_mode():
             for part in (active[a:a + chunk] for a in range(0, len(active), chunk)):
-                rows = slice(part[0], part[-1] + 1) if part == list(range(part[0], part[-1] + 1)) else part
-                sub = phi[rows]
+                sub = phi[part]
                 moved = spatial.warp(x0, sub, padding_mode="border")
                 step = authors_to_voxels(model(moved, torch.full((len(part),), tt, dtype=torch.long, device=dev)))
                 if not torch.isfinite(step).all():
                     raise InputError("the DRDM network produced NaN or infinite values; check the weights.")
-                phi[rows] = spatial.compose(sub, step, padding_mode="border")
+                phi[part] = spatial.compose(sub, step, padding_mode="border")
     with torch.inference_mode():
         fields = [to_input(phi[i:i + 1]) for i in range(len(levels))]
         if fold_free:  # one sample at a time: the repair's growing radius depends on the whole batch
