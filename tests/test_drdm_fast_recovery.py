@@ -18,13 +18,16 @@ from napari_deformdiff.core.drdm.forward import sample_forward
 from napari_deformdiff.core.drdm.generate import (
     _inference_model,
     deform_instance,
+    instance_field,
     model_grid_map,
+    recover_batch,
     recovery_times,
     time_index,
 )
 from napari_deformdiff.core.drdm.nets import AtrousBlock, RecResACNet, authors_to_voxels
 from napari_deformdiff.core.drdm.weights import DRDMMeta, load_drdm
-from napari_deformdiff.core.events import Frame
+from napari_deformdiff.core.errors import InputError
+from napari_deformdiff.core.events import Frame, Progress
 from napari_deformdiff.core.nn.model_grid import unit_range
 
 from .shared_data import MISSING_OFFICIAL
@@ -148,3 +151,71 @@ def test_inference_path_of_a_block_equals_its_ordinary_path(ndims):
         fast = fast_block(x.contiguous(memory_format=fmt))
     assert float(ordinary.abs().max()) > 0.5
     assert torch.allclose(fast, ordinary, atol=1e-5, rtol=1e-5)
+
+
+def _run(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return stop.value, events
+
+
+def _tiny_2d():
+    torch.manual_seed(5)
+    model = RecResACNet(2).eval()
+    with torch.no_grad():
+        model.conv_out.weight.mul_(0.2)
+    return model, DRDMMeta(ndims=2, grid=(32, 40), steps=80, name="tiny2d")
+
+
+@pytest.mark.parametrize("loop", ["paper", "authors"])
+def test_a_batch_of_8_equals_8_single_recoveries(loop):
+    model, meta = _tiny_2d()
+    meta = DRDMMeta(ndims=2, grid=meta.grid, steps=6 if loop == "authors" else 80, name="tiny2d")
+    model.steps = meta.steps
+    image = _slice((48, 60))  # resampled to the model grid and back
+    levels, seeds = [2, 3, 5, 2, 4, 6, 3, 5], [11, 12, 13, 14, 15, 16, 17, 18]
+    fields, events = _run(recover_batch(image, levels, seeds, model=model, meta=meta, loop=loop))
+    steps = 6 if loop == "authors" else max(levels)
+    assert [e.index for e in events if isinstance(e, Progress)] == list(range(steps))
+    assert fields.shape == (8, 2, 48, 60)
+    for i, (level, seed) in enumerate(zip(levels, seeds)):
+        single = instance_field(image, level, model=model, meta=meta, seed=seed, loop=loop)
+        assert float(np.abs(single).max()) > 1.0  # real motion
+        assert np.abs(fields[i] - single).max() < 1e-4 * np.abs(single).max(), i
+    assert not np.allclose(fields[0], fields[3])  # same level, other seed
+    # chunks of 3 samples per pass: the same fields
+    chunked, _ = _run(recover_batch(image, levels, seeds, model=model, meta=meta, loop=loop, chunk=3))
+    assert np.abs(chunked - fields).max() < 1e-4 * np.abs(fields).max()
+
+
+def test_batch_recovery_is_the_plain_loop_without_fold_repair():
+    model, meta = _tiny_2d()
+    image = _slice((32, 40))
+    fields, _ = _run(recover_batch(image, [4, 2], [1, 2], model=model, meta=meta, fold_free=False))
+    for i, (level, seed) in enumerate(((4, 1), (2, 2))):
+        plain = plain_recovery(image, level, model, meta, seed=seed)[-1][1]
+        assert np.abs(fields[i] - plain).max() < 1e-3 * np.abs(plain).max()
+
+
+def test_batch_recovery_refuses_unpaired_levels_and_bad_levels():
+    model, meta = _tiny_2d()
+    image = _slice((32, 40))
+    with pytest.raises(InputError, match="one seed per level"):
+        _run(recover_batch(image, [2, 3], [1], model=model, meta=meta))
+    with pytest.raises(InputError, match="level"):
+        _run(recover_batch(image, [2, 81], [1, 2], model=model, meta=meta))
+    with pytest.raises(InputError, match="chunk"):
+        _run(recover_batch(image, [2, 3], [1, 2], model=model, meta=meta, chunk=0))
+
+
+def test_the_compile_cache_goes_to_the_weights_cache_folder_unless_chosen(monkeypatch, tmp_path):
+    from napari_deformdiff.core.drdm.bfloat16 import use_persistent_compile_cache
+
+    monkeypatch.setenv("DEFORMDIFF_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert use_persistent_compile_cache() == str(tmp_path / "torchinductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert use_persistent_compile_cache() == str(tmp_path / "mine")

@@ -143,3 +143,53 @@ def test_same_field_on_the_gpu():
     gpu = sample_forward((64, 64), 40, seed=3, device="cuda").ddf
     assert gpu.device.type == "cuda"
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-3 * float(cpu.abs().max()))
+
+
+def _chain_by_compose(v: torch.Tensor, times: int) -> torch.Tensor:
+    """The authors' order written with the toolkit's compose: psi = v + warp(psi, v)."""
+    psi = v
+    for _ in range(times - 1):
+        psi = spatial.compose(psi, v, padding_mode="border")
+    return psi
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_chain_with_one_sampling_grid_equals_step_by_step_composition(n):
+    v = forward._multiscale_noise(2, n, 40 * forward.SIGMA, torch.Generator().manual_seed(n)) * CONTROL_GRID
+    for times in (1, 2, 9):
+        assert torch.equal(forward._self_compose(v, times), _chain_by_compose(v, times))
+    assert float(forward._self_compose(v, 0).abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (33, 100), (32, 128, 128), (7, 9, 11), (16, 24, 20)])
+def test_image_field_equals_a_float64_2s_upsampling_and_central_crop(shape):
+    n = len(shape)
+    ctrl = torch.randn(2, n, *([CONTROL_GRID] * n), generator=torch.Generator().manual_seed(1))
+    mode = "bilinear" if n == 2 else "trilinear"
+    big = F.interpolate(ctrl.double(), size=tuple(2 * s for s in shape), mode=mode, align_corners=False)
+    crop = big[(..., *[slice(s // 2, s // 2 + s) for s in shape])]
+    expected = crop * torch.tensor([s * s / 64**2 for s in shape], dtype=torch.float64).view(1, n, *([1] * n))
+    got = to_image_field(ctrl, shape)
+    assert got.shape == expected.shape
+    assert float((got.double() - expected).abs().max()) < 1e-5 * float(expected.abs().max())
+
+
+def test_doubling_recipe_has_the_statistics_of_the_chain():
+    # powers of one field by squaring: 12 compositions instead of 101 at level 48, less
+    # interpolation smoothing, so a little larger; measured over 8 seeds at 256 x 256:
+    # mean |u| +2.7 %, std of det(J) +6 %, folded pixels +11 % (relative) at level 48
+    def stats(recipe, level):
+        ddf = sample_forward((256, 256), level, seed=3, batch=6, recipe=recipe).ddf
+        det = spatial.jacobian_determinant(ddf)
+        return (float(spatial.vector_norm(ddf).mean()), float(det.mean()), float(det.std()),
+                float(spatial.folding_ratio(ddf).mean()))
+
+    for level in (10, 48):
+        chain, fast = stats("chain", level), stats("doubling", level)
+        assert abs(fast[0] / chain[0] - 1) < 0.05, (level, chain, fast)
+        assert abs(fast[1] - chain[1]) < 0.01
+        assert abs(fast[2] / chain[2] - 1) < 0.10, (level, chain, fast)
+        if level == 48:
+            assert 0.9 < fast[3] / chain[3] < 1.25, (chain, fast)
+    with pytest.raises(InputError, match="recipe"):
+        sample_forward((32, 32), 4, recipe="fast")

@@ -485,19 +485,17 @@ def warp_array(data: np.ndarray, field: np.ndarray, *, labels: bool) -> np.ndarr
 def _instance_field(image: Volume, level: int, seed: int, *, model, meta, settings: ExportSettings, device,
                     what: str, index: int, total: int) -> Iterator[Progress]:
     """Run Algorithm 2 on `image`; yields Progress per recovery step, returns the final field (n, *S)."""
-    from .generate import deform_instance
+    from .generate import recover_batch
 
-    last = None
-    for event in deform_instance(image, level, model=model, meta=meta, seed=seed, loop=settings.loop, device=device,
-                                 precision=settings.precision, fold_free=settings.fold_free):
-        if isinstance(event, Progress) and event.stage == "compile":
-            yield Progress(index, total, f"{what}: {event.message}", "samples")
-        if isinstance(event, Frame):
-            last = event
-            yield Progress(index, total, f"{what}: step {event.index + 1}/{event.total}", "samples")
-    if last is None or last.field is None:
-        raise RuntimeError("the recovery produced no field")
-    return np.asarray(last.field, dtype=np.float32)
+    run = recover_batch(image, [level], [seed], model=model, meta=meta, loop=settings.loop, device=device,
+                        precision=settings.precision, fold_free=settings.fold_free)
+    while True:
+        try:
+            event = next(run)
+        except StopIteration as done:
+            return np.asarray(done.value[0], dtype=np.float32)
+        step = event.message if event.stage == "compile" else f"step {event.index + 1}/{event.total}"
+        yield Progress(index, total, f"{what}: {step}", "samples")
 
 
 def _write_unit_files(out: Path, files: dict[str, str], arrays: dict[str, tuple[np.ndarray, bool]],

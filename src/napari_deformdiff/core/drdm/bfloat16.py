@@ -3,14 +3,18 @@ float32, see RecResACNet.to_mixed_bfloat16), the field algebra between them in f
 
 On the CPU the bfloat16 network is compiled with torch.compile, which fuses the norms and
 activations into the convolutions' neighbours; on CPUs with AMX its convolutions run about twice as
-fast as in float32. Compiling takes 10-40 s once per process and network (later processes reuse
-PyTorch's on-disk cache). Where compiling fails (no C++ compiler), the network runs uncompiled.
+fast as in float32. Compiling takes 10-40 s once per process and network; later processes load
+the compiled kernels from Inductor's on-disk cache, kept in <cache folder>/torchinductor (the
+weights' cache folder: $DEFORMDIFF_CACHE or the user cache folder) unless TORCHINDUCTOR_CACHE_DIR
+is set (PyTorch's default, a temporary folder, is emptied on reboot). Where compiling fails (no
+C++ compiler), the network runs uncompiled.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -38,6 +42,18 @@ def check_precision(precision: str, device: torch.device) -> None:
             raise ValueError("this GPU has no bfloat16; use precision float32.")
 
 
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def use_persistent_compile_cache() -> str:
+    """Point Inductor's on-disk cache at <cache folder>/torchinductor unless the user chose one; its path."""
+    if not os.environ.get(INDUCTOR_CACHE_ENV):
+        from ..weights.registry import cache_dir
+
+        os.environ[INDUCTOR_CACHE_ENV] = str(cache_dir() / "torchinductor")
+    return os.environ[INDUCTOR_CACHE_ENV]
+
+
 class Bfloat16Recovery(nn.Module):
     """Same call as RecResACNet: (x (B, 1, *S) float32, t) -> recovery field in authors' units, float32."""
 
@@ -49,6 +65,8 @@ class Bfloat16Recovery(nn.Module):
         self.net = net
         self.ndims, self.steps = net.ndims, net.steps
         self.compiled = device.type == "cpu"
+        if self.compiled:
+            use_persistent_compile_cache()
         self._single = torch.compile(net.single, dynamic=False) if self.compiled else net.single
         self.ready = not self.compiled
 

@@ -100,6 +100,11 @@ def _labels_array(labels, shape) -> np.ndarray | None:
     return data
 
 
+def _check_level(level) -> None:
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 1 <= level <= MAX_LEVEL:
+        raise InputError(f"deformation level must be an integer from 1 to {MAX_LEVEL}, got {level!r}.")
+
+
 def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (b.index is None or a.index == b.index)
 
@@ -107,8 +112,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 def _prepare(image, level, model, meta, labels, loop, device, spacing, weights, precision):
     data, sp = _image_array(image, spacing)
     ndims = data.ndim
-    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 1 <= level <= MAX_LEVEL:
-        raise InputError(f"deformation level must be an integer from 1 to {MAX_LEVEL}, got {level!r}.")
+    _check_level(level)
     lab = _labels_array(labels, data.shape)
     if model is None:
         model, meta = load_drdm(weights, ndims=ndims, device=device)
@@ -219,3 +223,55 @@ def instance_field(image: Volume | np.ndarray, level: int, *, model: RecResACNet
     with torch.inference_mode():
         field = _field_to_input(grid)(phi)
         return (fold_free_field(field) if fold_free else field)[0].cpu().numpy()
+
+
+def recover_batch(image: Volume | np.ndarray, levels, seeds, *, model: RecResACNet | None = None,
+                  meta: DRDMMeta | None = None, loop: str = "paper", device="cpu", spacing=None,
+                  weights: str | Path | None = None, precision: str = "float32", fold_free: bool = True,
+                  chunk: int | None = None) -> Iterator[Progress]:
+    """Final fields of several Algorithm 2 runs on one image, `chunk` samples per network pass.
+
+    Sample i has level levels[i] and seed seeds[i]; its field equals instance_field(image,
+    levels[i], seed=seeds[i], ...) up to float rounding (the passes run on a batch). No frames are
+    made. Yields Progress (one per recovery step); returns the fields (B, n, *S), input voxels.
+    chunk: samples per pass (default all in float32; 1 in bfloat16, compiled for one batch size).
+    """
+    levels, seeds = [int(v) for v in levels], [int(v) for v in seeds]
+    if not levels or len(levels) != len(seeds):
+        raise InputError(f"give one seed per level, got {len(levels)} levels and {len(seeds)} seeds.")
+    for level in levels:
+        _check_level(level)
+    data, _, model, meta, grid, _, dev = _prepare(image, max(levels), model, meta, None, loop, device,
+                                                  spacing, weights, precision)
+    if chunk is None:
+        chunk = 1 if precision == "bfloat16" else len(levels)
+    if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 1:
+        raise InputError(f"chunk (samples per network pass) must be a positive integer, got {chunk!r}.")
+    if not getattr(model, "ready", True):
+        yield Progress(0, 1, "compiling the bfloat16 network (once per session, 10-40 s)", "compile")
+        model.warm_up(meta.grid)
+    times = [recovery_times(level, loop, meta.steps) for level in levels]
+    steps = sorted({t for ts in times for t in ts}, reverse=True)
+    to_input = _field_to_input(grid)
+    with torch.inference_mode():
+        unit, _, _ = unit_range(data)
+        x0 = grid.image_to_model(torch.from_numpy(unit)[None, None].to(dev))
+        phi = torch.cat([sample_forward(meta.grid, level, seed=seed, device=dev).ddf
+                         for level, seed in zip(levels, seeds)])
+    for k, t in enumerate(steps):
+        yield Progress(k, len(steps), f"recovery step {k + 1}/{len(steps)}", "steps")
+        active = [i for i, ts in enumerate(times) if t in ts]
+        tt = time_index(t, meta.steps)
+        with torch.inference_mode():
+            for part in (active[a:a + chunk] for a in range(0, len(active), chunk)):
+                sub = phi[part]
+                moved = spatial.warp(x0, sub, padding_mode="border")
+                step = authors_to_voxels(model(moved, torch.full((len(part),), tt, dtype=torch.long, device=dev)))
+                if not torch.isfinite(step).all():
+                    raise InputError("the DRDM network produced NaN or infinite values; check the weights.")
+                phi[part] = spatial.compose(sub, step, padding_mode="border")
+    with torch.inference_mode():
+        fields = [to_input(phi[i:i + 1]) for i in range(len(levels))]
+        if fold_free:  # one sample at a time: the repair's growing radius depends on the whole batch
+            fields = [fold_free_field(f) for f in fields]
+        return torch.cat(fields).cpu().numpy()
