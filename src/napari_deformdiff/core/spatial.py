@@ -333,8 +333,14 @@ def repair_folding(ddf: torch.Tensor, *, min_det: float = 0.05, max_iterations: 
         if not bool(bad.any()):
             break
         r = 1 + k // int(grow_every)
-        near = pool(F.pad(bad, (r, r) * n), 2 * r + 1, stride=1) > 0
-        u = torch.where(near, _box_mean(u), u)
+        near = bad
+        for axis in range(n):  # a (2r+1)^n max is n 1D maxima: O(n r) per voxel, not O(r^n)
+            size = [1] * n
+            size[axis] = 2 * r + 1
+            pad = [0, 0] * n
+            pad[2 * (n - 1 - axis)] = pad[2 * (n - 1 - axis) + 1] = r
+            near = pool(F.pad(near, pad), tuple(size), stride=1)
+        u = torch.where(near > 0, _box_mean(u), u)
     return u
 
 
