@@ -190,6 +190,8 @@ def test_gui_command_fits_the_screen_and_shows_the_heart(tmp_path, width, height
     assert (layout["window_width"], layout["window_height"]) == (width, height)
     assert layout["canvas_width"] >= 0.6 * width, layout
     assert layout["canvas_y"] + layout["canvas_height"] <= height  # the time slider is on screen
+    wide = {k: w for k, w in layout["dock_content_widths"].items() if w > layout["dock_view_width"]}
+    assert not wide, f"these docks scroll sideways in {layout['dock_view_width']} px: {wide}"
     from PIL import Image
 
     pixels = np.asarray(Image.open(shot))[..., :3].astype(float)

@@ -36,7 +36,7 @@ class DDMWidget(GeneratorWidget):
         self.target = ComboBox(label="Target (ES)", choices=lambda _w: pick(viewer.layers, Image, "ES"))
         self.labels = ComboBox(label="Source labels",
                                choices=lambda _w: [(NO_LABELS, None), *pick(viewer.layers, Labels, "ED")])
-        self.target_labels = ComboBox(label="Target labels (Dice)",
+        self.target_labels = ComboBox(label="Target labels", tooltip="Labels of the target: the quality line reports the Dice score.",
                                       choices=lambda _w: [(NO_LABELS, None), *pick(viewer.layers, Labels, "ES")])
         compact(self.source, self.target, self.labels, self.target_labels)
         self.frames = SpinBox(label="Frames", value=16, min=2, max=200)

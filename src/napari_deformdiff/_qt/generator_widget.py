@@ -14,7 +14,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 
 from ..core.errors import InputError
 from ..core.events import Progress
-from .layer_inputs import SLIDER_TEXT, chosen_file, frame_volume
+from .layer_inputs import SLIDER_TEXT, SLIDER_TIP, chosen_file, frame_volume
 from .stream_layers import GrowingSequence
 from .stream_worker import StreamHandle, start_stream
 
@@ -54,7 +54,7 @@ class GeneratorWidget(Container):
         """Weights (a file, or with `registry` a choice of the bundled default, the registry's weights
         of that method and a file), device and, with `precision`, precision."""
         if registry is None:
-            self.weights = FileEdit(label="Weights (empty: bundled)", mode="r", filter=weights_filter)
+            self.weights = FileEdit(label="Weights file", tooltip="Empty: the bundled weights.", mode="r", filter=weights_filter)
             widgets = [self.weights]
         else:
             self.weights = ComboBox(label="Weights", value=DEFAULT_WEIGHTS,
@@ -127,7 +127,7 @@ class GeneratorWidget(Container):
 
     def _slider_control(self) -> CheckBox:
         """The explicit frame choice for time-series layers (off: they are refused)."""
-        self.use_slider = CheckBox(text=SLIDER_TEXT, value=False)
+        self.use_slider = CheckBox(text=SLIDER_TEXT, value=False, tooltip=SLIDER_TIP)
         return self.use_slider
 
     def _frame(self, layer, *, is_labels: bool):

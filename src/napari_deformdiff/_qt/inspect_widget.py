@@ -36,8 +36,8 @@ class InspectWidget(Container):
         self.viewer = viewer
         self.source = ComboBox(label="Field of", choices=self._source_choices)
         self.vectors_on = CheckBox(text="Vectors (coloured by |u| in mm)", value=True)
-        self.stride = SpinBox(label="In-plane vector stride (0 = auto)", value=0, min=0, max=64)
-        self.length = FloatSpinBox(label="Vector length x (0 = auto)", value=0.0, min=0.0, max=20.0, step=0.5)
+        self.stride = SpinBox(label="Vector stride", tooltip="In-plane voxels between vectors; 0: automatic.", value=0, min=0, max=64)
+        self.length = FloatSpinBox(label="Vector length", tooltip="Arrow length as a multiple of |u|; 0: automatic.", value=0.0, min=0.0, max=20.0, step=0.5)
         self.grid_on = CheckBox(text="Deformed grid", value=True)
         self.grid_step = SpinBox(label="Grid step (voxels)", value=8, min=2, max=64)
         self.jacobian_on = CheckBox(text="Jacobian determinant (centred at 1)", value=True)

@@ -11,7 +11,8 @@ from .._layers import layer_attributes, layer_to_volume
 from ..core.errors import InputError
 from ..core.io import Volume
 
-SLIDER_TEXT = "Time series: use the frame at the time slider"
+SLIDER_TEXT = "Frame at the time slider"  # short: the docks must fit a 1366 px wide screen
+SLIDER_TIP = "For a time series (4D layer): use the frame the time slider shows."
 
 
 def frame_volume(viewer, layer, *, is_labels: bool, use_slider: bool = False, who: str = "") -> Volume:

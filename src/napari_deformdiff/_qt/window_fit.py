@@ -37,6 +37,7 @@ def fit_to_screen(docks: list, short_titles: list[str], raised: int = 0) -> None
     for dock, title in zip(docks, short_titles, strict=True):
         make_scrollable(dock)
         dock.setWindowTitle(title)  # the tab's text
+        dock.setMinimumHeight(50)  # napari made the content's height its minimum; the scroll area takes over
     window.setTabPosition(Qt.DockWidgetArea.RightDockWidgetArea, QTabWidget.TabPosition.West)
     for dock in docks[1:]:
         window.tabifyDockWidget(docks[0], dock)
@@ -59,12 +60,17 @@ def fit_to_screen(docks: list, short_titles: list[str], raised: int = 0) -> None
                        Qt.Orientation.Horizontal)
 
 
-def layout_report(window) -> dict[str, int]:
-    """Window and canvas (central widget) geometry in window pixels."""
+def layout_report(window, docks=()) -> dict:
+    """Window and canvas (central widget) geometry in window pixels; with `docks` (made scrollable),
+    the width their scroll areas show and the width each dock's content needs (wider: it scrolls sideways)."""
     from qtpy.QtCore import QPoint
 
     canvas = window.centralWidget()
     corner = canvas.mapTo(window, QPoint(0, 0))
-    return {"window_width": window.width(), "window_height": window.height(),
-            "canvas_x": corner.x(), "canvas_y": corner.y(),
-            "canvas_width": canvas.width(), "canvas_height": canvas.height()}
+    report = {"window_width": window.width(), "window_height": window.height(),
+              "canvas_x": corner.x(), "canvas_y": corner.y(),
+              "canvas_width": canvas.width(), "canvas_height": canvas.height()}
+    if docks:
+        report["dock_view_width"] = max(d.widget().viewport().width() for d in docks if d.isVisible())
+        report["dock_content_widths"] = {d.windowTitle(): d.widget().widget().minimumSizeHint().width() for d in docks}
+    return report

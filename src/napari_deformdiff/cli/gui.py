@@ -42,7 +42,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
         QApplication.processEvents()
         viewer.screenshot(str(args.screenshot), canvas_only=False, flash=False)
         print(f"screenshot written to {args.screenshot}")
-        print("layout " + json.dumps(layout_report(docks[0].window())))
+        print("layout " + json.dumps(layout_report(docks[0].window(), docks)))
     if args.quit:
         viewer.close()
         return 0
