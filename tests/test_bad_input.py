@@ -18,8 +18,9 @@ from napari_deformdiff.core.io import Volume, atomic, write_volume
 from .ddm_helpers import tiny_model
 
 
-def image(path: Path, shape=(6, 8, 10)) -> Path:
+def image(path: Path, shape=(6, 8, 10), flip: bool = False) -> Path:
     data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    data = data[..., ::-1].copy() if flip else data
     return write_volume(Volume(data, Geometry.identity(len(shape)), False), path)
 
 
@@ -128,7 +129,7 @@ def permission_phantom(t, m):
 
 
 def disk_full_ddm(t, m):
-    w, a, b = tiny_ddm(t / "w.safetensors"), image(t / "a.nrrd"), image(t / "b.nrrd")
+    w, a, b = tiny_ddm(t / "w.safetensors"), image(t / "a.nrrd"), image(t / "b.nrrd", flip=True)
     failing_writes(m, errno.ENOSPC)
     return ["generate", "ddm", "--source", str(a), "--target", str(b),
             "--frames", "2", "--weights", str(w), "--out", str(t / "o.nii.gz")], 2, "disk full", [t / "o.nii.gz"]
