@@ -72,7 +72,7 @@ def acdc(tmp_path: Path, ed: str) -> Path:
 # Each case: (tmp_path, monkeypatch) -> (argv, exit code, stderr fragment, outputs that must not exist).
 def out_is_source(t, m):
     a = image(t / "a.nrrd")
-    return ["generate", "ddm", "--source", str(a), "--target", str(image(t / "b.nrrd")), "--out", str(a),
+    return ["generate", "ddm", "--source", str(a), "--target", str(image(t / "b.nrrd", flip=True)), "--out", str(a),
             "--overwrite"], 2, "is an input of this command", []
 
 
@@ -95,7 +95,7 @@ def convert_onto_hard_link(t, m):
 
 
 def out_equals_fields_out(t, m):
-    return ["generate", "ddm", "--source", str(image(t / "a.nrrd")), "--target", str(image(t / "b.nrrd")),
+    return ["generate", "ddm", "--source", str(image(t / "a.nrrd")), "--target", str(image(t / "b.nrrd", flip=True)),
             "--out", str(t / "o.nii.gz"), "--fields-out", str(t / "o.nii.gz")], 2, "name the same output", \
         [t / "o.nii.gz"]
 
@@ -181,7 +181,7 @@ def ed_after_last_frame(t, m):
 
 
 def _ddm_with_weights(t, w):
-    return ["generate", "ddm", "--source", str(image(t / "a.nrrd")), "--target", str(image(t / "b.nrrd")),
+    return ["generate", "ddm", "--source", str(image(t / "a.nrrd")), "--target", str(image(t / "b.nrrd", flip=True)),
             "--weights", str(w), "--out", str(t / "o.nii.gz")]
 
 

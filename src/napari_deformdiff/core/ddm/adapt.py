@@ -15,7 +15,7 @@ source closer to the target (local NCC), it is left out and v alone carries the 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from .. import spatial
 from ..errors import InputError
 from ..events import Progress
-from ..nn.losses import local_ncc
 from .demons import joint_unit, shrink_factors
 
 SQUARINGS = 6
@@ -254,8 +253,8 @@ def adapt_pair(source: np.ndarray, target: np.ndarray, spacing: Sequence[float],
     with torch.no_grad():
         by_net = spatial.warp(s, net_field.to(s), padding_mode="border")
         s_w, n_w, t_w = _resample(s, shape), _resample(by_net, shape), _resample(t, shape)
-        ncc_source = float(local_ncc(s_w, t_w, window=settings.window))
-        ncc_net = float(local_ncc(n_w, t_w, window=settings.window))
+        ncc_source = float(local_ncc_fast(s_w, t_w, settings.window))
+        ncc_net = float(local_ncc_fast(n_w, t_w, settings.window))
     use_net = bool(np.isfinite(ncc_net) and ncc_net > ncc_source)
     velocity = yield from fit_velocity(n_w if use_net else s_w, t_w, sp, settings)
     return Residual(velocity, use_net, ncc_source, ncc_net)
