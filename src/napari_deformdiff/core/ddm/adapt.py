@@ -6,10 +6,11 @@ The networks and their latent code c stay as trained (c keeps its meaning at eve
 fitted is v, a stationary velocity on the image's own grid (at most `max_voxels`), integrated by
 scaling and squaring, so every gamma * v gives a diffeomorphism and gamma = 0 gives the source
 itself. v is fitted to S o phi_net(c) (the network's frame at gamma = 1) against T: loss =
--local NCC (window 9) + smooth * |grad v|^2 (v and the gradient in mm), Adam, a pyramid of
+mse * mean squared difference - local NCC (window 9) + smooth * |grad v|^2 (v and the gradient
+in mm), images jointly scaled to [0, 1], Adam with cosine-decayed steps, a pyramid of
 `levels` levels (shrink 4-2-1 on the finest axes, less on coarser ones), each level stopped after
 `iterations` steps or when the loss stops improving. If the network's own field does not bring the
-source closer to the target (local NCC), it is left out and v alone carries the motion.
+source closer to the target (by the fit's data term), it is left out and v alone carries the motion.
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ def _gaussian(v: torch.Tensor, sigma: float | Sequence[float] = 1.0) -> torch.Te
     return v
 
 
+def _data_loss(moving: torch.Tensor, target: torch.Tensor, settings: AdaptSettings) -> torch.Tensor:
+    return settings.mse * torch.mean((moving - target) ** 2) - local_ncc_fast(moving, target, settings.window)
+
+
 def _diffusion(v: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
     """Mean squared spatial gradient of v in mm per mm."""
     n = v.ndim - 2
@@ -198,9 +203,7 @@ def fit_velocity(moving: torch.Tensor, target: torch.Tensor, spacing: Sequence[f
             u = spatial.integrate_velocity(vel, steps=SQUARINGS)
             warped = spatial.warp(m_l, u, padding_mode="border")
             ncc = local_ncc_fast(warped, t_l, settings.window)
-            loss = -ncc + settings.smooth * _diffusion(vel, sp)
-            if settings.mse:
-                loss = loss + settings.mse * torch.mean((warped - t_l) ** 2)
+            loss = settings.mse * torch.mean((warped - t_l) ** 2) - ncc + settings.smooth * _diffusion(vel, sp)
             if not torch.isfinite(loss):
                 raise InputError(
                     f"adaptation diverged (loss {float(loss)} at level {level + 1}, step {k + 1}); "
@@ -230,8 +233,8 @@ class Residual:
     """What adaptation found: v on the working grid, and whether the network's field is kept."""
     velocity: torch.Tensor
     use_network: bool
-    ncc_source: float
-    ncc_network: float
+    loss_source: float  # the fit's data term for the source as it is
+    loss_network: float  # and for the network's gamma = 1 frame
 
     def compose(self, net_field: torch.Tensor | None, gamma: float) -> torch.Tensor:
         """Total field (1, n, *S) in input voxels: (net_field) then exp(gamma v)."""
@@ -253,8 +256,8 @@ def adapt_pair(source: np.ndarray, target: np.ndarray, spacing: Sequence[float],
     with torch.no_grad():
         by_net = spatial.warp(s, net_field.to(s), padding_mode="border")
         s_w, n_w, t_w = _resample(s, shape), _resample(by_net, shape), _resample(t, shape)
-        ncc_source = float(local_ncc_fast(s_w, t_w, settings.window))
-        ncc_net = float(local_ncc_fast(n_w, t_w, settings.window))
-    use_net = bool(np.isfinite(ncc_net) and ncc_net > ncc_source)
+        loss_source = float(_data_loss(s_w, t_w, settings))
+        loss_net = float(_data_loss(n_w, t_w, settings))
+    use_net = bool(np.isfinite(loss_net) and loss_net < loss_source)
     velocity = yield from fit_velocity(n_w if use_net else s_w, t_w, sp, settings)
-    return Residual(velocity, use_net, ncc_source, ncc_net)
+    return Residual(velocity, use_net, loss_source, loss_net)
