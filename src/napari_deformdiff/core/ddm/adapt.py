@@ -38,6 +38,7 @@ class AdaptSettings:
     smooth: float = 10.0  # weight of |grad v|^2 (mm / mm)
     mse: float = 3000.0  # weight of the mean squared intensity difference (images jointly in [0, 1])
     window: int = 9
+    eps: float = 1e-4  # Adam's epsilon: keeps flat regions (air, background) from random-walking
     plateau: float = 0.01  # stop a level when 10 steps gain less than this part of the level's gain so far
     max_voxels: int = 256 * 256  # the finest working grid, 2D
     max_voxels_3d: int = 2**17  # and 3D
@@ -192,7 +193,7 @@ def fit_velocity(moving: torch.Tensor, target: torch.Tensor, spacing: Sequence[f
         m_l, t_l = _resample(moving, shape), _resample(target, shape)
         w0 = torch.zeros((1, n, *shape), dtype=moving.dtype) if v is None else spatial.resize_field(v, shape)
         w = w0.clone().requires_grad_(True)
-        optim = torch.optim.Adam([w], lr=settings.lr)
+        optim = torch.optim.Adam([w], lr=settings.lr, eps=settings.eps)
         steps = settings.steps(level)
         # cosine decay to 5 %: large steps find the motion, small ones settle it
         sched = torch.optim.lr_scheduler.LambdaLR(
