@@ -200,17 +200,18 @@ def fit_velocity(moving: torch.Tensor, target: torch.Tensor, spacing: Sequence[f
             optim, lambda k: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * k / max(steps, 1))))
         history: list[float] = []
         for k in range(steps):
-            vel = _gaussian(w)
-            u = spatial.integrate_velocity(vel, steps=SQUARINGS)
-            warped = spatial.warp(m_l, u, padding_mode="border")
-            ncc = local_ncc_fast(warped, t_l, settings.window)
-            loss = settings.mse * torch.mean((warped - t_l) ** 2) - ncc + settings.smooth * _diffusion(vel, sp)
-            if not torch.isfinite(loss):
-                raise InputError(
-                    f"adaptation diverged (loss {float(loss)} at level {level + 1}, step {k + 1}); "
-                    "the pair may not be registrable, or try fewer adaptation steps.")
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
+            with torch.enable_grad():  # grad mode is per thread: a GUI worker may start without it
+                vel = _gaussian(w)
+                u = spatial.integrate_velocity(vel, steps=SQUARINGS)
+                warped = spatial.warp(m_l, u, padding_mode="border")
+                ncc = local_ncc_fast(warped, t_l, settings.window)
+                loss = settings.mse * torch.mean((warped - t_l) ** 2) - ncc + settings.smooth * _diffusion(vel, sp)
+                if not torch.isfinite(loss):
+                    raise InputError(
+                        f"adaptation diverged (loss {float(loss.detach())} at level {level + 1}, step {k + 1}); "
+                        "the pair may not be registrable, or try fewer adaptation steps.")
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
             optim.step()
             sched.step()
             history.append(float(loss.detach()))
