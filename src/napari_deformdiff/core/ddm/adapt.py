@@ -15,6 +15,7 @@ source closer to the target (by the fit's data term), it is left out and v alone
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -173,6 +174,15 @@ def residual_field(velocity: torch.Tensor, gamma: float, shape: Sequence[int]) -
         return u if tuple(u.shape[2:]) == tuple(shape) else spatial.resize_field(u, shape)
 
 
+def _grad_on():
+    """Autograd on, whatever the calling thread's mode: a GUI worker thread may still be in the
+    inference mode of a generator it ran before."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.enable_grad())
+    return stack
+
+
 def fit_velocity(moving: torch.Tensor, target: torch.Tensor, spacing: Sequence[float],
                  settings: AdaptSettings) -> Iterator[Progress]:
     """Fit v with moving o exp(v) ~ target; both (1, 1, *S) in [0, 1] on the working grid.
@@ -190,9 +200,10 @@ def fit_velocity(moving: torch.Tensor, target: torch.Tensor, spacing: Sequence[f
         f = shrink_factors(spacing, factor)
         shape = tuple(max(2, -(-s // k)) for s, k in zip(full, f))
         sp = tuple(s0 * (s - 1) / (o - 1) for s0, s, o in zip(spacing, full, shape))
-        m_l, t_l = _resample(moving, shape), _resample(target, shape)
-        w0 = torch.zeros((1, n, *shape), dtype=moving.dtype) if v is None else spatial.resize_field(v, shape)
-        w = w0.clone().requires_grad_(True)
+        with _grad_on():
+            m_l, t_l = _resample(moving, shape).clone(), _resample(target, shape).clone()
+            w0 = torch.zeros((1, n, *shape), dtype=moving.dtype) if v is None else spatial.resize_field(v, shape)
+            w = w0.clone().requires_grad_(True)
         optim = torch.optim.Adam([w], lr=settings.lr, eps=settings.eps)
         steps = settings.steps(level)
         # cosine decay to 5 %: large steps find the motion, small ones settle it
@@ -200,7 +211,7 @@ def fit_velocity(moving: torch.Tensor, target: torch.Tensor, spacing: Sequence[f
             optim, lambda k: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * k / max(steps, 1))))
         history: list[float] = []
         for k in range(steps):
-            with torch.enable_grad():  # grad mode is per thread: a GUI worker may start without it
+            with _grad_on():
                 vel = _gaussian(w)
                 u = spatial.integrate_velocity(vel, steps=SQUARINGS)
                 warped = spatial.warp(m_l, u, padding_mode="border")
@@ -260,6 +271,6 @@ def adapt_pair(source: np.ndarray, target: np.ndarray, spacing: Sequence[float],
         s_w, n_w, t_w = _resample(s, shape), _resample(by_net, shape), _resample(t, shape)
         loss_source = float(_data_loss(s_w, t_w, settings))
         loss_net = float(_data_loss(n_w, t_w, settings))
-    use_net = bool(np.isfinite(loss_net) and loss_net < loss_source)
+    use_net = bool(np.isfinite(loss_net) and loss_net < loss_source - 1e-6 * abs(loss_source))
     velocity = yield from fit_velocity(n_w if use_net else s_w, t_w, sp, settings)
     return Residual(velocity, use_net, loss_source, loss_net)
