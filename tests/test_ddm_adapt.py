@@ -175,3 +175,14 @@ def test_fast_local_ncc_equals_the_loss_module():
         a, b = torch.rand(shape, generator=g), torch.rand(shape, generator=g)
         b = 0.5 * a + b
         assert float(local_ncc_fast(a, b, 9)) == pytest.approx(float(local_ncc(a, b, window=9)), rel=1e-4)
+
+
+def test_adaptation_works_in_a_thread_left_in_inference_mode():
+    """A GUI worker thread can still be in the inference mode of a generator it ran before."""
+    source, target, _ = known_motion_pair(shape=(32, 32))
+    model = tiny_model(2)
+    plain = [e for e in generate_ddm(source, target, frames=2, model=model) if isinstance(e, Frame)]
+    with torch.inference_mode():
+        out = [e for e in generate_ddm(source, target, frames=2, model=model, adapt=20) if isinstance(e, Frame)]
+    err = lambda f: float(np.mean((f.image - target.data) ** 2))  # noqa: E731
+    assert err(out[-1]) < 0.1 * err(plain[-1])
