@@ -18,8 +18,9 @@ from napari_deformdiff.core.io import Volume, atomic, write_volume
 from .ddm_helpers import tiny_model
 
 
-def image(path: Path, shape=(6, 8, 10)) -> Path:
+def image(path: Path, shape=(6, 8, 10), flip: bool = False) -> Path:
     data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    data = data[..., ::-1].copy() if flip else data
     return write_volume(Volume(data, Geometry.identity(len(shape)), False), path)
 
 
@@ -71,7 +72,7 @@ def acdc(tmp_path: Path, ed: str) -> Path:
 # Each case: (tmp_path, monkeypatch) -> (argv, exit code, stderr fragment, outputs that must not exist).
 def out_is_source(t, m):
     a = image(t / "a.nrrd")
-    return ["generate", "ddm", "--source", str(a), "--target", str(image(t / "b.nrrd")), "--out", str(a),
+    return ["generate", "ddm", "--source", str(a), "--target", str(image(t / "b.nrrd", flip=True)), "--out", str(a),
             "--overwrite"], 2, "is an input of this command", []
 
 
@@ -94,7 +95,7 @@ def convert_onto_hard_link(t, m):
 
 
 def out_equals_fields_out(t, m):
-    return ["generate", "ddm", "--source", str(image(t / "a.nrrd")), "--target", str(image(t / "b.nrrd")),
+    return ["generate", "ddm", "--source", str(image(t / "a.nrrd")), "--target", str(image(t / "b.nrrd", flip=True)),
             "--out", str(t / "o.nii.gz"), "--fields-out", str(t / "o.nii.gz")], 2, "name the same output", \
         [t / "o.nii.gz"]
 
@@ -128,7 +129,7 @@ def permission_phantom(t, m):
 
 
 def disk_full_ddm(t, m):
-    w, a, b = tiny_ddm(t / "w.safetensors"), image(t / "a.nrrd"), image(t / "b.nrrd")
+    w, a, b = tiny_ddm(t / "w.safetensors"), image(t / "a.nrrd"), image(t / "b.nrrd", flip=True)
     failing_writes(m, errno.ENOSPC)
     return ["generate", "ddm", "--source", str(a), "--target", str(b),
             "--frames", "2", "--weights", str(w), "--out", str(t / "o.nii.gz")], 2, "disk full", [t / "o.nii.gz"]
@@ -180,7 +181,7 @@ def ed_after_last_frame(t, m):
 
 
 def _ddm_with_weights(t, w):
-    return ["generate", "ddm", "--source", str(image(t / "a.nrrd")), "--target", str(image(t / "b.nrrd")),
+    return ["generate", "ddm", "--source", str(image(t / "a.nrrd")), "--target", str(image(t / "b.nrrd", flip=True)),
             "--weights", str(w), "--out", str(t / "o.nii.gz")]
 
 

@@ -54,8 +54,9 @@ def test_generate_writes_frames_fields_and_labels_with_the_source_geometry(tmp_p
     assert cycle.data.shape == (4, 10, 30, 34)
     assert cycle.geometry.almost_equal(geometry)
     source = read_volume(paths["ed"])
-    expected = [e for e in generate_ddm(source, read_volume(paths["es"]), frames=4,
-                                        labels=read_volume(paths["ed_gt"], as_labels=True), model=model)
+    expected = [e for e in generate_ddm(source, read_volume(paths["es"]), frames=4,  # --adapt auto by default
+                                        labels=read_volume(paths["ed_gt"], as_labels=True), model=model,
+                                        adapt="auto")
                 if isinstance(e, Frame)]
     np.testing.assert_allclose(cycle.data, np.stack([f.image for f in expected]), atol=1e-3)
     assert psnr(cycle.data[0], source.data, float(np.ptp(source.data))) > 20
@@ -112,7 +113,7 @@ def test_train_then_evaluate_on_phantom_cases(tmp_path, capsys):
     assert main(["evaluate", "ddm", "--data", str(tmp_path / "ds"), "--weights", str(ckpt), "--cases", "1",
                  "--csv", str(csv)]) == 0
     text = capsys.readouterr().out
-    for method in ("initial", "linear blend", "VM (gamma * field)", "DDM"):
+    for method in ("initial", "linear blend", "demons (gamma * field)", "VM (gamma * field)", "DDM"):
         assert method in text
     rows = [line.split(",") for line in csv.read_text(encoding="utf-8").splitlines()[1:]]
     initial = next(r for r in rows if r[1] == "initial")

@@ -100,22 +100,20 @@ def test_loop_reuses_mirrored_fields():
     assert np.array_equal(frames[1].field, frames[5].field) and np.array_equal(frames[2].image, frames[4].image)
 
 
-def test_adaptation_is_seeded_improves_the_pair_and_leaves_the_model_unchanged():
+def test_adaptation_is_deterministic_improves_the_pair_and_leaves_the_model_unchanged():
     source, target, _ = pair_volumes(shift=(4.5, -3.0))
     model = tiny_model(2, seed=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
-    def run(seed, adapt):
-        return frames_of(generate_ddm(source, target, frames=3, model=model, adapt=adapt, seed=seed,
-                                      adapt_lr=3e-3))
+    def run(adapt):
+        return frames_of(generate_ddm(source, target, frames=3, model=model, adapt=adapt))
 
-    a, b, c = run(0, 25), run(0, 25), run(1, 25)
-    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b))
-    assert not np.array_equal(a[-1].image, c[-1].image)
+    a, b = run(25), run(25)
+    assert all(np.array_equal(x.image, y.image) and np.array_equal(x.field, y.field) for x, y in zip(a, b))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    plain = run(0, 0)
+    plain = run(0)
     err = lambda fs: float(np.mean((fs[-1].image - target.data) ** 2))  # noqa: E731
-    assert err(a) < 0.8 * err(plain)
+    assert err(a) < 0.2 * err(plain)
 
 
 def test_the_model_grid_input_is_normalized_to_minus_one_one():
@@ -177,4 +175,4 @@ def test_progress_events_name_the_steps():
     events = list(generate_ddm(source, target, frames=2, model=tiny_model(2), adapt=3))
     messages = [e.message for e in events if isinstance(e, Progress)]
     assert messages[0] == "loading weights"
-    assert [m.split(":")[0] for m in messages[1:4]] == ["adapting 1/3", "adapting 2/3", "adapting 3/3"]
+    assert [m.split(":")[0] for m in messages[1:4]] == [f"adapting level 1/3, step {k}" for k in (1, 2, 3)]

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from napari_deformdiff.core.ddm.adapt import AdaptSettings
 from napari_deformdiff.core.ddm.generate import generate_ddm
 from napari_deformdiff.core.events import Frame, Plan, Progress, RunProgress, SequencePreview
 from napari_deformdiff.core.modiff.generate import generate_modiff
@@ -53,7 +54,9 @@ def test_ddm_generation_plans_weights_adaptation_and_frames(adapt):
     source, target, _ = ddm_helpers.pair_volumes()
     model = ddm_helpers.tiny_model(2)
     events = _check_run(generate_ddm(source, target, frames=5, model=model, adapt=adapt))
-    assert events[0].stages == (("weights", 1), ("adapt", adapt), ("frames", 5))
+    steps = AdaptSettings(iterations=adapt).total if adapt else 0  # 2 + 4 + 8 over three levels
+    assert steps == (14 if adapt else 0)
+    assert events[0].stages == (("weights", 1), ("adapt", steps), ("frames", 5))
     assert sum(isinstance(e, Frame) for e in events) == 5
 
 

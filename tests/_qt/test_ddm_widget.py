@@ -48,7 +48,9 @@ def test_ddm_widget_streams_a_cycle_with_labels_and_fields(make_napari_viewer, q
     assert sizes == [1, 2, 3, 4, 5]
     layer = widget.sequence.image_layer
     p = read_acdc_patient(patient)
-    expected = [e for e in generate_ddm(p.ed, p.es, frames=5, labels=p.ed_labels, model=model) if isinstance(e, Frame)]
+    assert widget.adapt.value == "auto"
+    expected = [e for e in generate_ddm(p.ed, p.es, frames=5, labels=p.ed_labels, model=model, adapt="auto")
+                if isinstance(e, Frame)]
     np.testing.assert_allclose(layer.data, np.stack([f.image for f in expected]), atol=1e-4)
     np.testing.assert_array_equal(widget.sequence.labels_layer.data, np.stack([f.labels for f in expected]))
     fields, geometry, total = field_of(layer)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import napari
 
 NO_LABELS = "(none)"
+ADAPT_CHOICES = [("auto", "auto"), ("off", 0), ("25 steps", 25), ("100 steps", 100)]
 
 
 class DDMWidget(GeneratorWidget):
@@ -41,7 +42,9 @@ class DDMWidget(GeneratorWidget):
         compact(self.source, self.target, self.labels, self.target_labels)
         self.frames = SpinBox(label="Frames", value=16, min=2, max=200)
         self.loop = CheckBox(text="Full loop ED -> ES -> ED", value=False)
-        self.adapt = SpinBox(label="Adapt to pair (steps)", value=0, min=0, max=2000)
+        self.adapt = ComboBox(label="Adapt to pair", value="auto", choices=ADAPT_CHOICES,
+                              tooltip="fit a residual velocity field to this pair before generating "
+                                      "(auto: steps chosen from the image size)")
         self.extend([self.source, self.target, self.labels, self.target_labels, self._slider_control(),
                      self.frames, self.loop, self.adapt, *self._compute_controls(), *self._stream_controls("Run")])
         self.defaults = RoleDefaults(viewer, [(self.source, "ED", None), (self.target, "ES", self.source),

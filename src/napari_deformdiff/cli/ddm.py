@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from .paths import unless_resumed
-from .progress import _check_outputs, _report_trained, _train, _progress, _run_options, _sizes, _table_and_csv, bounded_int
+from .progress import _check_outputs, _progress, _report_trained, _run_options, _sizes, _table_and_csv, _train, bounded_int
 
 
 def cmd_train_ddm(args: argparse.Namespace) -> int:
@@ -122,13 +122,30 @@ def cmd_evaluate_ddm(args: argparse.Namespace) -> int:
     if args.cases:
         pairs = pairs[: args.cases]
     model, meta = load_ddm(args.weights, ndims=pairs[0].source.geometry.ndim, device=choose_device_name(args.device))
-    adapt = tuple(int(k) for k in args.adapt.split(",")) if args.adapt else (0,)
+    adapt = tuple(_adapt_value(k) for k in args.adapt.split(",")) if args.adapt else (0,)
     if 0 not in adapt:
         adapt = (0, *adapt)
     results = [e for e in _progress(evaluate_ddm(pairs, model, adapt=adapt, seed=args.seed), desc="evaluate ddm")
                if isinstance(e, CaseResult)]
     print(f"weights: {meta.get('source')}")
     return _table_and_csv(format_table(summarize(results)), results, _write_ddm_csv, args.csv, args.overwrite)
+
+
+def _adapt_value(text: str) -> int | str:
+    """'auto' or a whole number of steps >= 0 (for --adapt)."""
+    text = text.strip().lower()
+    if text == "auto":
+        return "auto"
+    if not text.isdigit() or int(text) > 100000:
+        raise InputError(f"--adapt takes 'auto', 0 or a number of steps up to 100000, got {text!r}.")
+    return int(text)
+
+
+def _adapt_arg(text: str) -> int | str:
+    try:
+        return _adapt_value(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_train(train) -> None:
@@ -165,7 +182,9 @@ def _add_generate(generate) -> None:
     p.add_argument("--labels", type=Path, help="label map of the source to warp (nearest)")
     p.add_argument("--labels-out", type=Path, help="4D label map to write")
     p.add_argument("--weights", default=None, help="checkpoint (.safetensors, or the authors' .pth)")
-    p.add_argument("--adapt", type=bounded_int(0, 100000), default=0, help="fine-tune on this pair for K steps first")
+    p.add_argument("--adapt", type=_adapt_arg, default="auto",
+                   help="fit a residual velocity to this pair first: auto (default), 0 (off) or K steps "
+                        "at the finest of 3 levels")
     p.add_argument("--batch", type=int, default=4, help="frames per network pass")
     _run_options(p)
     p.set_defaults(func=cmd_generate_ddm)
@@ -176,7 +195,7 @@ def _add_evaluate(evaluate) -> None:
     p.add_argument("--data", type=Path, required=True, help="ACDC-layout folders with 4D cines")
     p.add_argument("--weights", default=None)
     p.add_argument("--cases", type=int, default=None, help="use only the first N cases")
-    p.add_argument("--adapt", default="", help="also evaluate after adapting, e.g. 25,50")
+    p.add_argument("--adapt", default="", help="also evaluate after adapting, e.g. auto or auto,25")
     p.add_argument("--csv", type=Path, help="write per-case results")
     _run_options(p)
     p.set_defaults(func=cmd_evaluate_ddm)

@@ -8,7 +8,6 @@ intensities and geometry.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from .nets.ddm import DDM
 from ..nn.inference import as_channels_last, fast_copy
 from ..io.pairs import check_pair
 from .weights import load_ddm
+from .adapt import AdaptSettings, Residual, adapt_pair, settings_for
 
 MAX_FRAMES = 200
 
@@ -43,21 +43,6 @@ def gamma_schedule(frames: int, loop: bool = False) -> np.ndarray:
     return np.where(k <= half, k / half, (frames - k) / (frames - half))
 
 
-def adapt_model(model: DDM, source: torch.Tensor, target: torch.Tensor, steps: int, *, seed: int = 0,
-                lr: float = 1e-4) -> Iterator[Progress]:
-    """Fine-tune `model` in place for `steps` steps of the training losses on one pair."""
-    model.train()
-    optim = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))
-    g = torch.Generator().manual_seed(seed)
-    for k in range(steps):
-        losses = model.training_losses(source, target, generator=g)
-        optim.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optim.step()
-        yield Progress(k + 1, steps, f"adapting {k + 1}/{steps}: ncc {float(losses['ncc'].detach()):.3f}", "adapt")
-    model.eval()
-
-
 def _check_finite(t: torch.Tensor, what: str) -> None:
     if not torch.isfinite(t).all():
         raise InputError(f"the model produced NaN or infinite values in the {what}; check the weights.")
@@ -74,36 +59,75 @@ def generate_ddm(
     model: DDM | None = None,
     device: str = "cpu",
     batch: int = 4,
-    adapt: int = 0,
-    adapt_lr: float = 1e-4,
+    adapt: int | str | AdaptSettings = 0,
     seed: int = 0,
 ) -> Iterator[Progress | Frame]:
     """Yield a Plan, Progress events, then Frame(index, total, image, field, labels, info) per frame.
 
     frames: N frames ED -> ES (gamma = linspace(0, 1, N)) or, with loop, ED -> ES -> ED.
     Fields are pull displacements in the source's voxels (array-axis components); labels are
-    warped with nearest-neighbour sampling and keep their values. `adapt` > 0 fine-tunes a copy
-    of the networks on this pair first (the given model is never changed).
+    warped with nearest-neighbour sampling and keep their values. `adapt` ("auto", K steps per
+    level, or AdaptSettings; 0 = off) first fits a residual velocity field to this pair
+    (core/ddm/adapt.py); the networks are never changed.
     """
     check_pair(source, target, labels)
     gammas = gamma_schedule(frames, loop)
     if batch < 1:
         raise InputError("batch must be at least 1.")
-    if adapt < 0:
-        raise InputError("adapt steps must be 0 or more.")
+    settings = settings_for(adapt, source.spatial_shape)
     ndims = source.geometry.ndim
-    yield Plan((("weights", 1), ("adapt", adapt), ("frames", frames)))
+    yield Plan((("weights", 1), ("adapt", settings.total if settings else 0), ("frames", frames)))
     yield Progress(0, 1, "loading weights", "weights")
     model = _model_for(model, weights, ndims, device)
     grid = GridMap(source.spatial_shape, source.geometry.spacing, model.config.grid, model.config.spacing)
     s = to_model(source.data, grid, model.weight_device())
     t = to_model(target.data, grid, model.weight_device())
-    if adapt:
-        torch.manual_seed(seed)
-        model = copy.deepcopy(model)
-        yield from adapt_model(model, s, t, adapt, seed=seed, lr=adapt_lr)
-    yield from _frames(fast_copy(model), s, t, source, labels, grid, gammas, batch,
-                       {"method": "ddm", "loop": loop, "adapt": adapt})
+    net = fast_copy(model)
+    info = {"method": "ddm", "loop": loop, "adapt": settings.total if settings else 0}
+    if settings is None:
+        yield from _frames(net, s, t, source, labels, grid, gammas, batch, info)
+        return
+    residual = yield from adapt_pair(source.data, target.data, source.geometry.spacing,
+                                     _network_motion(net, s, t, grid), settings)
+    info["adapt_network_field"] = residual.use_network
+    yield from _with_residual(_frames(net, s, t, source, labels, grid, gammas, batch, info),
+                              residual, source, labels)
+
+
+def _network_motion(net, s: torch.Tensor, t: torch.Tensor, grid: GridMap) -> torch.Tensor:
+    """field(gamma = 1) - field(gamma = 0) of the networks, on the input grid (1, n, *S)."""
+    with torch.inference_mode():
+        s_fast = as_channels_last(s)
+        code = net.code(s_fast, as_channels_last(t))
+        _check_finite(code, "latent code")
+        ddf = net.field_fn.scaled_code_fields(s_fast, code, torch.tensor([0.0, 1.0], dtype=s.dtype, device=s.device))
+        _check_finite(ddf, "deformation field")
+        ddf = grid.field_to_input(ddf.contiguous()).cpu()
+    return (ddf[1:] - ddf[:1]).clone()
+
+
+def _with_residual(frames: Iterator[Progress | Frame], residual: Residual, source: Volume,
+                   labels: Volume | None) -> Iterator[Progress | Frame]:
+    """Frames of the adapted model: (network field - its gamma = 0 field) then exp(gamma v)."""
+    s_in = torch.from_numpy(np.ascontiguousarray(source.data, dtype=np.float32))[None, None]
+    lab_in = torch.from_numpy(np.ascontiguousarray(labels.data))[None, None] if labels is not None else None
+    at_zero = None
+    for event in frames:
+        if not isinstance(event, Frame):
+            yield event
+            continue
+        gamma = float(event.info["gamma"])
+        net_field = torch.from_numpy(event.field)[None]
+        if at_zero is None:  # the schedule starts at gamma = 0
+            at_zero = net_field
+        with torch.no_grad():
+            ddf = residual.compose((net_field - at_zero).float(), gamma)
+            _check_finite(ddf, "adapted deformation field")
+            image = spatial.warp(s_in, ddf, padding_mode="border")[0, 0].numpy()
+            warped_labels = None
+            if lab_in is not None:
+                warped_labels = spatial.warp(lab_in, ddf, mode="nearest", padding_mode="border")[0, 0].numpy()
+        yield Frame(event.index, event.total, image, ddf[0].numpy(), warped_labels, event.info)
 
 
 def _model_for(model: DDM | None, weights, ndims: int, device) -> DDM:

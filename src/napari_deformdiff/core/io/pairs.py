@@ -88,12 +88,21 @@ def find_pairs(folder: str | Path) -> list[Pair]:
     return pairs
 
 
+def _world_box(v: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest world coordinates (mm) of the volume's voxel corners."""
+    n = v.geometry.ndim
+    corners = np.array(np.meshgrid(*[[-0.5, s - 0.5] for s in v.spatial_shape], indexing="ij")).reshape(n, -1)
+    world = v.geometry.index_to_world() @ np.vstack([corners, np.ones(corners.shape[1])])
+    return world[:n].min(axis=1), world[:n].max(axis=1)
+
+
 def check_pair(source: Volume, target: Volume, labels: Volume | None = None, *, where: str = "") -> None:
-    """Source and target (and labels) must be single frames on the same grid."""
+    """Source and target (and labels) must be single, non-constant, different frames on the same grid."""
     at = f"{where}: " if where else ""
     for v, what in ((source, "source"), (target, "target")):
         if v.has_time:
-            raise InputError(f"{at}the {what} has {v.data.shape[0]} frames; give a single 2D or 3D frame.")
+            raise InputError(f"{at}the {what} has {v.data.shape[0]} frames; choose one frame (a single 2D or "
+                             "3D image).")
         if v.is_labels:
             raise InputError(f"{at}the {what} is a label map; give an intensity image.")
     if source.geometry.ndim != target.geometry.ndim:
@@ -101,6 +110,16 @@ def check_pair(source: Volume, target: Volume, labels: Volume | None = None, *, 
             f"{at}the source is {source.geometry.ndim}D but the target is {target.geometry.ndim}D; "
             "both must be 2D or both 3D."
         )
+    (lo_s, hi_s), (lo_t, hi_t) = _world_box(source), _world_box(target)
+    if np.any(hi_s <= lo_t) or np.any(hi_t <= lo_s):
+        raise InputError(f"{at}source and target do not overlap in space (their physical extents are disjoint); "
+                         "they cannot be registered.")
+    for v, what in ((source, "source"), (target, "target")):
+        data = v.data
+        if data.size and not np.all(np.isfinite(data)):
+            raise InputError(f"{at}the {what} contains NaN or infinite values; fix or mask them first.")
+        if data.size == 0 or data.min() == data.max():
+            raise InputError(f"{at}the {what} is constant (all voxels equal): there is nothing to register.")
     if source.data.shape != target.data.shape:
         raise InputError(
             f"{at}source and target have different shapes {source.data.shape} and {target.data.shape}; "
@@ -111,6 +130,8 @@ def check_pair(source: Volume, target: Volume, labels: Volume | None = None, *, 
             f"{at}source and target have different geometry (spacing, origin or direction); "
             "they must be two frames of the same acquisition."
         )
+    if np.array_equal(source.data, target.data):
+        raise InputError(f"{at}source and target are the same image: there is no motion to generate.")
     if labels is not None:
         if labels.data.shape != source.data.shape:
             raise InputError(
