@@ -26,6 +26,7 @@ from ..io.pairs import check_pair
 from .weights import load_ddm
 
 MAX_FRAMES = 200
+CPU_ANCHORS = 4  # deformation-module passes per run on the CPU (cubic in gamma); 0 = one per frame
 
 
 def gamma_schedule(frames: int, loop: bool = False) -> np.ndarray:
@@ -74,6 +75,7 @@ def generate_ddm(
     model: DDM | None = None,
     device: str = "cpu",
     batch: int = 4,
+    anchors: int | None = None,
     adapt: int = 0,
     adapt_lr: float = 1e-4,
     seed: int = 0,
@@ -84,17 +86,24 @@ def generate_ddm(
     Fields are pull displacements in the source's voxels (array-axis components); labels are
     warped with nearest-neighbour sampling and keep their values. `adapt` > 0 fine-tunes a copy
     of the networks on this pair first (the given model is never changed).
+    anchors: run the deformation module at this many gammas (linspace(0, 1, anchors)) and
+    interpolate the fields of the other frames (Lagrange, cubic for 4); 0 = run it for every
+    frame; default CPU_ANCHORS on the CPU, 0 elsewhere.
     """
     check_pair(source, target, labels)
     gammas = gamma_schedule(frames, loop)
     if batch < 1:
         raise InputError("batch must be at least 1.")
+    if anchors is not None and (anchors == 1 or anchors < 0):
+        raise InputError(f"anchors must be 0 (every frame) or at least 2, got {anchors}.")
     if adapt < 0:
         raise InputError("adapt steps must be 0 or more.")
     ndims = source.geometry.ndim
     yield Plan((("weights", 1), ("adapt", adapt), ("frames", frames)))
     yield Progress(0, 1, "loading weights", "weights")
     model = _model_for(model, weights, ndims, device)
+    if anchors is None:
+        anchors = CPU_ANCHORS if model.weight_device().type == "cpu" else 0
     grid = GridMap(source.spatial_shape, source.geometry.spacing, model.config.grid, model.config.spacing)
     s = to_model(source.data, grid, model.weight_device())
     t = to_model(target.data, grid, model.weight_device())
@@ -102,7 +111,7 @@ def generate_ddm(
         torch.manual_seed(seed)
         model = copy.deepcopy(model)
         yield from adapt_model(model, s, t, adapt, seed=seed, lr=adapt_lr)
-    yield from _frames(fast_copy(model), s, t, source, labels, grid, gammas, batch,
+    yield from _frames(fast_copy(model), s, t, source, labels, grid, gammas, batch, anchors,
                        {"method": "ddm", "loop": loop, "adapt": adapt})
 
 
@@ -114,9 +123,24 @@ def _model_for(model: DDM | None, weights, ndims: int, device) -> DDM:
     return model
 
 
+def lagrange_weights(nodes: np.ndarray, x: float) -> np.ndarray:
+    """Weights w with sum(w_i f(nodes_i)) = the polynomial through (nodes, f(nodes)) at x."""
+    w = np.ones(len(nodes))
+    for i, a in enumerate(nodes):
+        for j, b in enumerate(nodes):
+            if j != i:
+                w[i] *= (x - b) / (a - b)
+    return w
+
+
 def _frames(net, s: torch.Tensor, t: torch.Tensor, source: Volume, labels: Volume | None, grid: GridMap,
-            gammas: np.ndarray, batch: int, info_base: dict) -> Iterator[Progress | Frame]:
-    """Frame 0 (gamma 0 needs no code), the diffusion pass, then the other frames in batches."""
+            gammas: np.ndarray, batch: int, anchors: int, info_base: dict) -> Iterator[Progress | Frame]:
+    """Frame 0 (gamma 0 needs no code), the diffusion pass, then the other frames in batches.
+
+    With anchors, the fields are computed at the anchor gammas only and the frames' fields are
+    interpolated between them (on the input grid: resampling there is linear, so this is the same
+    as interpolating on the model grid).
+    """
     frames = len(gammas)
     device = s.device
     s_in = torch.from_numpy(np.ascontiguousarray(source.data, dtype=np.float32))[None, None].to(device)
@@ -124,9 +148,12 @@ def _frames(net, s: torch.Tensor, t: torch.Tensor, source: Volume, labels: Volum
     if labels is not None:
         lab_in = torch.from_numpy(np.ascontiguousarray(labels.data))[None, None].to(device)
     s_fast = as_channels_last(s)
+    key = lambda g: round(float(g), 9)  # noqa: E731
+    distinct = sorted({key(g) for g in gammas})
+    nodes = np.linspace(0.0, 1.0, anchors) if 0 < anchors < len(distinct) else None
 
-    def fields_for(gs: np.ndarray, code: torch.Tensor) -> torch.Tensor:
-        g = torch.as_tensor(gs, dtype=s.dtype, device=device)
+    def fields_for(gs, code: torch.Tensor) -> torch.Tensor:
+        g = torch.as_tensor(np.asarray(gs, dtype=np.float64), dtype=s.dtype, device=device)
         ddf = net.field_fn.scaled_code_fields(s_fast, code, g)
         _check_finite(ddf, "deformation field")
         return grid.field_to_input(ddf.contiguous())
@@ -143,19 +170,27 @@ def _frames(net, s: torch.Tensor, t: torch.Tensor, source: Volume, labels: Volum
         # gamma = 0 does not depend on the code: show the first frame before the diffusion pass.
         zero_code = torch.zeros_like(s_fast)
         done: dict[float, torch.Tensor] = {}
-        first = fields_for(np.array([gammas[0]]), zero_code)[0]
-        done[round(float(gammas[0]), 9)] = first
+        first = fields_for([gammas[0]], zero_code)[0]
+        done[key(gammas[0])] = first
         yield frame(0, gammas[0], first)
         yield Progress(1, frames, "diffusion pass", "frames")
         code = net.code(s_fast, as_channels_last(t))
         _check_finite(code, "latent code")
-        pending = [k for k in range(1, frames)]
+        if nodes is not None:
+            at_nodes = {key(0.0): done[key(0.0)]} if key(gammas[0]) == key(0.0) else {}
+            todo = [g for g in nodes if key(g) not in at_nodes]
+            for i in range(0, len(todo), batch):
+                at_nodes.update(zip(map(key, todo[i:i + batch]), fields_for(todo[i:i + batch], code)))
+            stack = torch.stack([at_nodes[key(g)] for g in nodes])
+        pending = list(range(1, frames))
         while pending:
-            todo = [k for k in pending if round(float(gammas[k]), 9) not in done]
-            chunk = sorted({round(float(gammas[k]), 9) for k in todo})[:batch]
-            if chunk:
-                for gval, ddf in zip(chunk, fields_for(np.array(chunk), code)):
-                    done[gval] = ddf
-            while pending and round(float(gammas[pending[0]]), 9) in done:
+            todo = sorted({key(gammas[k]) for k in pending if key(gammas[k]) not in done})[:batch]
+            if nodes is not None:
+                for g in todo:
+                    w = torch.as_tensor(lagrange_weights(nodes, g), dtype=stack.dtype, device=device)
+                    done[g] = at_nodes[g] if g in at_nodes else torch.tensordot(w, stack, dims=1)
+            elif todo:
+                done.update(zip(todo, fields_for(todo, code)))
+            while pending and key(gammas[pending[0]]) in done:
                 k = pending.pop(0)
-                yield frame(k, gammas[k], done[round(float(gammas[k]), 9)])
+                yield frame(k, gammas[k], done[key(gammas[k])])

@@ -3,43 +3,75 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
 
 
-class ZeroPaddedInputConv(nn.Module):
-    """A conv with few input channels run as one with `to` channels (zero weights, zero inputs).
+class OneDNNConv(nn.Module):
+    """A (non-transposed) Conv2d/Conv3d that always runs oneDNN's kernel on the CPU.
 
-    oneDNN takes a much faster path for 8+ input channels on CPU; the extra channels add exactly 0.
+    At batch 1 torch picks its slower native kernel for small inputs (few channels x depth x
+    height); oneDNN computes the same convolution 1.5-3x faster there.
     """
 
-    def __init__(self, conv: nn.Module, to: int = 8):
+    def __init__(self, conv: nn.Conv2d | nn.Conv3d):
         super().__init__()
-        extra = to - conv.in_channels
-        weight = conv.weight.detach()
-        pad = torch.zeros(weight.shape[0], extra, *weight.shape[2:], dtype=weight.dtype, device=weight.device)
-        self.extra = extra
-        self.inner = type(conv)(to, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                                padding=conv.padding, bias=conv.bias is not None).to(weight.device)
-        with torch.no_grad():
-            self.inner.weight.copy_(torch.cat([weight, pad], dim=1))
-            if conv.bias is not None:
-                self.inner.bias.copy_(conv.bias.detach())
+        self.weight, self.bias = conv.weight, conv.bias
+        self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
 
     def forward(self, x):
-        zeros = x.new_zeros(x.shape[0], self.extra, *x.shape[2:])
-        return self.inner(torch.cat([x, zeros], dim=1))
+        return self.convolve(x, self.weight, self.bias)
+
+    def convolve(self, x, weight, bias):
+        """This convolution with other weights of the same kernel (e.g. a slice of the input channels)."""
+        return torch.ops.aten.mkldnn_convolution(x, weight.contiguous(memory_format=_layout(x)), bias, *self.args)
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _onednn_works() -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        conv = nn.Conv3d(2, 2, 3, padding=1)
+        x = torch.rand(1, 2, 4, 4, 4)
+        with torch.no_grad():
+            return torch.allclose(OneDNNConv(conv)(x), conv(x), atol=1e-5)
+    except RuntimeError:
+        return False
+
+
+def use_onednn_convs(module: nn.Module) -> nn.Module:
+    """Replace, in place, every plain float32 Conv2d/Conv3d (zero padding) of a CPU module by OneDNNConv.
+
+    Leaves the module as it is (with a warning) where this torch has no working oneDNN.
+    """
+    if not _onednn_works():
+        warnings.warn("oneDNN convolutions are not available in this torch; using its default kernels.",
+                      RuntimeWarning, stacklevel=2)
+        return module
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if (type(child) in (nn.Conv2d, nn.Conv3d) and child.padding_mode == "zeros"
+                    and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32):
+                setattr(parent, name, OneDNNConv(child))
+    return module
 
 
 def fast_copy(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
-    """An eval-mode copy of a DDM for inference on the CPU (the original is untouched)."""
+    """An eval-mode copy of a DDM for inference (the original is untouched).
+
+    On the CPU every convolution runs oneDNN's kernel; 3D models also go channels-last.
+    """
     fast = copy.deepcopy(model).eval()
-    unet = getattr(fast, "denoise_fn", None)
-    if unet is not None and fast.weight_device().type == "cpu":
-        first = unet.downs[0]
-        if first.in_channels < 8:
-            unet.downs[0] = ZeroPaddedInputConv(first)
+    if fast.weight_device().type == "cpu":
+        use_onednn_convs(fast)
     if channels_last and fast.ndims == 3:
         fast = fast.to(memory_format=torch.channels_last_3d)
     return fast
@@ -49,4 +81,4 @@ def as_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last_3d) if x.ndim == 5 else x
 
 
-__all__ = ["ZeroPaddedInputConv", "fast_copy", "as_channels_last"]
+__all__ = ["OneDNNConv", "use_onednn_convs", "fast_copy", "as_channels_last"]
