@@ -203,13 +203,14 @@ def plain_loop_fields(model, source, target, gammas):
         return torch.cat([grid.field_to_input(model.field(s, float(g) * code)) for g in gammas])
 
 
-def pair_3d():
-    shape, spacing = (14, 30, 34), (2.5, 1.5, 1.4)
+def pair_3d(on_model_grid=False):
+    shape, spacing = ((16, 32, 32), (2.0, 2.0, 2.0)) if on_model_grid else ((14, 30, 34), (2.5, 1.5, 1.4))
     return pair_volumes(shape, spacing, shift=(2.0, 3.0, -2.0))
 
 
-def test_every_frame_path_equals_the_plain_loop_frame_by_frame():
-    source, target, labels = pair_3d()
+@pytest.mark.parametrize("on_model_grid", [False, True])  # True: no resampling to and from the model grid
+def test_every_frame_path_equals_the_plain_loop_frame_by_frame(on_model_grid):
+    source, target, labels = pair_3d(on_model_grid)
     model = lively_model()
     frames = frames_of(generate_ddm(source, target, frames=6, labels=labels, model=model, anchors=0))
     plain = plain_loop_fields(model, source, target, gamma_schedule(6))

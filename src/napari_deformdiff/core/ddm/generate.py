@@ -21,7 +21,7 @@ from ..events import Frame, Plan, Progress
 from ..io.volume import Volume
 from ..nn.model_grid import GridMap, to_model
 from .nets.ddm import DDM
-from ..nn.inference import as_channels_last, fast_copy
+from ..nn.inference import as_channels_last, fast_copy, grid_map
 from ..io.pairs import check_pair
 from .weights import load_ddm
 
@@ -104,7 +104,7 @@ def generate_ddm(
     model = _model_for(model, weights, ndims, device)
     if anchors is None:
         anchors = CPU_ANCHORS if model.weight_device().type == "cpu" else 0
-    grid = GridMap(source.spatial_shape, source.geometry.spacing, model.config.grid, model.config.spacing)
+    grid = grid_map(source.spatial_shape, source.geometry.spacing, model.config.grid, model.config.spacing)
     s = to_model(source.data, grid, model.weight_device())
     t = to_model(target.data, grid, model.weight_device())
     if adapt:

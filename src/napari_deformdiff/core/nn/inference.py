@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
+
+from .model_grid import GridMap
 
 
 class OneDNNConv(nn.Module):
@@ -35,6 +39,7 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+@functools.cache
 def _onednn_works() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
@@ -77,8 +82,27 @@ def fast_copy(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
     return fast
 
 
+class SameGridMap(GridMap):
+    """A GridMap whose input grid is the model grid (same shape and spacing): no resampling.
+
+    grid_sample at the voxel centres returns the values up to float rounding; this returns them as
+    they are, without the interpolation passes.
+    """
+
+    def _resample(self, values, src_shape, dst_shape, ratio, mode):
+        return values
+
+
+def grid_map(input_shape, input_spacing, model_shape, model_spacing) -> GridMap:
+    """GridMap(...), or a SameGridMap where the input already is on the model grid."""
+    grid = GridMap(tuple(input_shape), tuple(input_spacing), tuple(model_shape), tuple(model_spacing))
+    if grid.input_shape == grid.model_shape and np.allclose(grid.ratio, 1.0, rtol=0, atol=1e-9):
+        return SameGridMap(grid.input_shape, grid.input_spacing, grid.model_shape, grid.model_spacing)
+    return grid
+
+
 def as_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last_3d) if x.ndim == 5 else x
 
 
-__all__ = ["OneDNNConv", "use_onednn_convs", "fast_copy", "as_channels_last"]
+__all__ = ["OneDNNConv", "use_onednn_convs", "SameGridMap", "grid_map", "fast_copy", "as_channels_last"]
