@@ -33,6 +33,21 @@ class OneDNNConv(nn.Module):
         return torch.ops.aten.mkldnn_convolution(x, weight.contiguous(memory_format=_layout(x)), bias, *self.args)
 
 
+class OneDNNConvTranspose(nn.Module):
+    """A ConvTranspose2d/3d run by oneDNN's deconvolution (torch's own CPU kernel is 1.6-2x slower
+    here). The op is torch's internal one (used by its compiler): checked before use."""
+
+    def __init__(self, conv: nn.ConvTranspose2d | nn.ConvTranspose3d):
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.args = (list(conv.padding), list(conv.output_padding), list(conv.stride), list(conv.dilation),
+                     conv.groups)
+
+    def forward(self, x):
+        return torch.ops.mkldnn._convolution_transpose_pointwise(x, self.weight, self.bias, *self.args,
+                                                                 "none", [], "")
+
+
 def _layout(x: torch.Tensor) -> torch.memory_format:
     if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
         return torch.channels_last_3d
@@ -40,32 +55,38 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
 
 
 @functools.cache
-def _onednn_works() -> bool:
+def _onednn_works(wrapper: type[nn.Module], conv: type[nn.Module]) -> bool:
+    """Does `wrapper` compute what `conv` computes in this torch (a tiny case)?"""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        conv = nn.Conv3d(2, 2, 3, padding=1)
+        kw = {"output_padding": 1} if conv is nn.ConvTranspose3d else {}
+        layer = conv(2, 2, 3, stride=2, padding=1, **kw)
         x = torch.rand(1, 2, 4, 4, 4)
         with torch.no_grad():
-            return torch.allclose(OneDNNConv(conv)(x), conv(x), atol=1e-5)
-    except RuntimeError:
+            return torch.allclose(wrapper(layer)(x), layer(x), atol=1e-5)
+    except (RuntimeError, AttributeError):
         return False
 
 
 def use_onednn_convs(module: nn.Module) -> nn.Module:
-    """Replace, in place, every plain float32 Conv2d/Conv3d (zero padding) of a CPU module by OneDNNConv.
+    """Replace, in place, every plain float32 (transposed) convolution of a CPU module by its oneDNN one.
 
     Leaves the module as it is (with a warning) where this torch has no working oneDNN.
     """
-    if not _onednn_works():
+    wrappers = {}
+    if _onednn_works(OneDNNConv, nn.Conv3d):
+        wrappers.update({nn.Conv2d: OneDNNConv, nn.Conv3d: OneDNNConv})
+    else:
         warnings.warn("oneDNN convolutions are not available in this torch; using its default kernels.",
                       RuntimeWarning, stacklevel=2)
-        return module
+    if _onednn_works(OneDNNConvTranspose, nn.ConvTranspose3d):
+        wrappers.update({nn.ConvTranspose2d: OneDNNConvTranspose, nn.ConvTranspose3d: OneDNNConvTranspose})
     for parent in list(module.modules()):
         for name, child in parent.named_children():
-            if (type(child) in (nn.Conv2d, nn.Conv3d) and child.padding_mode == "zeros"
+            if (type(child) in wrappers and child.padding_mode == "zeros"
                     and child.weight.device.type == "cpu" and child.weight.dtype == torch.float32):
-                setattr(parent, name, OneDNNConv(child))
+                setattr(parent, name, wrappers[type(child)](child))
     return module
 
 
@@ -105,4 +126,4 @@ def as_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last_3d) if x.ndim == 5 else x
 
 
-__all__ = ["OneDNNConv", "use_onednn_convs", "SameGridMap", "grid_map", "fast_copy", "as_channels_last"]
+__all__ = ["OneDNNConv", "OneDNNConvTranspose", "use_onednn_convs", "SameGridMap", "grid_map", "fast_copy", "as_channels_last"]
