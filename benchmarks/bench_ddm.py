@@ -1,13 +1,25 @@
 """DDM generation benchmark: 128 x 128 x 32, N = 16 frames, on this machine (CPU, or --device cuda).
 
-Each variant runs in its own spawned process so its peak memory (max RSS, plus CUDA peak on a
-GPU) is its own. Variants:
-- streamed: generate_ddm as the GUI and CLI run it (first frame before the diffusion pass,
-  batched frames, shared first convolution, inference copy with channels-last / padded input);
-- plain loop: the straightforward baseline in the same run (the code once, then one plain
-  deformation-module call per frame, back to the input grid, warp).
+Variants:
+- streamed: generate_ddm as the GUI and CLI run it (first frame before the diffusion pass; on the
+  CPU an inference copy with oneDNN convolutions and channels-last, and the deformation module
+  run at 4 gammas with the other frames' fields interpolated (cubic in gamma); no resampling
+  as this input already is on the model grid);
+- streamed, every frame: the same with anchors=0 (the deformation module at every gamma);
+- authors' loop: the baseline, our re-implementation of the authors' inference as they describe
+  and run it (methods.md section 1): under no_grad, c = G_diff(cat[S, T, T], t = 0) once, then
+  for every gamma of linspace(0, 1, N) phi = G_def(cat[S, gamma c]) and frame = their spatial
+  transformer on (S + 1) / 2 (identity grid built once, trilinear, zero padding,
+  align_corners=True), each frame and field copied to numpy. It starts from S and T already on
+  the model grid (their data loader's job), so it does less than the streamed generator, which
+  is timed from the input volumes.
 
-Usage: .venv/bin/python benchmarks/bench_ddm.py [--frames 16] [--device cpu] [--weights PATH]
+Times: the variants run interleaved in one process, `--repeats` rounds; the table gives the median
+time and the median of the per-round ratios. Peak RSS: each variant once more in its own spawned
+process. Quality: the streamed frames against the every-frame ones (PSNR per frame), and both
+against the phantom's true frames ED -> ES (N = the number of true frames), as the paper scores DDM.
+
+Usage: .venv/bin/python benchmarks/bench_ddm.py [--frames 16] [--repeats 3] [--device cpu] [--weights PATH]
 """
 
 from __future__ import annotations
@@ -15,24 +27,26 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
+import statistics
 import time
 
 from _spawn import measure
 from _table import print_table  # benchmarks/ is on sys.path when a script here runs
 
 
-def _case():
+def _pair(frames: int = 10):
+    """(source ED, target ES, the true frames ED..ES) of a held-out 3D cardiac phantom."""
+    from napari_deformdiff.core.io import Volume
     from napari_deformdiff.core.phantom import cardiac_phantom
     from napari_deformdiff.core.phantom.dataset import case_volumes
 
-    case = cardiac_phantom(123, frames=10)
+    case = cardiac_phantom(123, frames=frames)
     cine, _ = case_volumes(case, "bench")
-    from napari_deformdiff.core.io import Volume
+    truth = cine.data[: case.es_index + 1]
+    return Volume(cine.data[0], cine.geometry), Volume(cine.data[case.es_index], cine.geometry), truth
 
-    return (Volume(cine.data[0], cine.geometry), Volume(cine.data[case.es_index], cine.geometry))
 
-
-def _peak_mb(device: str) -> float:
+def _peak_mb(device: str) -> tuple[float, float]:
     import torch
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -41,87 +55,200 @@ def _peak_mb(device: str) -> float:
     return rss, 0.0
 
 
-def run_streamed(frames, device, weights, queue):
+def _sync(device: str) -> None:
     import torch
 
-    from napari_deformdiff.core.ddm.generate import generate_ddm
-    from napari_deformdiff.core.ddm.weights import load_ddm
-    from napari_deformdiff.core.events import Frame
-
-    source, target = _case()
-    model, _ = load_ddm(weights, ndims=3, device=device)
-    list(generate_ddm(source, target, frames=2, model=model))  # warm-up (allocator, kernels)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+
+
+def streamed(source, target, model, frames, device, anchors=None):
+    """generate_ddm as the GUI runs it: (seconds to the first frame, seconds in all, frames)."""
+    from napari_deformdiff.core.ddm.generate import generate_ddm
+    from napari_deformdiff.core.events import Frame
+
     t0 = time.perf_counter()
-    first = None
-    for event in generate_ddm(source, target, frames=frames, model=model):
-        if isinstance(event, Frame) and first is None:
-            first = time.perf_counter() - t0
-    total = time.perf_counter() - t0
-    queue.put((first, total, *_peak_mb(device)))
+    first, out = None, []
+    for event in generate_ddm(source, target, frames=frames, model=model, device=device, anchors=anchors):
+        if isinstance(event, Frame):
+            out.append(event.image)
+            if first is None:
+                first = time.perf_counter() - t0
+    _sync(device)
+    return first, time.perf_counter() - t0, out
 
 
-def run_plain(frames, device, weights, queue):
+def authors_inputs(source, target, model, device):
+    """S and T on the model grid in [-1, 1], as the authors' data loader hands them to the model."""
+    from napari_deformdiff.core.nn.model_grid import GridMap, to_model
+
+    cfg = model.config
+    grid = GridMap(source.spatial_shape, source.geometry.spacing, cfg.grid, cfg.spacing)
+    return to_model(source.data, grid, device), to_model(target.data, grid, device)
+
+
+def identity_grid(shape, device):
+    import torch
+
+    axes = [torch.arange(n, dtype=torch.float32, device=device) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))[None]  # (1, 3, D, H, W) voxel indices
+
+
+def transformer(image, flow, grid):
+    """Pull-warp in voxels: locations = identity + flow, normalized with align_corners=True."""
+    import torch
+    import torch.nn.functional as F
+
+    locs = grid + flow
+    shape = flow.shape[2:]
+    locs = torch.stack([2.0 * (locs[:, i] / (shape[i] - 1) - 0.5) for i in range(len(shape))], dim=1)
+    locs = locs.permute(0, 2, 3, 4, 1).flip(-1)  # grid_sample wants (x, y, z) = (W, H, D)
+    return F.grid_sample(image, locs, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def authors_loop(s, t, model, frames, device):
+    """The baseline: (seconds to the first frame, seconds in all, frames) of the authors' loop."""
     import numpy as np
     import torch
 
-    from napari_deformdiff.core import spatial
+    t0 = time.perf_counter()
+    first, out = None, []
+    with torch.no_grad():
+        grid = identity_grid(s.shape[2:], s.device)
+        code = model.code(s, t)  # G_diff(cat[S, T, x_t = T], t = 0)
+        for gamma in np.linspace(0.0, 1.0, frames):
+            flow = model.field_fn(torch.cat([s, float(gamma) * code], dim=1))
+            frame = transformer((s + 1.0) / 2.0, flow, grid)
+            out.append(frame[0, 0].cpu().numpy())
+            flow.cpu().numpy()
+            if first is None:
+                first = time.perf_counter() - t0
+    _sync(device)
+    return first, time.perf_counter() - t0, out
+
+
+def _load(device, weights):
     from napari_deformdiff.core.ddm.weights import load_ddm
-    from napari_deformdiff.core.nn.model_grid import GridMap, to_model
 
-    source, target = _case()
-    model, _ = load_ddm(weights, ndims=3, device=device)
-    cfg = model.config
+    return load_ddm(weights, ndims=3, device=device)[0]
 
-    def loop(n):
-        grid = GridMap(source.spatial_shape, source.geometry.spacing, cfg.grid, cfg.spacing)
-        s, t = to_model(source.data, grid, device), to_model(target.data, grid, device)
-        s_in = torch.from_numpy(source.data)[None, None].to(device)
-        first = None
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            code = model.code(s, t)
-            for g in np.linspace(0, 1, n):
-                ddf = grid.field_to_input(model.field(s, float(g) * code))
-                frame = spatial.warp(s_in, ddf, padding_mode="border")[0, 0].cpu().numpy()
-                if first is None:
-                    first = time.perf_counter() - t0
-        return first, time.perf_counter() - t0, frame
 
-    loop(2)
+def run_peak(variant, frames, device, weights, queue):
+    """One variant once (after a warm-up) in this fresh process; puts the peak memory."""
+    import torch
+
+    source, target, _ = _pair()
+    model = _load(device, weights)
+    if variant == "authors":
+        s, t = authors_inputs(source, target, model, device)
+        authors_loop(s, t, model, 2, device)
+        run = lambda: authors_loop(s, t, model, frames, device)  # noqa: E731
+    else:
+        anchors = 0 if variant == "every" else None
+        streamed(source, target, model, 2, device, anchors)
+        run = lambda: streamed(source, target, model, frames, device, anchors)  # noqa: E731
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    first, total, _ = loop(frames)
-    queue.put((first, total, *_peak_mb(device)))
+    run()
+    queue.put(_peak_mb(device))
+
+
+def run_times(frames, device, weights, repeats, queue):
+    """Every variant `repeats` times, interleaved, in this process: {variant: [(first, total), ...]}."""
+    source, target, _ = _pair()
+    model = _load(device, weights)
+    s, t = authors_inputs(source, target, model, device)
+    variants = {
+        "streamed": lambda n: streamed(source, target, model, n, device),
+        "every": lambda n: streamed(source, target, model, n, device, anchors=0),
+        "authors": lambda n: authors_loop(s, t, model, n, device),
+    }
+    for run in variants.values():
+        run(2)  # warm-up (allocator, kernels)
+    times = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            first, total, _ = run(frames)
+            times[name].append((first, total))
+    queue.put(times)
+
+
+def run_quality(frames, device, weights, queue):
+    """Per-frame PSNR (dB, range of the source): streamed vs every-frame, and both vs the true frames."""
+    import numpy as np
+
+    from napari_deformdiff.core.image_metrics import psnr  # inf for identical frames
+
+    model = _load(device, weights)
+    source, target, _ = _pair()
+    peak = float(np.ptp(source.data))
+    fast = streamed(source, target, model, frames, device)[2]
+    exact = streamed(source, target, model, frames, device, anchors=0)[2]
+    vs_exact = [psnr(a, b, peak) for a, b in zip(fast, exact)]
+    vs_target = [abs(psnr(a, target.data, peak) - psnr(b, target.data, peak)) for a, b in zip(fast, exact)]
+    # the paper's score: N = the number of true frames ED..ES of a 20-frame phantom cycle
+    source, target, truth = _pair(20)
+    n = len(truth)
+    fast = streamed(source, target, model, n, device)[2]
+    exact = streamed(source, target, model, n, device, anchors=0)[2]
+    true_fast = [psnr(a, g, peak) for a, g in zip(fast, truth)]
+    true_exact = [psnr(b, g, peak) for b, g in zip(exact, truth)]
+    queue.put((vs_exact, vs_target, true_fast, true_exact))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", default=None, help="default: the bundled 3D phantom weights")
     args = parser.parse_args()
+    import os
+
+    import numpy as np
     import torch
 
+    load = os.getloadavg()[0]
     print(f"# machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {args.device}"
-          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
-    streamed = measure(run_streamed, args.frames, args.device, args.weights)
-    plain = measure(run_plain, args.frames, args.device, args.weights)
-    n = args.frames
-    gpu = args.device.startswith("cuda")
+          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
+          + f", load before {load:.2f}")
+    n, dev = args.frames, args.device
+    times = measure(run_times, n, dev, args.weights, args.repeats)
+    peaks = {v: measure(run_peak, v, n, dev, args.weights) for v in ("streamed", "every", "authors")}
+    vs_exact, vs_target, true_fast, true_exact = measure(run_quality, n, dev, args.weights)
+
+    def med(name, i):
+        return statistics.median(r[i] for r in times[name])
+
+    def ratio(name, i):
+        return statistics.median(a[i] / b[i] for a, b in zip(times["authors"], times[name]))
+
+    base = f"authors' loop {{:.3f}} s, median of {args.repeats} interleaved rounds"
     rows = [
-        ("streamed: first frame", streamed[0], f"plain loop {plain[0]:.3f} s ({plain[0] / streamed[0]:.2f}x); target <= 1.5 s"),
-        (f"streamed: all {n} frames", streamed[1], f"plain loop {plain[1]:.3f} s ({plain[1] / streamed[1]:.2f}x); target <= 8 s"),
-        ("streamed: frames per second", n / streamed[1], f"plain loop {n / plain[1]:.2f} fps (value column = fps)"),
-        ("streamed: peak RSS (MB)", streamed[2], f"plain loop {plain[2]:.0f} MB; target <= 2048 MB (value column = MB)"),
+        ("streamed: first frame", med("streamed", 0),
+         f"{ratio('streamed', 0):.2f}x vs " + base.format(med("authors", 0)) + "; target <= 0.3 s"),
+        (f"streamed: all {n} frames", med("streamed", 1),
+         f"{ratio('streamed', 1):.2f}x vs " + base.format(med("authors", 1)) + "; target >= 2x"),
+        ("every frame: first frame", med("every", 0), f"{ratio('every', 0):.2f}x vs the authors' loop"),
+        (f"every frame: all {n} frames", med("every", 1), f"{ratio('every', 1):.2f}x vs the authors' loop"),
+        ("streamed: peak RSS (MB)", peaks["streamed"][0],
+         f"every frame {peaks['every'][0]:.0f} MB, authors' loop {peaks['authors'][0]:.0f} MB; "
+         "target <= 1536 MB (value column = MB)"),
+        ("streamed vs every frame: PSNR (dB)", min(vs_exact),
+         f"min over the {n} frames (value column = dB); {sum(np.isinf(vs_exact))} frames identical (anchors)"),
+        ("|dPSNR| vs the target (dB)", max(vs_target),
+         f"max over the {n} frames of |PSNR(streamed, ES) - PSNR(every frame, ES)|; target <= 0.5 dB"),
+        ("|dPSNR| vs the true frames (dB)", max(abs(a - b) for a, b in zip(true_fast, true_exact)),
+         f"max over {len(true_fast)} frames ED..ES of a 20-frame phantom; PSNR streamed "
+         f"{np.mean(true_fast):.2f} dB, every frame {np.mean(true_exact):.2f} dB (means); target <= 0.5 dB"),
     ]
-    if gpu:
-        rows.append(("streamed: CUDA peak (MB)", streamed[3], f"plain loop {plain[3]:.0f} MB (value column = MB)"))
+    if dev.startswith("cuda"):
+        rows.append(("streamed: CUDA peak (MB)", peaks["streamed"][1],
+                     f"authors' loop {peaks['authors'][1]:.0f} MB (value column = MB)"))
     print_table(f"DDM generation, 128 x 128 x 32, N = {n}", rows)
+    print(f"# load after {os.getloadavg()[0]:.2f}; per-frame PSNR streamed vs every frame: "
+          + " ".join(f"{v:.1f}" for v in vs_exact))
 
 
 if __name__ == "__main__":

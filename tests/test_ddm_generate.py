@@ -176,3 +176,100 @@ def test_progress_events_name_the_steps():
     messages = [e.message for e in events if isinstance(e, Progress)]
     assert messages[0] == "loading weights"
     assert [m.split(":")[0] for m in messages[1:4]] == [f"adapting level 1/3, step {k}" for k in (1, 2, 3)]
+
+
+# --- the fast path (oneDNN copy, batched frames, fields interpolated between anchor gammas) ---
+
+def lively_model(ndims=3, seed=3):
+    """A tiny DDM with weights large enough that its fields move several voxels and bend with gamma."""
+    model = tiny_model(ndims, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+    return model
+
+
+def plain_loop_fields(model, source, target, gammas):
+    """The authors' loop on the unmodified model, one deformation-module call per gamma, brought
+    back to the input grid: (len(gammas), ndims, *input_shape)."""
+    cfg = model.config
+    grid = GridMap(source.spatial_shape, source.geometry.spacing, cfg.grid, cfg.spacing)
+    s, t = to_model(source.data, grid), to_model(target.data, grid)
+    with torch.no_grad():
+        code = model.code(s, t)
+        return torch.cat([grid.field_to_input(model.field(s, float(g) * code)) for g in gammas])
+
+
+def pair_3d(on_model_grid=False):
+    shape, spacing = ((16, 32, 32), (2.0, 2.0, 2.0)) if on_model_grid else ((14, 30, 34), (2.5, 1.5, 1.4))
+    return pair_volumes(shape, spacing, shift=(2.0, 3.0, -2.0))
+
+
+@pytest.mark.parametrize("on_model_grid", [False, True])  # True: no resampling to and from the model grid
+def test_every_frame_path_equals_the_plain_loop_frame_by_frame(on_model_grid):
+    source, target, labels = pair_3d(on_model_grid)
+    model = lively_model()
+    frames = frames_of(generate_ddm(source, target, frames=6, labels=labels, model=model, anchors=0))
+    plain = plain_loop_fields(model, source, target, gamma_schedule(6))
+    assert float(plain[-1].abs().max()) > 2.0  # the fields really move the image
+    s_in = torch.from_numpy(source.data)[None, None]
+    for f, ddf in zip(frames, plain):
+        assert np.allclose(f.field, ddf.numpy(), atol=1e-5 * float(plain.abs().max()))
+        image = spatial.warp(s_in, ddf[None], padding_mode="border")[0, 0].numpy()
+        assert np.abs(f.image - image).max() < 1e-4
+
+
+def test_anchored_fields_are_the_cubic_through_the_anchor_fields():
+    from scipy.interpolate import BarycentricInterpolator
+
+    source, target, _ = pair_3d()
+    model = lively_model()
+    gammas = gamma_schedule(9)
+    frames = frames_of(generate_ddm(source, target, frames=9, model=model, anchors=4))
+    nodes = np.linspace(0, 1, 4)
+    at_nodes = plain_loop_fields(model, source, target, nodes).numpy()
+    expected = BarycentricInterpolator(nodes, at_nodes.reshape(4, -1))(gammas).reshape(9, *at_nodes.shape[1:])
+    exact = plain_loop_fields(model, source, target, gammas).numpy()
+    scale = float(np.abs(exact).max())
+    for f, e, x, g in zip(frames, expected, exact, gammas):
+        assert np.allclose(f.field, e, atol=1e-5 * scale)
+        if np.isclose(nodes, g).any():  # frames at an anchor are exact
+            assert np.allclose(f.field, x, atol=1e-5 * scale)
+    # this model's fields bend with gamma, so the in-between frames really are interpolated
+    assert max(np.abs(f.field - x).max() for f, x in zip(frames, exact)) > 1e-4 * scale
+
+
+def test_the_deformation_module_runs_once_per_anchor_on_the_cpu():
+    source, target, _ = pair_3d()
+    model = lively_model()
+    rows = []
+    model.field_fn.outconv.register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    list(generate_ddm(source, target, frames=16, model=model))
+    assert sum(rows) == 4  # gamma 0 first, then 1/3, 2/3, 1 in one batch
+    rows.clear()
+    list(generate_ddm(source, target, frames=16, model=model, anchors=0))
+    assert sum(rows) == 16
+    with pytest.raises(InputError, match="anchors must be 0"):
+        list(generate_ddm(source, target, frames=16, model=model, anchors=1))
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_bundled_weights_anchored_frames_stay_within_half_a_db_of_every_frame(loop):
+    from napari_deformdiff.core.ddm.weights import load_ddm
+    from napari_deformdiff.core.image_metrics import psnr
+    from napari_deformdiff.core.phantom import cardiac_phantom
+    from napari_deformdiff.core.phantom.dataset import centred_geometry
+
+    model, _ = load_ddm(None, ndims=2)
+    case = cardiac_phantom(9001, two_d=True, frames=20)
+    geometry = centred_geometry(case.images.shape[1:], case.spacing)
+    source, target = Volume(case.images[0], geometry), Volume(case.images[case.es_index], geometry)
+    rng = float(np.ptp(case.images[0]))
+    n = 16 if loop else case.es_index + 1
+    fast = frames_of(generate_ddm(source, target, frames=n, loop=loop, model=model))
+    every = frames_of(generate_ddm(source, target, frames=n, loop=loop, model=model, anchors=0))
+    truth = list(case.images[: n]) if not loop else [case.images[case.es_index]] * n
+    for a, b, ref in zip(fast, every, truth):
+        assert psnr(a.image, b.image, rng) > 40.0
+        assert abs(psnr(a.image, ref, rng) - psnr(b.image, ref, rng)) <= 0.5

@@ -107,8 +107,9 @@ def test_fast_inference_copy_gives_the_same_outputs_and_leaves_the_model_alone()
     fast = fast_copy(model)
     s, t = torch.rand(1, 1, 16, 32, 32) * 2 - 1, torch.rand(1, 1, 16, 32, 32) * 2 - 1
     with torch.no_grad():
-        assert torch.allclose(fast.code(s, t), model.code(s, t), atol=1e-4)
-        assert torch.allclose(fast.field(s, t), model.field(s, t), atol=1e-4)
+        for a, b in ((fast.code(s, t), model.code(s, t)), (fast.field(s, t), model.field(s, t))):
+            # other kernels (oneDNN, channels-last) sum in another order: float rounding only
+            assert torch.allclose(a, b, rtol=0, atol=1e-5 * float(b.abs().max()))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 

@@ -20,12 +20,13 @@ from ..events import Frame, Plan, Progress
 from ..io.volume import Volume
 from ..nn.model_grid import GridMap, to_model
 from .nets.ddm import DDM
-from ..nn.inference import as_channels_last, fast_copy
+from ..nn.inference import as_channels_last, fast_copy, grid_map
 from ..io.pairs import check_pair
 from .weights import load_ddm
 from .adapt import AdaptSettings, Residual, adapt_pair, settings_for
 
 MAX_FRAMES = 200
+CPU_ANCHORS = 4  # deformation-module passes per run on the CPU (cubic in gamma); 0 = one per frame
 
 
 def gamma_schedule(frames: int, loop: bool = False) -> np.ndarray:
@@ -59,6 +60,7 @@ def generate_ddm(
     model: DDM | None = None,
     device: str = "cpu",
     batch: int = 4,
+    anchors: int | None = None,
     adapt: int | str | AdaptSettings = 0,
     seed: int = 0,
 ) -> Iterator[Progress | Frame]:
@@ -69,28 +71,39 @@ def generate_ddm(
     warped with nearest-neighbour sampling and keep their values. `adapt` ("auto", K steps per
     level, or AdaptSettings; 0 = off) first fits a residual velocity field to this pair
     (core/ddm/adapt.py); the networks are never changed.
+    anchors: run the deformation module at this many gammas (linspace(0, 1, anchors)) and
+    interpolate the fields of the other frames (Lagrange, cubic for 4); 0 = run it for every
+    frame; default CPU_ANCHORS on the CPU, 0 elsewhere.
     """
     check_pair(source, target, labels)
     gammas = gamma_schedule(frames, loop)
     if batch < 1:
         raise InputError("batch must be at least 1.")
     settings = settings_for(adapt, source.spatial_shape)
+    if anchors is not None and (anchors == 1 or anchors < 0):
+        raise InputError(f"anchors must be 0 (every frame) or at least 2, got {anchors}.")
     ndims = source.geometry.ndim
     yield Plan((("weights", 1), ("adapt", settings.total if settings else 0), ("frames", frames)))
     yield Progress(0, 1, "loading weights", "weights")
     model = _model_for(model, weights, ndims, device)
-    grid = GridMap(source.spatial_shape, source.geometry.spacing, model.config.grid, model.config.spacing)
+    if anchors is None:
+        anchors = CPU_ANCHORS if model.weight_device().type == "cpu" else 0
+    grid = grid_map(source.spatial_shape, source.geometry.spacing, model.config.grid, model.config.spacing)
     s = to_model(source.data, grid, model.weight_device())
     t = to_model(target.data, grid, model.weight_device())
     net = fast_copy(model)
     info = {"method": "ddm", "loop": loop, "adapt": settings.total if settings else 0}
     if settings is None:
-        yield from _frames(net, s, t, source, labels, grid, gammas, batch, info)
+        yield from _frames(net, s, t, source, labels, grid, gammas, batch, anchors, info)
         return
+    # adapted frames start exactly at the source (exp(0 v) = id): show it before the adaptation runs
+    yield Frame(0, len(gammas), np.array(source.data, dtype=np.float32, copy=True),
+                np.zeros((ndims, *source.spatial_shape), np.float32),
+                None if labels is None else np.array(labels.data, copy=True), {**info, "gamma": float(gammas[0])})
     residual = yield from adapt_pair(source.data, target.data, source.geometry.spacing,
                                      _network_motion(net, s, t, grid), settings)
     info["adapt_network_field"] = residual.use_network
-    yield from _with_residual(_frames(net, s, t, source, labels, grid, gammas, batch, info),
+    yield from _with_residual(_frames(net, s, t, source, labels, grid, gammas, batch, anchors, info),
                               residual, source, labels)
 
 
@@ -108,7 +121,7 @@ def _network_motion(net, s: torch.Tensor, t: torch.Tensor, grid: GridMap) -> tor
 
 def _with_residual(frames: Iterator[Progress | Frame], residual: Residual, source: Volume,
                    labels: Volume | None) -> Iterator[Progress | Frame]:
-    """Frames of the adapted model: (network field - its gamma = 0 field) then exp(gamma v)."""
+    """Frames 1.. of the adapted model: (network field - its gamma = 0 field) then exp(gamma v)."""
     s_in = torch.from_numpy(np.ascontiguousarray(source.data, dtype=np.float32))[None, None]
     lab_in = torch.from_numpy(np.ascontiguousarray(labels.data))[None, None] if labels is not None else None
     at_zero = None
@@ -118,8 +131,9 @@ def _with_residual(frames: Iterator[Progress | Frame], residual: Residual, sourc
             continue
         gamma = float(event.info["gamma"])
         net_field = torch.from_numpy(event.field)[None]
-        if at_zero is None:  # the schedule starts at gamma = 0
+        if at_zero is None:  # the schedule starts at gamma = 0, whose frame was shown before adapting
             at_zero = net_field
+            continue
         with torch.no_grad():
             ddf = residual.compose((net_field - at_zero).float(), gamma)
             _check_finite(ddf, "adapted deformation field")
@@ -138,9 +152,24 @@ def _model_for(model: DDM | None, weights, ndims: int, device) -> DDM:
     return model
 
 
+def lagrange_weights(nodes: np.ndarray, x: float) -> np.ndarray:
+    """Weights w with sum(w_i f(nodes_i)) = the polynomial through (nodes, f(nodes)) at x."""
+    w = np.ones(len(nodes))
+    for i, a in enumerate(nodes):
+        for j, b in enumerate(nodes):
+            if j != i:
+                w[i] *= (x - b) / (a - b)
+    return w
+
+
 def _frames(net, s: torch.Tensor, t: torch.Tensor, source: Volume, labels: Volume | None, grid: GridMap,
-            gammas: np.ndarray, batch: int, info_base: dict) -> Iterator[Progress | Frame]:
-    """Frame 0 (gamma 0 needs no code), the diffusion pass, then the other frames in batches."""
+            gammas: np.ndarray, batch: int, anchors: int, info_base: dict) -> Iterator[Progress | Frame]:
+    """Frame 0 (gamma 0 needs no code), the diffusion pass, then the other frames in batches.
+
+    With anchors, the fields are computed at the anchor gammas only and the frames' fields are
+    interpolated between them (on the input grid: resampling there is linear, so this is the same
+    as interpolating on the model grid).
+    """
     frames = len(gammas)
     device = s.device
     s_in = torch.from_numpy(np.ascontiguousarray(source.data, dtype=np.float32))[None, None].to(device)
@@ -148,9 +177,12 @@ def _frames(net, s: torch.Tensor, t: torch.Tensor, source: Volume, labels: Volum
     if labels is not None:
         lab_in = torch.from_numpy(np.ascontiguousarray(labels.data))[None, None].to(device)
     s_fast = as_channels_last(s)
+    key = lambda g: round(float(g), 9)  # noqa: E731
+    distinct = sorted({key(g) for g in gammas})
+    nodes = np.linspace(0.0, 1.0, anchors) if 0 < anchors < len(distinct) else None
 
-    def fields_for(gs: np.ndarray, code: torch.Tensor) -> torch.Tensor:
-        g = torch.as_tensor(gs, dtype=s.dtype, device=device)
+    def fields_for(gs, code: torch.Tensor) -> torch.Tensor:
+        g = torch.as_tensor(np.asarray(gs, dtype=np.float64), dtype=s.dtype, device=device)
         ddf = net.field_fn.scaled_code_fields(s_fast, code, g)
         _check_finite(ddf, "deformation field")
         return grid.field_to_input(ddf.contiguous())
@@ -167,19 +199,27 @@ def _frames(net, s: torch.Tensor, t: torch.Tensor, source: Volume, labels: Volum
         # gamma = 0 does not depend on the code: show the first frame before the diffusion pass.
         zero_code = torch.zeros_like(s_fast)
         done: dict[float, torch.Tensor] = {}
-        first = fields_for(np.array([gammas[0]]), zero_code)[0]
-        done[round(float(gammas[0]), 9)] = first
+        first = fields_for([gammas[0]], zero_code)[0]
+        done[key(gammas[0])] = first
         yield frame(0, gammas[0], first)
         yield Progress(1, frames, "diffusion pass", "frames")
         code = net.code(s_fast, as_channels_last(t))
         _check_finite(code, "latent code")
-        pending = [k for k in range(1, frames)]
+        if nodes is not None:
+            at_nodes = {key(0.0): done[key(0.0)]} if key(gammas[0]) == key(0.0) else {}
+            todo = [g for g in nodes if key(g) not in at_nodes]
+            for i in range(0, len(todo), batch):
+                at_nodes.update(zip(map(key, todo[i:i + batch]), fields_for(todo[i:i + batch], code)))
+            stack = torch.stack([at_nodes[key(g)] for g in nodes])
+        pending = list(range(1, frames))
         while pending:
-            todo = [k for k in pending if round(float(gammas[k]), 9) not in done]
-            chunk = sorted({round(float(gammas[k]), 9) for k in todo})[:batch]
-            if chunk:
-                for gval, ddf in zip(chunk, fields_for(np.array(chunk), code)):
-                    done[gval] = ddf
-            while pending and round(float(gammas[pending[0]]), 9) in done:
+            todo = sorted({key(gammas[k]) for k in pending if key(gammas[k]) not in done})[:batch]
+            if nodes is not None:
+                for g in todo:
+                    w = torch.as_tensor(lagrange_weights(nodes, g), dtype=stack.dtype, device=device)
+                    done[g] = at_nodes[g] if g in at_nodes else torch.tensordot(w, stack, dims=1)
+            elif todo:
+                done.update(zip(todo, fields_for(todo, code)))
+            while pending and key(gammas[pending[0]]) in done:
                 k = pending.pop(0)
-                yield frame(k, gammas[k], done[round(float(gammas[k]), 9)])
+                yield frame(k, gammas[k], done[key(gammas[k])])
