@@ -15,7 +15,7 @@ from napari_deformdiff.core.ddm.adapt import (
 from napari_deformdiff.core.ddm.demons import demons_field
 from napari_deformdiff.core.ddm.generate import generate_ddm
 from napari_deformdiff.core.errors import InputError
-from napari_deformdiff.core.events import Frame
+from napari_deformdiff.core.events import Frame, Progress
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.image_metrics import psnr
 from napari_deformdiff.core.io import Volume
@@ -116,6 +116,15 @@ def test_gamma_zero_is_the_source_and_frames_move_monotonically(adapted):
     assert np.abs(twice - frames[4].field)[inner].max() < 0.25
 
 
+def test_the_source_is_shown_before_the_adaptation_runs(adapted):
+    source, _, _, events = adapted
+    first_adapt = next(i for i, e in enumerate(events) if isinstance(e, Progress) and e.stage == "adapt")
+    early = [e for e in events[:first_adapt] if isinstance(e, Frame)]
+    assert [f.index for f in early] == [0] and np.array_equal(early[0].image, source.data.astype(np.float32))
+    assert not early[0].field.any()
+    assert sorted(e.index for e in events if isinstance(e, Frame)) == list(range(5))  # each frame once
+
+
 def test_adaptation_is_deterministic(adapted):
     source, target, model, events = adapted
     again = list(generate_ddm(source, target, frames=5, model=model, adapt="auto"))
@@ -129,7 +138,8 @@ def test_a_diverging_fit_stops_with_a_message_not_nans():
     with pytest.raises(InputError, match="adaptation diverged"):
         for e in generate_ddm(source, target, frames=3, model=tiny_model(2), adapt=AdaptSettings(lr=1e30)):
             events.append(e)
-    assert not any(isinstance(e, Frame) for e in events)
+    frames = [e for e in events if isinstance(e, Frame)]  # only the source, shown before adapting
+    assert [f.index for f in frames] == [0] and np.array_equal(frames[0].image, source.data.astype(np.float32))
 
 
 def _refused(source, target, tmp_path, message):
