@@ -138,3 +138,17 @@ def test_train_on_breathing_lungs_with_its_own_model_grid(tmp_path, capsys):
     assert main([*base, "--grid", "32,48", "--spacing", "5,5"]) == 0
     model, _ = load_modiff(out)
     assert model.config.grid == (32, 48) and model.config.spacing == (5.0, 5.0) and model.config.max_frames == 6
+
+
+def test_generate_keeps_an_integer_first_frames_dtype_and_range(tiny_weights, tmp_path):
+    path, first = oblique_first(tmp_path)
+    data = np.round(first.data).astype(np.int16)
+    write_volume(Volume(data, first.geometry, False, "first"), tmp_path / "i16.nrrd")
+    out = tmp_path / "seq.nii.gz"
+    assert main(["generate", "modiff", "--first", str(tmp_path / "i16.nrrd"), "--frames", "4", "--steps", "2",
+                 "--weights", str(tiny_weights[0]), "--out", str(out)]) == 0
+    seq = read_volume(out)
+    assert seq.data.dtype == np.int16
+    assert seq.data.min() >= data.min() and seq.data.max() <= data.max()
+    np.testing.assert_array_equal(seq.data[0], data)
+    assert np.abs(seq.data[1:].astype(int) - data).max() >= 1  # the forecast moves
