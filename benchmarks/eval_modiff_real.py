@@ -5,15 +5,16 @@ The clip is read with the project's DICOM reader (luminance), cropped to the sec
 overlay text (rows 30:430, columns 120:520, 204 x 204 mm) and cut into ED -> ES segments from the
 mean intensity in a box on the LV cavity (rows 120:330, columns 320:420 of the full frame; blood
 is dark, so the mean rises as the cavity empties), smoothed along time (Gaussian, 1.5 frames):
-ES at its peaks, ED at the lowest point before each (the file has no ECG to confirm the phases). Each segment is forecast from its ED frame
-with N = 12 (the truth resampled to 12 real frames) and scored against the real frames
-(core/modiff/evaluate.py): Mo-Diff's output designs, "repeat the first frame" and DDM given the
-true ES frame.
+ES at its peaks, ED at the lowest point before each (the file has no ECG to confirm the phases).
+Each segment is forecast from its ED frame with N = 12 (the truth resampled to 12 real frames) and
+scored against the real frames (core/modiff/evaluate.py): Mo-Diff's output designs, "repeat the
+first frame" and DDM given the true ES frame.
 
 Fine-tuning on the clip: `--write-training DIR` writes the ED -> ES segments of every cycle except
 the held-out one (`--held-out`, default the last) as 4D NIfTI files, with the start shifted by
 -2..2 frames (5 sequences per cycle); train on them with `deformdiff train modiff --data DIR
---init <bundled 2D file> ...` and evaluate the result on the held-out cycle with `--finetuned CKPT`.
+--init default --stages tddm,video ...` (docs/modiff.md) and evaluate the result on the held-out
+cycle with `--finetuned CKPT`.
 
 Usage: python benchmarks/eval_modiff_real.py [--finetuned CKPT] [--write-training DIR] [--held-out K]
        [--steps 25] [--no-ablation]

@@ -115,6 +115,8 @@ def cmd_generate_modiff(args: argparse.Namespace) -> int:
         elif isinstance(event, SequencePreview) and event.differential is not None:
             differential = event.differential
     images = np.stack(frames).astype(np.float32)
+    if args.output == "warp" and np.issubdtype(first.data.dtype, np.integer):
+        images = images.astype(first.data.dtype)  # integer-valued and inside the first frame's range
     write_volume(Volume(images, first.geometry, False, "modiff forecast", dt), args.out, overwrite=args.overwrite)
     print(f"wrote {args.out} ({len(frames)} frames)")
     if args.fields_out:
@@ -208,7 +210,8 @@ def _add_generate(generate) -> None:
     p.add_argument("--frames", type=int, required=True, help="frame count N, the first frame included")
     p.add_argument("--out", type=Path, required=True, help="4D image to write (the first frame's geometry)")
     p.add_argument("--output", choices=["warp", "additive"], default="warp",
-                   help="frames = the first frame warped by fields (default), or first frame + decoded change (ablation)")
+                   help="frames = the first frame warped by fields (default), "
+                   "or first frame + decoded change (ablation)")
     p.add_argument("--temporal", choices=["poly", "gaussian", "none"], default="poly",
                    help="smoothing of the fields along time (warp output): cubic fit (default), Gaussian, none")
     p.add_argument("--fields-out", type=Path,
@@ -237,7 +240,8 @@ def _add_evaluate(evaluate) -> None:
     p.add_argument("--output", choices=["warp", "additive"], default="warp", help="output design (see generate)")
     p.add_argument("--temporal", choices=["poly", "gaussian", "none"], default="poly")
     p.add_argument("--output-ablation", action="store_true",
-                   help="compare the output designs (additive; warp with no, Gaussian, cubic smoothing) from one sampling")
+                   help="compare the output designs (additive; warp with no, Gaussian, cubic smoothing) "
+                   "from one sampling")
     p.add_argument("--no-ddm", action="store_true", help="skip the DDM baseline")
     p.add_argument("--ddm-weights", default=None, help="DDM weights for the baseline (default: bundled)")
     p.add_argument("--csv", type=Path, help="write per-frame results")

@@ -26,8 +26,10 @@ from .data import MotionSequence, resample_indices, scaling
 from .generate import forecast_variants
 
 
-OUTPUT_ABLATION = {", additive output (former)": ("additive", "none"), ", warp, no temporal smoothing": ("warp", "none"),
-                   ", warp, Gaussian along time": ("warp", "gaussian"), "": ("warp", "poly")}
+OUTPUT_ABLATION = {", additive output (former)": ("additive", "none"),
+                   ", warp, no temporal smoothing": ("warp", "none"),
+                   ", warp, Gaussian along time": ("warp", "gaussian"),
+                   "": ("warp", "poly")}
 
 
 SMOOTH = 1.5
