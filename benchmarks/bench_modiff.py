@@ -6,6 +6,8 @@ GPU) is its own. Variants, same weights, seed and sampler:
 - streamed: generate_modiff as the GUI runs it (about 8 decoded previews while sampling);
 - no previews: the same sampling decoding only the final frames (the baseline of the ratio:
   what the previews cost);
+- additive output: no previews and the former output (first frame + decoded change), so no
+  registration (the baseline of what the warp output's fields cost);
 and for scale, the same streamed run with twice the sampler steps.
 
 Usage: .venv/bin/python benchmarks/bench_modiff.py [--frames 10] [--steps 25] [--device cpu] [--dims 2,3]
@@ -38,7 +40,7 @@ def _peak(device: str) -> tuple[float, float]:
     return rss, torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
 
 
-def run(ndims, frames, steps, refreshes, device, queue):
+def run(ndims, frames, steps, refreshes, device, output, queue):
     import torch
 
     from napari_deformdiff.core.events import Frame, SequencePreview
@@ -47,13 +49,13 @@ def run(ndims, frames, steps, refreshes, device, queue):
 
     first = _first(ndims)
     model, _ = load_modiff(None, ndims=ndims, device=device)
-    list(generate_modiff(first, frames=frames, steps=2, model=model))  # warm-up
+    list(generate_modiff(first, frames=frames, steps=2, model=model, output=output))  # warm-up
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     first_preview, previews = None, 0
-    for event in generate_modiff(first, frames=frames, steps=steps, model=model, refreshes=refreshes):
+    for event in generate_modiff(first, frames=frames, steps=steps, model=model, refreshes=refreshes, output=output):
         if isinstance(event, SequencePreview):
             previews += 1
             first_preview = first_preview or time.perf_counter() - t0
@@ -77,14 +79,17 @@ def main():
     n, k = args.frames, args.steps
     for ndims in (int(d) for d in args.dims.split(",")):
         size = "128 x 128" if ndims == 2 else "128 x 128 x 32"
-        streamed = measure(run, ndims, n, k, 8, args.device)
-        plain = measure(run, ndims, n, k, 1, args.device)
-        longer = measure(run, ndims, n, 2 * k, 8, args.device)
+        streamed = measure(run, ndims, n, k, 8, args.device, "warp")
+        plain = measure(run, ndims, n, k, 1, args.device, "warp")
+        longer = measure(run, ndims, n, 2 * k, 8, args.device, "warp")
+        additive = measure(run, ndims, n, k, 1, args.device, "additive")
         rows = [
             ("streamed: first preview", streamed[0], f"{streamed[2]} previews in all"),
             (f"streamed: all {n} frames", streamed[1],
              f"no previews {plain[1]:.3f} s (previews cost {streamed[1] / plain[1]:.2f}x)"),
             (f"streamed, {2 * k} steps: all {n} frames", longer[1], f"{longer[1] / streamed[1]:.2f}x the {k}-step run"),
+            (f"additive output, no previews: all {n} frames", additive[1],
+             f"the warp output's fields cost {plain[1] / additive[1]:.2f}x"),
             ("streamed: peak RSS (MB)", streamed[3], f"no previews {plain[3]:.0f} MB (value column = MB)"),
         ]
         if args.device.startswith("cuda"):

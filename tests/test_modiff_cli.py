@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from napari_deformdiff.cli import main
 from napari_deformdiff.core.events import Frame
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.image_metrics import psnr
 from napari_deformdiff.core.io import Volume, read_volume, write_volume
+from napari_deformdiff.core.io.fields import from_itk_displacement
 from napari_deformdiff.core.modiff.data import find_sequences, resample_indices
 from napari_deformdiff.core.modiff.generate import generate_modiff
 from napari_deformdiff.core.modiff.weights import load_modiff, save_modiff, stage_steps
@@ -36,17 +38,26 @@ def oblique_first(tmp_path):
 
 def test_generate_writes_a_4d_forecast_with_the_first_frames_geometry(tiny_weights, tmp_path, capsys):
     path, first = oblique_first(tmp_path)
-    out, fields = tmp_path / "seq.nii.gz", tmp_path / "diff.nii.gz"
+    out, fields, diff_path = tmp_path / "seq.nii.gz", tmp_path / "fields.nii.gz", tmp_path / "diff.nii.gz"
     rc = main(["generate", "modiff", "--first", str(path), "--frames", "5", "--steps", "4", "--seed", "2",
-               "--weights", str(tiny_weights[0]), "--out", str(out), "--fields-out", str(fields)])
+               "--weights", str(tiny_weights[0]), "--out", str(out), "--fields-out", str(fields),
+               "--differential-out", str(diff_path)])
     assert rc == 0 and "wrote" in capsys.readouterr().out
     seq = read_volume(out)
     assert seq.data.shape == (5, 10, 20, 18) and seq.geometry.almost_equal(first.geometry)
     model, _ = load_modiff(tiny_weights[0])
-    expected = [e.image for e in generate_modiff(first, frames=5, steps=4, seed=2, model=model) if isinstance(e, Frame)]
-    np.testing.assert_allclose(seq.data, np.stack(expected), rtol=1e-5, atol=1e-3)
+    expected = [e for e in generate_modiff(first, frames=5, steps=4, seed=2, model=model) if isinstance(e, Frame)]
+    np.testing.assert_allclose(seq.data, np.stack([e.image for e in expected]), rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(seq.data[0], first.data, rtol=1e-6)
-    diff = read_volume(fields)
+    # the fields behind the frames: one 4D ITK vector image, each time index one frame's field
+    image = sitk.ReadImage(str(fields))
+    assert image.GetDimension() == 4 and image.GetNumberOfComponentsPerPixel() == 3
+    for k in (0, 4):
+        ddf, g = from_itk_displacement(sitk.Extract(image, [*image.GetSize()[:3], 0], [0, 0, 0, k]))
+        assert g.almost_equal(first.geometry)
+        np.testing.assert_allclose(ddf, expected[k].field, atol=1e-4)
+    assert np.abs(expected[4].field).max() > 1e-3
+    diff = read_volume(diff_path)
     assert diff.data.shape == (5, 10, 20, 18) and np.abs(diff.data[0]).max() == 0
     assert diff.geometry.almost_equal(first.geometry)
 
@@ -127,3 +138,17 @@ def test_train_on_breathing_lungs_with_its_own_model_grid(tmp_path, capsys):
     assert main([*base, "--grid", "32,48", "--spacing", "5,5"]) == 0
     model, _ = load_modiff(out)
     assert model.config.grid == (32, 48) and model.config.spacing == (5.0, 5.0) and model.config.max_frames == 6
+
+
+def test_generate_keeps_an_integer_first_frames_dtype_and_range(tiny_weights, tmp_path):
+    path, first = oblique_first(tmp_path)
+    data = np.round(first.data).astype(np.int16)
+    write_volume(Volume(data, first.geometry, False, "first"), tmp_path / "i16.nrrd")
+    out = tmp_path / "seq.nii.gz"
+    assert main(["generate", "modiff", "--first", str(tmp_path / "i16.nrrd"), "--frames", "4", "--steps", "2",
+                 "--weights", str(tiny_weights[0]), "--out", str(out)]) == 0
+    seq = read_volume(out)
+    assert seq.data.dtype == np.int16
+    assert seq.data.min() >= data.min() and seq.data.max() <= data.max()
+    np.testing.assert_array_equal(seq.data[0], data)
+    assert np.abs(seq.data[1:].astype(int) - data).max() >= 1  # the forecast moves

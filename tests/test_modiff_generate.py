@@ -12,6 +12,7 @@ from napari_deformdiff.core.ddm.weights import save_ddm
 from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.events import Frame, RunProgress, SequencePreview
 from napari_deformdiff.core.io.volume import Volume
+from napari_deformdiff.core.modiff.frame_fields import ITERATIONS
 from napari_deformdiff.core.modiff.generate import generate_modiff, refresh_steps
 from napari_deformdiff.core.modiff.weights import load_modiff, save_modiff
 
@@ -45,7 +46,7 @@ def test_events_stream_previews_then_frames_at_the_input_grid():
     for e in events:
         tracker.update(e)
         figures.append(tracker.done)
-    assert figures == sorted(figures) and tracker.done == tracker.total == 1 + 6 + 6 + 5
+    assert figures == sorted(figures) and tracker.done == tracker.total == 1 + 6 + 6 + ITERATIONS + 5
 
 
 def test_outside_the_model_grid_the_forecast_keeps_the_first_frame():

@@ -119,5 +119,42 @@ def test_training_errors(sequences, tmp_path):
         train(sequences, tmp_path / "y.safetensors", stages=["video"])
     with pytest.raises(InputError, match="fewer than the model's minimum"):
         train(sequences, tmp_path / "z.safetensors", config=tiny_config(min_frames=6, max_frames=8))
-    with pytest.raises(InputError, match="no ACDC patient folders"):
+    with pytest.raises(InputError, match="no sequences"):
         find_sequences([tmp_path])
+
+
+def test_finetuning_reads_4d_nifti_sequences_keeps_scales_and_resumes_exactly(sequences, tmp_path):
+    from napari_deformdiff.core.io import Volume, write_volume
+
+    mine = tmp_path / "mine"  # a user's own sequences: one 4D NIfTI file each, first frame to last
+    mine.mkdir()
+    for i, s in enumerate(sequences[:2]):
+        write_volume(Volume(s.frames.data, s.frames.geometry, False, f"seq{i}"), mine / f"seq{i}.nii.gz")
+    found = find_sequences([mine])
+    assert [f.name for f in found] == ["seq0.nii.gz", "seq1.nii.gz"]
+    np.testing.assert_allclose(found[1].frames.data, sequences[1].frames.data, rtol=1e-6)
+    assert found[1].frames.geometry.almost_equal(sequences[1].frames.geometry)
+    base = tmp_path / "base.safetensors"
+    train(sequences, base)
+    steps, stages = {"tddm": 4, "video": 4}, ["tddm", "video"]
+    whole = tmp_path / "whole.safetensors"
+    train(found, whole, init=base, stages=stages, steps=steps, save_every=2)
+    part = tmp_path / "part.safetensors"
+    for event in train_modiff(found, part, init=base, stages=stages, steps=steps, save_every=2,
+                              config=tiny_config(), batch={"tddm": 2, "video": 2}):
+        if isinstance(event, Progress) and event.message.startswith("video 2/4"):
+            break  # interrupted after the checkpoint of video step 2
+    messages = train(found, part, resume=part, stages=stages, steps=steps, save_every=2)
+    assert [m.split(":")[0] for m in messages] == ["video 3/4", "video 4/4"]
+    a, b = read_state(whole)[0], read_state(part)[0]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    tuned, meta = load_modiff(whole)
+    start, _ = load_modiff(base)
+    assert stage_steps(meta) == {"vae": 4, "tddm": 4, "video": 4} and json.loads(meta["finetuned"]) == stages
+    assert tuned.config.field_scale == start.config.field_scale  # the pretrained scales are kept
+    assert tuned.config.latent_scale == start.config.latent_scale
+    for part_name, changed in (("vae", False), ("tddm", True), ("video", True)):
+        diffs = [float((v - getattr(start, part_name).state_dict()[k]).abs().max())
+                 for k, v in getattr(tuned, part_name).state_dict().items() if v.is_floating_point()]
+        assert (max(diffs) > 0) == changed, part_name

@@ -46,11 +46,11 @@ def test_bundled_model_forecasts_the_contraction_of_an_unseen_heart(ndims):
     lv = ed_labels == 3
     blood = [float(f[lv].mean()) for f in (frames[0], frames[-1], truth[-1])]
     # the LV cavity of the ED frame holds less bright blood at the forecast's end, as in the truth
-    # (measured: 69 % of the true drop in 2D, 47 % in 3D)
+    # (measured with the warp output: 59 % of the true drop in 2D, 41 % in 3D)
     assert blood[1] < blood[0] - 0.35 * (blood[0] - blood[2]), blood
     lo, hi = float(first.data.min()), float(first.data.max())
     heart = np.zeros(first.data.shape, bool)
     heart[np.nonzero(ed_labels)] = True
     gain = psnr(frames[-1][heart], truth[-1][heart], hi - lo) - psnr(first.data[heart], truth[-1][heart], hi - lo)
-    # closer to the true end frame than the first frame is, where the heart is (measured: 6.2 / 3.7 dB)
+    # closer to the true end frame than the first frame is, where the heart is (measured: 5.9 / 2.7 dB)
     assert gain > 2.0, gain

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_deformdiff._layers import field_of
 from napari_deformdiff.core.ddm.weights import save_ddm
 from napari_deformdiff.core.events import Frame, SequencePreview
 from napari_deformdiff.core.io.acdc import read_acdc_patient
@@ -72,7 +73,12 @@ def test_modiff_widget_shows_sharpening_previews_then_the_forecast(make_napari_v
     over = max(lo - float(expected.min()), float(expected.max()) - hi, 0.0)
     note = (f"LEFT the first frame's range [{lo:.3g}, {hi:.3g}]: {100 * out.mean():.1f} % of voxels, by up to "
             f"{over:.3g}" if out.any() else f"within the first frame's range [{lo:.3g}, {hi:.3g}]")
-    assert widget.status.value == f"5 frames ({widget.previews} previews); {note}"
+    assert not out.any()  # warped frames stay in the first frame's range
+    # the fields behind the frames travel with the layer, for Inspect
+    fields, geometry, total = field_of(layer)
+    np.testing.assert_allclose(fields, np.stack([e.field for e in events if isinstance(e, Frame)]), atol=1e-6)
+    assert total == 5 and geometry.almost_equal(p.ed.geometry) and np.abs(fields[4]).max() > 1e-3
+    assert widget.status.value == f"5 frames ({widget.previews} previews); {note}; no folding (det J > 0)"
 
     widget.steps.value = 40
     worker = widget.start()

@@ -2,8 +2,9 @@
 sharpens in a 4D layer while the model samples, and the differential fields as a second layer.
 
 The first frame defaults to the newest ACDC ED; the frame count's range is the loaded model's
-(min_frames..max_frames of its config). The status line reports whether the forecast stays
-within the first frame's intensity range (the data is not clipped)."""
+(min_frames..max_frames of its config). The final frames carry the fields that made them (layer
+metadata, as DDM's and DRDM's), so Inspect shows their vectors, Jacobian and folding; the status
+line reports the intensity range against the first frame's and the folding."""
 
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ class ModiffWidget(GeneratorWidget):
         self.differential: SequenceLayer | None = None
         self.previews = 0
         self.made = 0
+        self.fields: np.ndarray | None = None
         self._quality = ("", None)
         self.defaults = RoleDefaults(viewer, [(self.first, "ED", None)])
         self.defaults.apply()
@@ -132,15 +134,20 @@ class ModiffWidget(GeneratorWidget):
         hidden = []
         self.previews, self.made = 0, 0
         final = np.zeros((frames, *first.data.shape), np.float32)
+        self.fields = None
 
         def on_event(event):
             if isinstance(event, SequencePreview):
                 self._show_preview(event, name)
             elif isinstance(event, Frame):
                 final[event.index] = event.image
+                if event.field is not None:
+                    if self.fields is None:
+                        self.fields = np.zeros((frames, *event.field.shape), np.float32)
+                    self.fields[event.index] = event.field
                 self.made = event.index + 1
                 if self.made == frames:
-                    self.forecast.show(final, name)
+                    self._show_final(final, name)
             if not hidden and self.forecast.layer is not None:  # hide the input once, under the first preview
                 self._hide(layer)
                 hidden.append(True)
@@ -149,6 +156,17 @@ class ModiffWidget(GeneratorWidget):
             lambda: generate_modiff(first, frames=frames, steps=steps, sampler=sampler, seed=seed, model=model),
             description=name, on_event=on_event,
         )
+
+    def _show_final(self, images: np.ndarray, name: str) -> None:
+        """The final frames replace the preview; their fields go into the layer's metadata first."""
+        from .._layers import attach_field
+
+        layer = self.forecast.layer
+        if self.fields is not None and layer is not None and layer in self.viewer.layers:
+            attach_field(layer.metadata, self.fields, total=len(self.fields))
+        self.forecast.show(images, name)
+        if self.fields is not None and layer is None:
+            attach_field(self.forecast.layer.metadata, self.fields, total=len(self.fields))
 
     def _show_preview(self, event: SequencePreview, name: str) -> None:
         self.previews += 1
@@ -162,10 +180,11 @@ class ModiffWidget(GeneratorWidget):
     def _done(self):
         self._idle()
         if self.made == self.frames.value:
-            from ..core.quality import range_note
+            from ..core.quality import folding_note, range_note
 
             note, reference = self._quality
             self.status.value = self._line(f"{self.made} frames ({self.previews} previews)",
-                                           range_note(self.forecast.layer.data, reference), note)
+                                           range_note(self.forecast.layer.data, reference),
+                                           folding_note(self.fields), note)
         else:
             self.status.value = f"cancelled after {self.previews} previews: the layer shows the last preview"

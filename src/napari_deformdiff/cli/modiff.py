@@ -12,12 +12,19 @@ from .progress import _check_outputs, _report_trained, _train, _per_stage, _prog
 
 
 def _modiff_config(args: argparse.Namespace, ndims: int, frames: list[int]):
-    """The model configuration: defaults for `ndims`, then --grid/--spacing, frame range and ablations."""
+    """The model configuration: --init's (else the defaults for `ndims`), then --grid/--spacing,
+    frame range and ablations."""
     import dataclasses
 
     from ..core.modiff.nets.modiff import ModiffConfig
 
     config = ModiffConfig.default(ndims)
+    if args.init is not None:
+        from ..core.modiff.weights import load_modiff
+
+        config = load_modiff(args.init, ndims=ndims)[0].config
+        if args.max_frames is None:
+            args.max_frames = config.max_frames
     try:
         if args.grid or args.spacing:
             if not (args.grid and args.spacing):
@@ -47,6 +54,11 @@ def cmd_train_modiff(args: argparse.Namespace) -> int:
     sequences = find_sequences(args.data, span=args.span)
     ndims = sequences[0].frames.geometry.ndim
     frames = [s.frames.data.shape[0] for s in sequences]
+    if args.init is not None:  # "default": the bundled weights for this dimensionality
+        from ..core.modiff.weights import MODEL_NAME
+        from ..core.weights.resolve import resolve
+
+        args.init = resolve(args.init, MODEL_NAME, ndims)[0]
     config = _modiff_config(args, ndims, frames)
     stages = args.stages.split(",") if args.stages else ("vae", "tddm", "video")
     with process_group(choose_device_name(args.device)) as (world, device):  # torchrun: one rank of several
@@ -88,25 +100,35 @@ def cmd_generate_modiff(args: argparse.Namespace) -> int:
     from ..core.io import Volume, write_volume
     from ..core.modiff.generate import generate_modiff
 
-    _check_outputs([args.out, args.fields_out], args.overwrite, inputs=[args.first])
+    _check_outputs([args.out, args.fields_out, args.differential_out], args.overwrite, inputs=[args.first])
+    if args.fields_out and args.output != "warp":
+        raise InputError("--fields-out needs --output warp (additive frames are not made by fields).")
     first = _first_frame(args)
     dt = None  # the forecast's frame spacing is the model's, not the input cine's
     device = choose_device_name(args.device)
     events = generate_modiff(first, frames=args.frames, steps=args.steps, sampler=args.sampler, seed=args.seed,
-                             weights=args.weights, device=device)
-    frames, differential = [], None
+                             weights=args.weights, device=device, output=args.output, temporal=args.temporal)
+    frames, fields, differential = [], [], None
     for event in _progress(events, desc="modiff"):
         if isinstance(event, Frame):
             frames.append(event.image)
+            fields.append(event.field)
         elif isinstance(event, SequencePreview) and event.differential is not None:
             differential = event.differential
     images = np.stack(frames).astype(np.float32)
+    if args.output == "warp" and np.issubdtype(first.data.dtype, np.integer):
+        images = images.astype(first.data.dtype)  # integer-valued and inside the first frame's range
     write_volume(Volume(images, first.geometry, False, "modiff forecast", dt), args.out, overwrite=args.overwrite)
     print(f"wrote {args.out} ({len(frames)} frames)")
     if args.fields_out:
-        write_volume(Volume(differential.astype(np.float32), first.geometry, False, "modiff differential fields", dt),
-                     args.fields_out, overwrite=args.overwrite)
+        from ..core.io.fields import write_displacement_sequence
+
+        write_displacement_sequence(args.fields_out, np.stack(fields), first.geometry, overwrite=args.overwrite)
         print(f"wrote {args.fields_out}")
+    if args.differential_out:
+        write_volume(Volume(differential.astype(np.float32), first.geometry, False, "modiff differential fields", dt),
+                     args.differential_out, overwrite=args.overwrite)
+        print(f"wrote {args.differential_out}")
     return 0
 
 
@@ -143,8 +165,11 @@ def cmd_evaluate_modiff(args: argparse.Namespace) -> int:
     models, meta, ddm = _evaluation_models(args, ndims, device)
     print(f"weights: {meta.get('source')}; {len(sequences)} sequence(s); {args.steps} {args.sampler} steps",
           file=sys.stderr)
+    from ..core.modiff.evaluate import OUTPUT_ABLATION
+
+    outputs = OUTPUT_ABLATION if args.output_ablation else {"": (args.output, args.temporal)}
     events = evaluate_modiff(sequences, models, frames=args.frames, steps=args.steps, sampler=args.sampler,
-                             seed=args.seed, ddm=ddm)
+                             seed=args.seed, ddm=ddm, outputs=outputs)
     results = [e for e in _progress(events, desc="evaluate modiff") if isinstance(e, CaseResult)]
     return _table_and_csv(format_table(summarize(results)), results, write_csv, args.csv, args.overwrite)
 
@@ -152,7 +177,9 @@ def cmd_evaluate_modiff(args: argparse.Namespace) -> int:
 def _add_train(train) -> None:
     p = train.add_parser("modiff", help="train Mo-Diff (VAE, stage 1, stage 2) on ACDC-layout sequences")
     p.add_argument("--data", type=Path, nargs="+", required=True,
-                   help="ACDC patient folders, or folders of them (phantoms: `deformdiff phantom`)")
+                   help="ACDC patient folders or folders of them (phantoms: `deformdiff phantom`), or your own "
+                   "2D+t / 3D+t sequences: 4D NIfTI/NRRD/MHA or DICOM cine files, series folders, folders of these "
+                   "(each one sequence, first frame to last)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
     p.add_argument("--span", choices=["es", "cycle"], default="es",
                    help="sequence to learn: ED -> ES (default) or the whole cycle from ED")
@@ -169,7 +196,8 @@ def _add_train(train) -> None:
     p.add_argument("--no-frame-count", action="store_true", help="ablation: no frame-count condition")
     p.add_argument("--pal-concat", action="store_true", help="ablation: first frame by concatenation, not PAL")
     p.add_argument("--fal-concat", action="store_true", help="ablation: fields by channel fusion, not FAL")
-    p.add_argument("--init", type=Path, help="start from the parts of this checkpoint that fit (ablations)")
+    p.add_argument("--init", type=Path, help="start from the parts of this checkpoint that fit ('default': the "
+                   "bundled weights); the parts among --stages are fine-tuned (steps from 0, scales kept)")
     p.add_argument("--resume", type=Path, help="continue training this checkpoint")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--workers", type=bounded_int(0, 256), default=0,
@@ -184,7 +212,15 @@ def _add_generate(generate) -> None:
     p.add_argument("--frame", type=int, default=None, help="if --first is 4D: which frame (0-based) to start from")
     p.add_argument("--frames", type=int, required=True, help="frame count N, the first frame included")
     p.add_argument("--out", type=Path, required=True, help="4D image to write (the first frame's geometry)")
-    p.add_argument("--fields-out", type=Path, help="also write the differential fields I_k - I_(k-1) as a 4D image")
+    p.add_argument("--output", choices=["warp", "additive"], default="warp",
+                   help="frames = the first frame warped by fields (default), "
+                   "or first frame + decoded change (ablation)")
+    p.add_argument("--temporal", choices=["poly", "gaussian", "none"], default="poly",
+                   help="smoothing of the fields along time (warp output): cubic fit (default), Gaussian, none")
+    p.add_argument("--fields-out", type=Path,
+                   help="also write the displacement fields behind the frames (one ITK displacement image over time)")
+    p.add_argument("--differential-out", type=Path,
+                   help="also write stage 1's differential fields I_k - I_(k-1) as a 4D image")
     p.add_argument("--steps", type=int, default=25, help="sampler steps per stage")
     p.add_argument("--sampler", choices=["ddim", "ancestral"], default="ddim")
     p.add_argument("--weights", default=None, help="checkpoint (.safetensors; default: bundled phantom model)")
@@ -204,6 +240,11 @@ def _add_evaluate(evaluate) -> None:
     p.add_argument("--cases", type=int, default=None, help="use only the first N cases")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--sampler", choices=["ddim", "ancestral"], default="ddim")
+    p.add_argument("--output", choices=["warp", "additive"], default="warp", help="output design (see generate)")
+    p.add_argument("--temporal", choices=["poly", "gaussian", "none"], default="poly")
+    p.add_argument("--output-ablation", action="store_true",
+                   help="compare the output designs (additive; warp with no, Gaussian, cubic smoothing) "
+                   "from one sampling")
     p.add_argument("--no-ddm", action="store_true", help="skip the DDM baseline")
     p.add_argument("--ddm-weights", default=None, help="DDM weights for the baseline (default: bundled)")
     p.add_argument("--csv", type=Path, help="write per-frame results")

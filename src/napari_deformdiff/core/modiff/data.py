@@ -1,5 +1,7 @@
 """Mo-Diff training and evaluation sequences: ED -> ES (or the whole cycle) of ACDC-layout folders,
-brought onto the model grid with the first frame's intensity scaling."""
+or a user's own 2D+t / 3D+t images (4D NIfTI, NRRD, MHA, DICOM cine files or series folders; each
+one sequence, first frame to last), brought onto the model grid with the first frame's intensity
+scaling."""
 
 from __future__ import annotations
 
@@ -32,8 +34,29 @@ def _patient_folders(folder: Path) -> list[Path]:
     return [sub for sub in sorted(folder.iterdir()) if sub.is_dir() and is_acdc_folder(sub)]
 
 
+def _image_sequences(path: Path) -> list[MotionSequence]:
+    """The sequences of a time-series file, a DICOM series folder or a folder of such files."""
+    from ..io.dispatch import READ_SUFFIXES, is_dicom_folder, read_path, suffix_of
+
+    if path.is_file() or is_dicom_folder(path):
+        sources = [path]
+    else:
+        sources = [p for p in sorted(path.iterdir())
+                   if (p.is_file() and suffix_of(p) in READ_SUFFIXES) or (p.is_dir() and is_dicom_folder(p))]
+    out = []
+    for source in sources:
+        for i, v in enumerate(read_path(source, as_labels=False)):
+            if not v.has_time:
+                raise InputError(f"{source.name} is a single frame; Mo-Diff learns from sequences (2D+t or 3D+t).")
+            name = f"{source.name}" + (f"#{i}" if i else "")
+            out.append(MotionSequence(name, Volume(np.asarray(v.data), v.geometry, False, name, v.time_spacing)))
+    return out
+
+
 def find_sequences(folders: Sequence[str | Path], span: str = "es") -> list[MotionSequence]:
-    """One sequence per ACDC patient folder found in `folders` (each a patient or a folder of them).
+    """The sequences in `folders`: one per ACDC patient folder (each given folder a patient or a
+    folder of them), else one per time-series image (a 4D file, a DICOM cine or series folder, or a
+    folder of these; first frame to last, whatever `span`).
 
     span "es": frames ED .. ES (cardiac) / end-inspiration .. end-expiration (the phantom's lung);
     "cycle": every frame of the cine, starting at ED.
@@ -42,9 +65,12 @@ def find_sequences(folders: Sequence[str | Path], span: str = "es") -> list[Moti
         raise InputError(f"span must be one of {', '.join(SPANS)}, not {span!r}.")
     out = []
     for folder in map(Path, folders):
-        if not folder.is_dir():
-            raise InputError(f"{folder} is not a folder.")
-        for sub in _patient_folders(folder):
+        if not folder.exists():
+            raise InputError(f"{folder} does not exist.")
+        patients = _patient_folders(folder) if folder.is_dir() else []
+        if not patients:
+            out += _image_sequences(folder)
+        for sub in patients:
             p = read_acdc_patient(sub)
             if p.cine is None:
                 raise InputError(f"{sub.name}: no 4D cine (<patient>_4d.nii.gz); Mo-Diff learns from whole sequences.")
@@ -61,7 +87,8 @@ def find_sequences(folders: Sequence[str | Path], span: str = "es") -> list[Moti
                 labels = Volume(lab.data[idx], lab.geometry, True, f"{p.patient} labels")
             out.append(MotionSequence(f"{folder.name}/{p.patient}", frames, labels))
     if not out:
-        raise InputError(f"no ACDC patient folders (with Info.cfg and a 4D cine) in {', '.join(map(str, folders))}.")
+        raise InputError(f"no sequences (ACDC patient folders with a 4D cine, or 2D+t / 3D+t images) in "
+                         f"{', '.join(map(str, folders))}.")
     ndims = {s.frames.geometry.ndim for s in out}
     if len(ndims) > 1:
         raise InputError("the sequences mix 2D and 3D images; train one model per dimensionality.")

@@ -23,7 +23,13 @@ from ..image_metrics import psnr
 from ..io.volume import Volume
 from .nets.modiff import MoDiff
 from .data import MotionSequence, resample_indices, scaling
-from .generate import generate_modiff
+from .generate import forecast_variants
+
+
+OUTPUT_ABLATION = {", additive output (former)": ("additive", "none"),
+                   ", warp, no temporal smoothing": ("warp", "none"),
+                   ", warp, Gaussian along time": ("warp", "gaussian"),
+                   "": ("warp", "poly")}
 
 
 SMOOTH = 1.5
@@ -80,8 +86,12 @@ def truth_clip(seq: MotionSequence, frames: int | None, max_frames: int) -> np.n
 
 def evaluate_modiff(sequences: Sequence[MotionSequence], models: dict[str, MoDiff], *, frames: int | None = None,
                     steps: int = 25, sampler: str = "ddim", seed: int = 0, ddm=None, repeat: bool = True,
-                    ) -> Iterator[Progress | CaseResult]:
-    """Yield Progress and a CaseResult per case and method ("Mo-Diff <ablation>", baselines)."""
+                    outputs: dict[str, tuple[str, str]] | None = None) -> Iterator[Progress | CaseResult]:
+    """Yield Progress and a CaseResult per case and method ("Mo-Diff <ablation><output>", baselines).
+
+    `outputs` {name suffix: (output, temporal)} (generate.py), all from one sampling per model
+    and case; default {"": ("warp", "poly")}. OUTPUT_ABLATION compares the output designs."""
+    outputs = outputs or {"": ("warp", "poly")}
     if not models:
         raise InputError("no Mo-Diff model to evaluate.")
     max_frames = min(m.config.max_frames for m in models.values())
@@ -95,10 +105,10 @@ def evaluate_modiff(sequences: Sequence[MotionSequence], models: dict[str, MoDif
         if repeat:
             yield score(seq.name, "repeat first frame", np.repeat(truth[:1], len(truth), 0), truth, lo, hi, 0.0)
         for name, model in models.items():
-            t0 = time.perf_counter()
-            out = [e.image for e in generate_modiff(first, frames=len(truth), steps=steps, sampler=sampler,
-                                                    seed=seed + i, model=model) if isinstance(e, Frame)]
-            yield score(seq.name, name, np.stack(out), truth, lo, hi, time.perf_counter() - t0)
+            variants = forecast_variants(first, frames=len(truth), model=model, variants=outputs, steps=steps,
+                                         sampler=sampler, seed=seed + i)
+            for suffix, (images, seconds) in variants.items():
+                yield score(seq.name, name + suffix, images, truth, lo, hi, seconds)
         if ddm is not None:
             from ..ddm.generate import generate_ddm
 

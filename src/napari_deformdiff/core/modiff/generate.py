@@ -2,9 +2,11 @@
 while sampling, then events.Frame for every frame).
 
 Stage 1 samples the differential fields, stage 2 the latent video conditioned on them. Frames
-come back at the input's grid and intensities as first frame + (decoded frame k - decoded
-frame 0): what the model leaves unchanged keeps the first frame's full resolution, and frame 0
-is the given frame itself.
+come back at the input's grid. Output "warp" (default): the first frame warped by the fields that
+register the decoded first frame to each decoded frame, smoothed along time (frame_fields.py);
+the frames keep the first frame's range and carry their fields. Output "additive" (the former
+design, kept as an ablation): first frame + (decoded frame k - decoded frame 0). Either way,
+frame 0 is the given frame itself.
 """
 
 from __future__ import annotations
@@ -21,11 +23,20 @@ from ..events import Frame, Plan, Progress, SequencePreview
 from ..io.volume import Volume
 from .nets.modiff import MoDiff, downsample
 from .data import grid_map, scaling, sequence_to_model
+from .frame_fields import ITERATIONS, TEMPORAL, register_to_first, smooth_along_time, velocities_to_fields, warp_first
 from .sampling import SAMPLERS, sample, timestep_plan
 from .weights import load_modiff
 
 
-def check_request(first: Volume, frames: int, model: MoDiff | None, steps: int, sampler: str) -> None:
+OUTPUTS = ("warp", "additive")
+
+
+def check_request(first: Volume, frames: int, model: MoDiff | None, steps: int, sampler: str,
+                  output: str = "warp", temporal: str = "poly") -> None:
+    if output not in OUTPUTS:
+        raise InputError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}.")
+    if temporal not in TEMPORAL:
+        raise InputError(f"temporal smoothing must be one of {', '.join(TEMPORAL)}, not {temporal!r}.")
     if first.is_labels:
         raise InputError("the first frame is a label map; give an intensity image.")
     if first.has_time:
@@ -65,8 +76,14 @@ def generate_modiff(
     device: str = "cpu",
     refreshes: int = 8,
     preview_budget: float | None = 0.5,
+    output: str = "warp",
+    temporal: str = "poly",
 ) -> Iterator[Progress | SequencePreview | Frame]:
     """Forecast `frames` frames (the first is `first`) from one image; seeded.
+
+    `output` "warp": frames are the first frame warped by fields (in Frame.field, input voxels),
+    smoothed along time by `temporal` ("poly", "gaussian" or "none"); "additive": first frame +
+    decoded change, no fields.
 
     `steps` sampler steps per stage; `sampler` "ddim" (deterministic) or "ancestral";
     up to `refreshes` SequencePreview events over the run (a few in stage 1, the rest in stage 2).
@@ -74,24 +91,47 @@ def generate_modiff(
     time spent decoding previews exceeds `preview_budget` times the time spent sampling (None:
     never skip). Previews never change the forecast.
     """
-    check_request(first, frames, model, steps, sampler)
-    yield Plan((("weights", 1), ("stage 1", steps), ("stage 2", steps), ("frames", frames)))
+    check_request(first, frames, model, steps, sampler, output, temporal)
+    warping = output == "warp"
+    yield Plan((("weights", 1), ("stage 1", steps), ("stage 2", steps), *((("fields", ITERATIONS),) if warping else ()),
+                ("frames", frames)))
     yield Progress(0, 1, "loading weights", "weights")
     if model is None:
         model, _ = load_modiff(weights, ndims=first.geometry.ndim, device=device)
-        check_request(first, frames, model, steps, sampler)
+        check_request(first, frames, model, steps, sampler, output, temporal)
     run = _Forecast(model, first, frames, torch.Generator().manual_seed(seed))
-    stage1_show = refresh_steps(steps, max(1, refreshes // 4))
-    stage2_show = refresh_steps(steps, max(1, refreshes - len(stage1_show)))
-    with torch.inference_mode():
-        fields = yield from run.differential_fields(steps, sampler, stage1_show)
-        latents = yield from run.latent_video(fields, steps, sampler, stage2_show, preview_budget)
-        decoded = model.decode_video(latents)[0]
-        run.check(decoded, "decoded frames")
-        out = run.to_input(decoded)
-    info = {"method": "modiff", "steps": steps, "sampler": sampler, "seed": seed, "ablation": model.config.ablation()}
+    decoded = yield from run.decoded(steps, sampler, refreshes, preview_budget)
+    out, fields = yield from run.outputs(decoded, output, temporal)
+    info = {"method": "modiff", "steps": steps, "sampler": sampler, "seed": seed, "ablation": model.config.ablation(),
+            "output": output, "temporal": temporal if warping else None}
     for k in range(frames):
-        yield Frame(k, frames, out[k], info=dict(info))
+        yield Frame(k, frames, out[k], None if fields is None else fields[k], info=dict(info))
+
+
+def forecast_variants(first: Volume, *, frames: int, model: MoDiff, variants: dict[str, tuple[str, str]],
+                      steps: int = 25, sampler: str = "ddim", seed: int = 0) -> dict[str, tuple[np.ndarray, float]]:
+    """One sampling, several outputs: {name: (frames (N, *input), seconds)} for
+    variants = {name: (output, temporal)}; seconds = the sampling plus that output's own time."""
+    check_request(first, frames, model, steps, sampler)
+    t0 = time.perf_counter()
+    run = _Forecast(model, first, frames, torch.Generator().manual_seed(seed))
+    decoded = _drain(run.decoded(steps, sampler, 0, None))
+    sampling = time.perf_counter() - t0
+    out = {}
+    for name, (output, temporal) in variants.items():
+        check_request(first, frames, model, steps, sampler, output, temporal)
+        t0 = time.perf_counter()
+        images, _ = _drain(run.outputs(decoded, output, temporal))
+        out[name] = (images, sampling + time.perf_counter() - t0)
+    return out
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
 
 
 class _Forecast:
@@ -103,6 +143,7 @@ class _Forecast:
         self.device = model.weight_device()
         self.grid = grid_map(first, c)
         lo, hi = scaling(first.data)
+        self.range, self.integer = (lo, hi), np.issubdtype(first.data.dtype, np.integer)
         self.x1 = sequence_to_model(first.data[None], self.grid, lo, hi, self.device)[None]  # (1, 1, *grid)
         self.first_in = torch.from_numpy(np.ascontiguousarray(first.data, np.float32)).to(self.device)
         self.counts = torch.tensor([frames], device=self.device)
@@ -114,6 +155,43 @@ class _Forecast:
         out = self.first_in[None] + delta
         out[0] = self.first_in
         return out.cpu().numpy()
+
+    def decoded(self, steps: int, sampler: str, refreshes: int, preview_budget: float | None):
+        """Both stages, streamed; returns the decoded frames (N, *grid)."""
+        stage1_show = refresh_steps(steps, max(1, refreshes // 4)) if refreshes else set()
+        stage2_show = refresh_steps(steps, max(1, refreshes - len(stage1_show))) if refreshes else set()
+        with torch.inference_mode():
+            fields = yield from self.differential_fields(steps, sampler, stage1_show)
+            latents = yield from self.latent_video(fields, steps, sampler, stage2_show, preview_budget)
+            decoded = self.model.decode_video(latents)[0]
+            self.check(decoded, "decoded frames")
+        return decoded
+
+    def outputs(self, decoded: torch.Tensor, output: str, temporal: str):
+        """Streamed; returns (frames (N, *input), fields (N, n, *input) or None)."""
+        if output == "additive":
+            with torch.inference_mode():
+                return self.to_input(decoded), None
+        return (yield from self.warped(decoded, temporal))
+
+    def warped(self, decoded: torch.Tensor, temporal: str):
+        """Streamed: (frames (N, *input), fields (N, n, *input) input voxels) from the decoded
+        frames (N, *grid): registration on the model grid, velocities smoothed along time."""
+        reg = register_to_first(decoded)
+        while True:
+            try:
+                i = next(reg)
+            except StopIteration as done:
+                velocities = done.value
+                break
+            yield Progress(i, ITERATIONS, f"fields behind the frames {i}/{ITERATIONS}", "fields")
+        with torch.inference_mode():
+            velocities = smooth_along_time(velocities, temporal)
+            model_fields = velocities_to_fields(velocities, tuple(self.c.grid))
+            model_fields[0] = 0
+            fields = self.grid.field_to_input(model_fields)
+            images = warp_first(self.first_in, fields, *self.range, self.integer)
+        return images.cpu().numpy(), fields.cpu().numpy()
 
     def _up(self, fields: torch.Tensor) -> torch.Tensor:
         mode = "bilinear" if self.c.ndims == 2 else "trilinear"

@@ -74,7 +74,9 @@ def train_modiff(
 
     resume: continue a checkpoint (weights, stage steps, optimizer state of the stage in progress).
     init: start from another checkpoint's parts where they fit this configuration (e.g. an
-    ablation that retrains only stage 1 reuses the full model's VAE and stage 2).
+    ablation that retrains only stage 1 reuses the full model's VAE and stage 2). A copied part
+    that is among `stages` is fine-tuned: its steps count from 0 and it keeps the checkpoint's
+    field / latent scale.
     `batch` items per step and process: under torchrun (`world`, default: the initialised process
     group) N processes give the run of one process with N times the batch (batches.py,
     nn/distributed.py); rank 0 saves. `workers` DataLoader processes assemble the batches.
@@ -86,7 +88,7 @@ def train_modiff(
     stages = _check_arguments(sequences, out, stages, steps, batch, resume, overwrite)
     torch.manual_seed(seed)
     history: dict[str, list[float]] = {}
-    model, done, seconds = _starting_model(sequences, config, resume, init, device)
+    model, done, seconds, tuned = _starting_model(sequences, config, resume, init, device, stages)
     config = model.config
     world = world or current_world()
     data = [s.to(device) for s in model_sequences(sequences, config)]
@@ -104,6 +106,7 @@ def train_modiff(
             save_modiff(model, out, overwrite=True, seed=str(seed), stage_steps=json.dumps(done),
                         stage_seconds=json.dumps({k: round(v) for k, v in seconds.items()}),
                         sequences=str(len(data)), frames_range=f"{config.min_frames}-{config.max_frames}",
+                        finetuned=json.dumps(tuned),
                         last_loss=json.dumps({k: round(float(np.mean(v[-50:])), 5) for k, v in history.items() if v}))
             save_optimizer({"stage": stage, "state": optim.state_dict()}, optim_path)
 
@@ -112,7 +115,7 @@ def train_modiff(
         if start >= steps[stage]:
             continue
         part, optim = _start_stage(model, stage, start, data, lr[stage], optim_path if resume is not None else None,
-                                   device)
+                                   device, measure=stage not in tuned)
         config = model.config
         history.setdefault(stage, [])
         t0 = time.perf_counter() - seconds.get(stage, 0.0)
@@ -163,27 +166,33 @@ def _init_from(model: MoDiff, init: str | Path, device) -> dict[str, int]:
     return copied
 
 
-def _starting_model(sequences, config: ModiffConfig | None, resume, init, device):
-    """(model, steps done per stage, seconds per stage): resumed, started from `init`, or new."""
+def _starting_model(sequences, config: ModiffConfig | None, resume, init, device, stages):
+    """(model, steps done per stage, seconds per stage, fine-tuned stages): resumed, started from
+    `init` (its parts among `stages` fine-tuned from step 0), or new."""
     if resume is not None:
         model, meta = load_modiff(resume, device=device)
         seconds = {k: float(v) for k, v in json.loads(meta.get("stage_seconds", "{}")).items()}
-        return model, stage_steps(meta), seconds
+        return model, stage_steps(meta), seconds, json.loads(meta.get("finetuned", "[]"))
     config = config or ModiffConfig.default(sequences[0].frames.geometry.ndim)
     model = MoDiff(config).to(device)
     done = _init_from(model, init, device) if init is not None else {}
-    return model, done, {}
+    tuned = [s for s in stages if s in done]
+    done.update({s: 0 for s in tuned})
+    return model, done, {}, tuned
 
 
-def _start_stage(model: MoDiff, stage: str, start: int, data, lr: float, optim_path: Path | None, device):
-    """(the stage's network in train mode, its AdamW): scales measured when a stage starts afresh,
-    optimizer state restored from `optim_path` when it holds this stage's."""
+def _start_stage(model: MoDiff, stage: str, start: int, data, lr: float, optim_path: Path | None, device,
+                 measure: bool = True):
+    """(the stage's network in train mode, its AdamW): scales measured when a stage starts afresh
+    (unless `measure` is False: fine-tuning), optimizer state restored from `optim_path` when it
+    holds this stage's."""
     part = getattr(model, stage)
     c = model.config
-    if stage == "tddm" and start == 0:
+    if stage == "tddm" and start == 0 and measure:
         model.config = dataclasses.replace(c, field_scale=c.field_scale * measure_scales(model, data, "field"))
     if stage == "video" and start == 0:
         model.vae.eval()
+    if stage == "video" and start == 0 and measure:
         model.config = dataclasses.replace(c, latent_scale=c.latent_scale * measure_scales(model, data, "latent"))
     optim = torch.optim.AdamW(part.parameters(), lr=lr, weight_decay=1e-2)
     if optim_path is not None and optim_path.is_file() and start > 0:
