@@ -152,6 +152,10 @@ def cmd_evaluate_ddm(args: argparse.Namespace) -> int:
     results = [e for e in _progress(evaluate_ddm(pairs, model, adapt=adapt, seed=args.seed), desc="evaluate ddm")
                if isinstance(e, CaseResult)]
     print(f"weights: {meta.get('source')}")
+    if args.targets:
+        from ..core.ddm.evaluate_weights import format_phantom_targets, phantom_targets
+
+        print(format_phantom_targets(phantom_targets(pairs, model, seed=args.seed)))
     return _table_and_csv(format_table(summarize(results)), results, _write_ddm_csv, args.csv, args.overwrite)
 
 
@@ -206,6 +210,8 @@ def _add_evaluate(evaluate) -> None:
     p.add_argument("--cases", type=int, default=None, help="use only the first N cases")
     p.add_argument("--adapt", default="", help="also evaluate after adapting, e.g. 25,50")
     p.add_argument("--csv", type=Path, help="write per-case results")
+    p.add_argument("--targets", action="store_true",
+                   help="also print the bundled weights' targets per case (LV Dice at ES, |u| outside the heart)")
     _run_options(p)
     p.set_defaults(func=cmd_evaluate_ddm)
 
