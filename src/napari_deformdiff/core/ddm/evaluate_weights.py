@@ -103,3 +103,23 @@ def format_real_rows(rows: Sequence[dict]) -> str:
         lines.append(f"{r['volume']:<16} {r['gamma']:>6.2f} {r['psnr_ddm']:>9.2f} {r['psnr_unchanged']:>9.2f} "
                      f"{better:>6}")
     return "\n".join(lines)
+
+
+def sequence_rows(cine, model: DDM, *, starts: Sequence[int], span: int, seed: int = 0) -> list[dict]:
+    """A real sequence (a time-series Volume, e.g. the echo clip): per start frame i, DDM from frame i to
+    frame i + span, scored per gamma against the real frames between, with the source unchanged."""
+    from ..io import Volume
+
+    data = cine.data.astype(np.float32)
+    rows = []
+    for i in starts:
+        if i + span >= data.shape[0]:
+            raise InputError(f"frame {i} + {span} is beyond the {data.shape[0]} frames.")
+        src, tgt = (Volume(data[k], cine.geometry, False, f"frame {k}") for k in (i, i + span))
+        out = [e for e in generate_ddm(src, tgt, frames=span + 1, model=model, seed=seed) if isinstance(e, Frame)]
+        data_range = float(data[i].max() - data[i].min())
+        for k in range(1, span + 1):
+            rows.append({"volume": f"frames {i}-{i + span}", "gamma": k / span,
+                         "psnr_ddm": psnr(out[k].image, data[i + k], data_range),
+                         "psnr_unchanged": psnr(data[i], data[i + k], data_range)})
+    return rows
