@@ -67,6 +67,24 @@ def test_resuming_continues_exactly_where_a_run_stopped(tmp_path):
         assert torch.allclose(x, y, atol=1e-6), k
 
 
+def test_mixed_training_is_seeded_and_differs_from_phantom_only(tmp_path):
+    data = pairs(2)
+    mix = {"synth": 0.5, "real": 0.25, "phantom": 0.25}
+    kw = dict(config=tiny_config(2), lr=1e-3, seed=3, batch=2, save_every=6, real=[data[1].source])
+    for name in ("a", "b"):
+        list(train_ddm(data, tmp_path / f"{name}.safetensors", steps=6, mix=mix, **kw))
+    list(train_ddm(data, tmp_path / "phantom.safetensors", steps=6, **kw))
+    a, meta = load_ddm(tmp_path / "a.safetensors", ndims=2)
+    b, _ = load_ddm(tmp_path / "b.safetensors", ndims=2)
+    c, meta_c = load_ddm(tmp_path / "phantom.safetensors", ndims=2)
+    assert meta["mix"] == "synth=0.5,real=0.25,phantom=0.25" and meta_c["mix"] == "phantom=1"
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)
+    assert any(not torch.allclose(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+    with pytest.raises(InputError, match="real"):
+        list(train_ddm(data, tmp_path / "d.safetensors", steps=1, mix=mix, config=tiny_config(2)))
+
+
 def test_training_refuses_to_overwrite_and_bad_crops(tmp_path):
     data = pairs(1)
     (tmp_path / "x.safetensors").write_bytes(b"keep")

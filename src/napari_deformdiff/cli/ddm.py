@@ -25,6 +25,7 @@ def cmd_train_ddm(args: argparse.Namespace) -> int:
         check_optimizer_files(args.resume, args.out)
     pairs = find_pairs(args.data)
     ndims = pairs[0].source.geometry.ndim
+    mix, real = _mix_and_real(args)
     with process_group(choose_device_name(args.device)) as (world, device):  # torchrun: one rank of several
         if world.main:
             print(f"{len(pairs)} {ndims}D pairs from {args.data}; training on {device}{world.note}", file=sys.stderr)
@@ -32,9 +33,27 @@ def cmd_train_ddm(args: argparse.Namespace) -> int:
             pairs, args.out, steps=args.steps, config=DDMConfig.default(ndims), resume=args.resume,
             seed=args.seed, device=device, lr=args.lr, crop=_sizes(args.crop), batch=args.batch, sampling=args.pairs,
             save_every=args.save_every, overwrite=args.overwrite, anchor=args.anchor, workers=args.workers,
+            mix=mix, real=real,
         )
         _train(events, world, desc="train ddm")
     return _report_trained(world, args.out)
+
+
+def _mix_and_real(args: argparse.Namespace):
+    """(--mix weights or None, the --real volumes: files, or the images in folders)."""
+    from ..core.ddm.synth_pairs import parse_mix
+    from ..core.io import read_volume
+
+    mix = parse_mix(args.mix) if args.mix else None
+    files = []
+    for path in args.real or ():
+        if path.is_dir():
+            files += sorted(f for f in path.rglob("*") if f.name.endswith((".nii", ".nii.gz", ".nrrd", ".mha")))
+        else:
+            files.append(path)
+    if mix and mix.get("real", 0) > 0 and not files:
+        raise InputError("--mix real=... needs volumes: --real FILE_OR_DIR.")
+    return mix, [read_volume(f, as_labels=False) for f in files] if mix and "real" in mix else []
 
 
 def _ddm_inputs(args: argparse.Namespace):
@@ -128,6 +147,10 @@ def cmd_evaluate_ddm(args: argparse.Namespace) -> int:
     results = [e for e in _progress(evaluate_ddm(pairs, model, adapt=adapt, seed=args.seed), desc="evaluate ddm")
                if isinstance(e, CaseResult)]
     print(f"weights: {meta.get('source')}")
+    if args.targets:
+        from ..core.ddm.evaluate_weights import format_phantom_targets, phantom_targets
+
+        print(format_phantom_targets(phantom_targets(pairs, model, seed=args.seed)))
     return _table_and_csv(format_table(summarize(results)), results, _write_ddm_csv, args.csv, args.overwrite)
 
 
@@ -165,6 +188,10 @@ def _add_train(train) -> None:
                         "gamma = 0 give the source itself")
     p.add_argument("--workers", type=bounded_int(0, 256), default=0,
                    help="DataLoader processes that assemble the batches (0: the training process)")
+    p.add_argument("--mix", default=None,
+                   help="draw pairs from phantom (--data), synth (random label maps) and real (--real, deformed "
+                        "by cardiac-like fields), e.g. synth=0.5,real=0.25,phantom=0.25")
+    p.add_argument("--real", type=Path, nargs="*", default=None, help="real images (files or folders) for --mix real")
     _run_options(p)
     p.set_defaults(func=cmd_train_ddm)
 
@@ -197,6 +224,8 @@ def _add_evaluate(evaluate) -> None:
     p.add_argument("--cases", type=int, default=None, help="use only the first N cases")
     p.add_argument("--adapt", default="", help="also evaluate after adapting, e.g. auto or auto,25")
     p.add_argument("--csv", type=Path, help="write per-case results")
+    p.add_argument("--targets", action="store_true",
+                   help="also print the bundled weights' targets per case (LV Dice at ES, |u| outside the heart)")
     _run_options(p)
     p.set_defaults(func=cmd_evaluate_ddm)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..nn.distributed import (Objective, World, barrier, current_world, item_gen
 from ..io.atomic import staged
 from ..nn.optim_step import descend_shared, save_optimizer, saved_optimizer, training_start
 from .nets.ddm import DDM, DDMConfig
+from .synth_pairs import MixedItems, RealItems, SynthItems
 from .nets.field_unet import skip_first_from_up_first
 from .weights import OLD_FIELD_CONCAT, field_concat_of, load_ddm, save_ddm
 
@@ -134,6 +136,8 @@ def train_ddm(
     anchor: float | None = None,
     workers: int = 0,
     world: World | None = None,
+    mix: dict[str, float] | None = None,
+    real: Sequence = (),
 ) -> Iterator[Progress]:
     """Train (or continue training) a DDM, saving a safetensors checkpoint to `out` as it goes.
 
@@ -148,6 +152,8 @@ def train_ddm(
     of `batch` pairs give the run of one process with N * batch (nn/distributed.py); rank 0 saves.
     `workers` DataLoader processes assemble the batches (0: in this process).
     `anchor` sets the configuration's lambda_anchor (see DDM.training_losses), also when resuming.
+    `mix` ({"phantom": w, "synth": w, "real": w}, see synth_pairs.parse_mix) draws each item from the
+    `pairs` (phantom), SynthMorph-style pairs or the `real` Volumes deformed by cardiac-like fields.
     """
     out = Path(out)
     _check_arguments(pairs, out, steps, batch, sampling, resume, overwrite)
@@ -168,11 +174,15 @@ def train_ddm(
                      pairs=str(len(data)), batch=str(batch * world.size), sampling=sampling,
                      crop=str(list(crop) if crop else "none"),
                      train_seconds=f"{time.perf_counter() - started:.0f}",
-                     last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}")
+                     last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}",
+                     mix=",".join(f"{k}={v:.3g}" for k, v in mix.items()) if mix else "phantom=1")
             save_optimizer(optim.state_dict(), optim_path)
 
     objective = shared(Objective(model, model.training_losses), world, device)
-    batches = step_batches(PairItems(data, seed, sampling, crop), start, steps, world=world, batch=batch,
+    items = PairItems(data, seed, sampling, crop)
+    if mix:
+        items = mixed_items(items, mix, real, config, seed, crop)
+    batches = step_batches(items, start, steps, world=world, batch=batch,
                            workers=workers, seed=seed, device=device)
     yield from training_start(start, steps)
     for step, (s, t) in enumerate(batches, start):
@@ -185,6 +195,26 @@ def train_ddm(
         yield Progress(done, steps, f"loss {total:.4f} (ncc {ncc:.3f}, eps {eps:.4f})", "train")
     barrier(world)
     model.eval()
+
+
+def _real_on_grid(volume, config: DDMConfig) -> torch.Tensor:
+    """A real volume on the model grid; for a 2D model a 3D volume goes on a 32-slice grid of the
+    2D grid's in-plane size (RealItems takes one slice of it)."""
+    if volume.geometry.ndim == config.ndims:
+        return to_model(volume.data, model_grid_of(volume, config))
+    if config.ndims == 2 and volume.geometry.ndim == 3:
+        grid = GridMap(volume.spatial_shape, volume.geometry.spacing, (32, *config.grid), (3.15, *config.spacing))
+        return to_model(volume.data, grid)
+    raise InputError(f"a {volume.geometry.ndim}D real volume cannot train a {config.ndims}D model.")
+
+
+def mixed_items(phantom: PairItems, mix: dict[str, float], real: Sequence, config: DDMConfig, seed: int,
+                crop: Sequence[int] | None) -> MixedItems:
+    parts = {"phantom": phantom, "synth": SynthItems(crop or config.grid, seed)}
+    if mix.get("real", 0) > 0:
+        parts["real"] = RealItems([_real_on_grid(v, config) for v in real], config.spacing, seed,
+                                  functools.partial(augment, crop=crop))
+    return MixedItems(parts, mix, seed)
 
 
 def _check_arguments(pairs, out: Path, steps: int, batch: int, sampling: str, resume, overwrite: bool) -> None:
