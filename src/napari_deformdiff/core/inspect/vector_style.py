@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-MAX_VECTORS_PER_FRAME = 20_000
+MAX_VECTORS_PER_FRAME = 8_000
 # Magnitude bins in mm, as 3D Slicer's transform visualisation uses them.
 MAGNITUDE_BIN_EDGES_MM = (1.0, 2.0, 5.0, 10.0)
 MAGNITUDE_BIN_NAMES = ("< 1 mm", "1-2 mm", "2-5 mm", "5-10 mm", ">= 10 mm")
