@@ -242,12 +242,17 @@ def drdm_grid_side_out_of_range(t, m):
         "each in 1..4096", [t / "m.safetensors"]
 
 
+def drdm_one_size_is_a_cube_for_3d(t, m):
+    return ["evaluate", "drdm", "--ndims", "3", "--size", "4096", "--csv", str(t / "r.csv")], 2, \
+        "would need 768.0 GiB", [t / "r.csv"]
+
+
 CASES = [out_is_source, out_through_dotdot, convert_onto_itself, convert_onto_hard_link, out_equals_fields_out,
          out_is_a_folder, name_of_300_characters, disk_full_convert, read_only_convert, permission_phantom,
          disk_full_ddm, mhd_outside, mhd_absolute, nhdr_outside, nhdr_list_outside, bool_nifti, ed_infinite,
          ed_fraction, ed_after_last_frame, ckpt_bad_json, ckpt_no_config, ckpt_absurd_grid, ckpt_absurd_channels,
          modiff_grid_with_frames, drdm_bad_json, bad_optimizer_state, evaluate_csv_exists, drdm_grid_too_large,
-         drdm_grid_side_out_of_range]
+         drdm_grid_side_out_of_range, drdm_one_size_is_a_cube_for_3d]
 
 
 def snapshot(folder: Path) -> dict:

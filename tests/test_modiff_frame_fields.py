@@ -15,18 +15,10 @@ from napari_deformdiff.core.modiff.frame_fields import (
     smooth_along_time,
     velocities_to_fields,
 )
-from napari_deformdiff.core.modiff.generate import generate_modiff
+from napari_deformdiff.core.modiff.generate import _drain, generate_modiff  # _drain: a generator's return value
 from napari_deformdiff.core.spatial import folding_ratio
 
 from .modiff_helpers import first_frame, tiny_model
-
-
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
 
 
 def test_smoothing_keeps_frame_0_and_low_order_signals():

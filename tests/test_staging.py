@@ -277,3 +277,16 @@ def test_checkpoint_and_optimizer_state_are_saved_together(tmp_path, monkeypatch
                  "--crop", "32,32"]) == 130
     assert files(tmp_path) == before and not ckpt.exists()
     assert not list(tmp_path.glob(".*"))
+
+
+def test_wrote_is_said_only_once_the_files_are_in_place(tmp_path, monkeypatch, capsys):
+    a = image(tmp_path / "a.nii.gz")
+    assert main(["convert", str(a), str(tmp_path / "b.nrrd")]) == 0
+    assert f"wrote {tmp_path / 'b.nrrd'}" in capsys.readouterr().out
+
+    def fail(src, dst, *args, **kwargs):  # the final move of the staged files fails: disk full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+    monkeypatch.setattr(atomic, "os", types.SimpleNamespace(link=fail, replace=fail))
+    assert main(["convert", str(a), str(tmp_path / "c.nrrd")]) == 2
+    out, err = capsys.readouterr()
+    assert "wrote" not in out and "disk full" in err and not (tmp_path / "c.nrrd").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from .paths import check_name, check_output_folder_files, unless_resumed
-from .progress import _check_outputs, _report_trained, _train, _progress, _run_options, _sizes, _table_and_csv, bounded_int
+from .progress import _check_outputs, check_grid, _report_trained, _train, _progress, _run_options, _sizes, _table_and_csv, bounded_int
 
 
 def cmd_train_drdm(args: argparse.Namespace) -> int:
@@ -109,6 +109,7 @@ def cmd_evaluate_drdm(args: argparse.Namespace) -> int:
     shape = _sizes(args.size) or tuple(meta.grid)
     if len(shape) == 1:
         shape = shape * args.ndims
+        check_grid(shape, args.size)  # a 3D model makes one size a cube: check the cube
     images, where = _evaluation_images(args, shape)
     print(f"weights: {meta.name} ({meta.source}); {where} at {'x'.join(map(str, shape))}; "
           f"{args.samples} sample(s) per level; loop {args.loop}; precision {args.precision}"

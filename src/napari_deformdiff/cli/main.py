@@ -62,16 +62,36 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if (args.command, getattr(args, "model", None)) not in STAGED:
                 return args.func(args)
-            from ..core.io.atomic import staged
-
-            with staged():  # all of the command's files appear at its end, or none of them
-                return args.func(args)
+            return _run_staged(args)
         finally:
             ALLOW_EXTERNAL_DATA.reset(token)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - report() decides: a one-line message, or a bug's traceback
         return report(exc, debug=args.debug if args is not None else "--debug" in argv)
+
+
+def _run_staged(args: argparse.Namespace) -> int:
+    """All of the command's files appear at its end, or none of them; its "wrote ..." lines are
+    printed once the files are in place (and dropped if they never get there)."""
+    import contextlib
+    import io
+
+    from ..core.io.atomic import staged
+
+    out = io.StringIO()
+    done = False
+    try:
+        with contextlib.redirect_stdout(out), staged():
+            code = args.func(args)
+        done = True
+        return code
+    finally:
+        text = out.getvalue()
+        if not done:
+            text = "".join(line for line in text.splitlines(True) if not line.startswith("wrote "))
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

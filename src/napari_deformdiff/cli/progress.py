@@ -66,7 +66,8 @@ def check_grid(sizes: tuple[int, ...], text: str) -> None:
 
     if not 1 <= len(sizes) <= 3 or not all(1 <= s <= GRID_SIDE_LIMIT for s in sizes):
         raise InputError(f"sizes {text!r}: give 1 to 3 sizes, each in 1..{GRID_SIDE_LIMIT}.")
-    need = math.prod(sizes) * max(len(sizes), 2) * 4  # one size: checked as a square
+    side = sizes * 2 if len(sizes) == 1 else sizes  # one size: a square here, its cube checked where it is made
+    need = math.prod(side) * len(side) * 4
     if need > GRID_LIMIT_BYTES:
         raise InputError(f"sizes {text!r}: one displacement field would need {need / 2**30:.1f} GiB "
                          f"(limit {GRID_LIMIT_BYTES >> 30} GiB); refused before allocating.")
