@@ -63,3 +63,24 @@ def test_cancel_keeps_the_events_already_made_and_finishes(make_napari_viewer, q
     with qtbot.waitSignal(handle.finished, timeout=30_000):
         pass
     assert 3 <= len(seen) < 200 and seen == list(range(len(seen)))
+
+
+def test_a_runtime_error_in_the_worker_is_a_notification_and_the_stream_finishes(make_napari_viewer, qtbot,
+                                                                                  monkeypatch):
+    """superqt drops a worker's RuntimeError (torch raises those) without `finished`: it must still end."""
+    from napari_deformdiff._qt.stream_worker import start_stream
+
+    messages, seen, done = [], [], []
+    monkeypatch.setattr("napari.utils.notifications.show_error", messages.append)
+    make_napari_viewer()
+
+    def failing():
+        yield from _frames(2)
+        raise RuntimeError("element 0 of tensors does not require grad")
+
+    handle = start_stream(failing, description="failing stream", on_event=lambda e: seen.append(e.index),
+                          on_done=lambda: done.append(True))
+    with qtbot.waitSignal(handle.finished, timeout=30_000):
+        pass
+    assert seen == [0, 1] and done == [True]
+    assert messages == ["failing stream failed: RuntimeError: element 0 of tensors does not require grad"]

@@ -163,6 +163,15 @@ class StreamHandle(QObject):
             self.finished.emit()
 
 
+class WorkerFailure(Exception):
+    """A RuntimeError raised in the worker, passed on as this: superqt takes a RuntimeError from a
+    worker for a deleted Qt object and emits neither `errored` nor `finished` (a widget left waiting)."""
+
+    def __init__(self, original: RuntimeError):
+        super().__init__(str(original))
+        self.original = original
+
+
 def start_stream(
     make_events: Callable[[], Iterator], *, description: str,
     on_event: Callable, on_done: Callable[[], None], progress_bar: bool = True,
@@ -182,8 +191,11 @@ def start_stream(
     from napari.utils.notifications import show_error
 
     def events():  # a generator function, so napari makes a GeneratorWorker (cancellable)
-        for event in make_events():
-            yield prepare(event) if prepare is not None else event
+        try:
+            for event in make_events():
+                yield prepare(event) if prepare is not None else event
+        except RuntimeError as exc:  # torch's errors are RuntimeErrors: see WorkerFailure
+            raise WorkerFailure(exc) from exc
 
     worker = create_worker(events, _ignore_errors=True)
     handle = StreamHandle(worker, description=description, on_event=on_event, on_done=on_done,
@@ -192,6 +204,8 @@ def start_stream(
     def report(exc: Exception) -> None:
         from ..core.errors import os_error_message
 
+        if isinstance(exc, WorkerFailure):
+            exc = exc.original
         if isinstance(exc, InputError):
             show_error(str(exc))
         elif isinstance(exc, OSError):  # disk full, read-only, permission: the CLI's one line

@@ -77,11 +77,12 @@ def register_to_first(decoded: torch.Tensor, *, coarse: int = 4, iterations: int
     n_frames, ndims = decoded.shape[0], decoded.ndim - 1
     grid = tuple(decoded.shape[1:])
     small = tuple(max(2, s // coarse) for s in grid)
-    decoded = decoded.detach().clone()  # a plain tensor, also when made under inference_mode
-    moving, fixed = decoded[:1, None], decoded[1:, None]
-    v = torch.zeros((n_frames - 1, ndims, *small), device=decoded.device, requires_grad=True)
-    opt = torch.optim.Adam([v], lr=lr)
-    with torch.enable_grad():
+    # autograd on, also in a thread left in inference mode (a GUI worker's): plain tensors, grads
+    with torch.inference_mode(False), torch.enable_grad():
+        decoded = decoded.detach().clone()
+        moving, fixed = decoded[:1, None], decoded[1:, None]
+        v = torch.zeros((n_frames - 1, ndims, *small), device=decoded.device, requires_grad=True)
+        opt = torch.optim.Adam([v], lr=lr)
         for i in range(iterations):
             if i % 10 == 0:
                 yield i
