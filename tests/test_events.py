@@ -64,4 +64,7 @@ def test_modiff_progress_does_not_overrun_its_plan():
     model = modiff_helpers.tiny_model(2)
     first = modiff_helpers.first_frame()
     events = _check_run(generate_modiff(first, frames=5, steps=3, model=model))
-    assert events[0].stages == (("weights", 1), ("stage 1", 3), ("stage 2", 3), ("frames", 5))
+    from napari_deformdiff.core.modiff.frame_fields import ITERATIONS
+
+    # the warp output registers the decoded frames: its iterations are a stage of their own
+    assert events[0].stages == (("weights", 1), ("stage 1", 3), ("stage 2", 3), ("fields", ITERATIONS), ("frames", 5))

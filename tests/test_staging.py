@@ -140,7 +140,9 @@ def test_ctrl_c_in_generate_ddm_after_the_image_leaves_no_output(tmp_path, monke
     from napari_deformdiff.core.io import fields
 
     w = save_ddm(tiny_ddm_model(3, seed=1), tmp_path / "w.safetensors")
-    a, b = image(tmp_path / "a.nrrd"), image(tmp_path / "b.nrrd")
+    a = image(tmp_path / "a.nrrd")
+    b = write_volume(Volume(np.arange(480, dtype=np.float32).reshape(6, 8, 10)[:, ::-1].copy(),
+                            Geometry.identity(3), False), tmp_path / "b.nrrd")  # source = target is refused
     write_volume(Volume(np.ones((6, 8, 10), np.uint8), Geometry.identity(3), True), tmp_path / "l.nrrd")
     outs = [tmp_path / "o.nii.gz", tmp_path / "f.nii.gz", tmp_path / "ol.nii.gz"]
     count = interrupt_on_call(monkeypatch, fields, "atomic_output", when=0)  # the fields, after the 4D image
@@ -156,17 +158,17 @@ def test_ctrl_c_in_generate_ddm_after_the_image_leaves_no_output(tmp_path, monke
 
 
 def test_ctrl_c_in_generate_modiff_after_the_forecast_leaves_no_output(tmp_path, monkeypatch, capsys):
-    from napari_deformdiff.core.io import nifti
+    from napari_deformdiff.core.io import fields
     from napari_deformdiff.core.modiff.weights import save_modiff
 
     w = save_modiff(tiny_modiff_model(3, seed=5), tmp_path / "m.safetensors")
     first = image(tmp_path / "first.nrrd", (10, 20, 18))
     outs = [tmp_path / "seq.nii.gz", tmp_path / "diff.nii.gz"]
-    count = interrupt_on_call(monkeypatch, nifti, "write_nifti", when=1)  # the fields, after the forecast
+    count = interrupt_on_call(monkeypatch, fields, "atomic_output", when=0)  # the fields, after the forecast
     assert_interrupted(["generate", "modiff", "--first", str(first), "--frames", "3", "--steps", "2",
                         "--weights", str(w), "--out", str(outs[0]), "--fields-out", str(outs[1])],
                        tmp_path, capsys, outs)
-    assert count[0] == 2
+    assert count[0] == 1
 
 
 def test_ctrl_c_in_phantom_after_the_first_case_leaves_no_folder(tmp_path, monkeypatch, capsys):

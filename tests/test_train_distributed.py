@@ -193,7 +193,8 @@ def test_torchrun_trains_from_the_command_line_and_rank_0_alone_reports(tmp_path
     two, one = tmp_path / "two.safetensors", tmp_path / "one.safetensors"
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "napari_deformdiff.cli", *args, "--batch", "1", "--out", str(two)],
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         encoding="utf-8", errors="replace", timeout=600)  # tqdm's bar is not ASCII
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("wrote") == 1 and run.stderr.count("on cpu, 2 processes") == 1
     assert main(args + ["--batch", "2", "--out", str(one)]) == 0

@@ -64,7 +64,7 @@ def test_a_time_series_needs_the_explicit_frame_choice(make_napari_viewer, monke
     drdm.image.value = viewer.layers["patient001 cine (4D)"]
     drdm.labels.value = None
     assert drdm.start() is None and drdm.worker is None and len(viewer.layers) == count
-    assert "time series (6 frames)" in errors[-1] and "use the frame at the time slider" in errors[-1]
+    assert "time series (6 frames)" in errors[-1] and "Frame at the time slider" in errors[-1]
     drdm.use_slider.value = True
     viewer.dims.set_current_step(0, 2)
     case = drdm._case()  # what Preview and Export would use
