@@ -35,6 +35,25 @@ def folding(field) -> float:
     return float(spatial.folding_ratio(u)[0])
 
 
+def det_numpy(field) -> np.ndarray:
+    """det(I + grad u) of a voxel field (n, *S) with numpy's own central differences (not spatial.py)."""
+    n = field.shape[0]
+    J = np.empty((*field.shape[1:], n, n))
+    for i in range(n):
+        grads = np.gradient(np.asarray(field[i], np.float64))
+        for j in range(n):
+            J[..., i, j] = grads[j] + (i == j)
+    return np.linalg.det(J)
+
+
+def mean_norm(field) -> float:
+    return float(np.sqrt((np.asarray(field, np.float64) ** 2).sum(0)).mean())
+
+
+def psnr(a, b, mask, data_range):
+    return 10 * np.log10(data_range**2 / float(((a - b)[mask] ** 2).mean()))
+
+
 def components(labels, ndims):
     return [ndi.label(labels == v, structure=FULL[ndims])[1] for v in np.unique(labels) if v != 0]
 
@@ -125,6 +144,80 @@ def test_exports_write_fold_free_fields_and_record_it(tmp_path, folding_forward,
     assert folds[True] <= 0.05 and folds[False] > 0.2
 
 
+@pytest.mark.parametrize("mode, ndims", [("pairs", 2), ("pairs", 3), ("augment", 3)])
+def test_written_pairs_and_3d_fields_are_fold_free_and_close_to_the_plain_ones(tmp_path, folding_forward, mode,
+                                                                                ndims):
+    """Read back from the files: folding <= 0.05 % (numpy's determinant), mean displacement within 5 % and
+    image PSNR (against the input, where the plain field does not fold) within 1 dB of the plain export,
+    and every label keeps its number of connected components (8- / 26-connectivity)."""
+    from napari_deformdiff.core.io import read_path
+    from napari_deformdiff.core.io.fields import read_displacement
+
+    model, meta = tiny_drdm(ndims)
+    case = case_2d(shape=(48, 44)) if ndims == 2 else case_3d(shape=(16, 32, 36))
+    image_role, labels_role = ("image", "labels") if mode == "augment" else ("fixed", "fixed_labels")
+    written = {}
+    for fold_free in (True, False):
+        out = tmp_path / str(fold_free)
+        list(export_drdm([case], out, ExportSettings(levels=(2,), samples=1, mode=mode, fold_free=fold_free),
+                         model=model, meta=meta))
+        (row,) = read_manifest(out / "manifest.csv")
+        field, geometry = read_displacement(out / row["field"])
+        assert geometry.almost_equal(case.image.geometry)
+        written[fold_free] = (field, read_path(out / row[image_role])[0].data,
+                              read_path(out / row[labels_role])[0].data, row)
+    (field, image, labels, row), (plain, plain_image, _, plain_row) = written[True], written[False]
+    det, plain_det = det_numpy(field), det_numpy(plain)
+    assert (det <= 0).mean() <= 0.0005 < 0.002 < (plain_det <= 0).mean()
+    assert row["folding_pct"] == pytest.approx(100 * (det <= 0).mean(), abs=1e-3)
+    assert plain_row["folding_pct"] == pytest.approx(100 * (plain_det <= 0).mean(), abs=1e-3)
+    assert abs(mean_norm(field) / mean_norm(plain) - 1) <= 0.05
+    source = case.image.data.astype(np.float64)
+    unfolded, rng = plain_det > 0, float(source.max() - source.min())
+    assert abs(psnr(image, source, unfolded, rng) - psnr(plain_image, source, unfolded, rng)) <= 1.0
+    assert components(labels, ndims) == components(case.labels.data, ndims)
+
+
+def test_cli_evaluation_table_and_csv_report_folding_with_and_without_the_repair(tmp_path, folding_forward,
+                                                                                  capsys):
+    """`evaluate drdm`: both rows in the printed table and the CSV, folding equal to numpy's determinant of
+    the same instance fields; --allow-folding keeps only the plain row, with the same numbers."""
+    import csv
+
+    from napari_deformdiff.core.drdm.evaluate import phantom_images
+    from napari_deformdiff.core.drdm.weights import save_drdm
+
+    model, meta = tiny_drdm(2)
+    weights = save_drdm(model, tmp_path / "tiny.safetensors", meta=meta)
+    argv = ["evaluate", "drdm", "--weights", str(weights), "--levels", "2", "--samples", "2", "--device", "cpu"]
+    assert main([*argv, "--csv", str(tmp_path / "t.csv")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    with open(tmp_path / "t.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    images = phantom_images(2, meta.grid, 2, seed=0)  # what the command deforms: sample i, seed i
+    expected = {}
+    for i in range(2):
+        for method, fold_free in ((RECOVERED, False), (FOLD_FREE, True)):
+            det = det_numpy(instance_field(images[i], 2, model=model, meta=meta, seed=i, fold_free=fold_free))
+            expected[method, i] = 1000.0 * float((det <= 0).mean())
+            (got,) = [r for r in rows if (r["method"], r["sample"]) == (method, str(i))]
+            assert float(got["neg_jacobian_permille"]) == pytest.approx(expected[method, i], abs=1e-3)
+        assert expected[RECOVERED, i] > 2.0 and expected[FOLD_FREE, i] <= 0.5
+    for method in (RECOVERED, FOLD_FREE):  # the table's mean +- std of the per-mille column
+        (line,) = [ln for ln in table if "|" in ln and ln.split("|")[1].strip() == method]
+        mean, std = (float(v) for v in line.split("|")[4].split("+-"))
+        values = [expected[method, i] for i in range(2)]
+        assert mean == pytest.approx(np.mean(values), abs=0.051)
+        assert std == pytest.approx(np.std(values, ddof=1), abs=0.051)
+    assert main([*argv, "--allow-folding", "--csv", str(tmp_path / "plain.csv")]) == 0
+    assert FOLD_FREE not in capsys.readouterr().out
+    with open(tmp_path / "plain.csv", newline="") as fh:
+        plain = [r for r in csv.DictReader(fh) if r["method"] != "DRDM forward"]
+    assert [r["method"] for r in plain] == [RECOVERED, RECOVERED]
+    assert [float(r["neg_jacobian_permille"]) for r in plain] == pytest.approx(
+        [expected[RECOVERED, 0], expected[RECOVERED, 1]], abs=1e-3)
+
+
 def test_cli_allow_folding_and_resume_checks_the_setting(tmp_path, folding_forward, capsys):
     from napari_deformdiff.core.drdm.weights import save_drdm
     from napari_deformdiff.core.io import write_volume
@@ -157,10 +250,6 @@ def test_evaluation_reports_folding_with_and_without_the_repair(folding_forward)
 
 
 # --------------------------------------------------------------------------- the authors' weights
-
-
-def psnr(a, b, mask, data_range):
-    return 10 * np.log10(data_range**2 / float(((a - b)[mask] ** 2).mean()))
 
 
 def test_official_weights_fold_free_on_a_cardiac_slice(official_drdm_weights):
