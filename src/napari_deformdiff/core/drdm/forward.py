@@ -39,6 +39,7 @@ NOISE_RATIO = 0.08
 MAX_LEVEL = 80
 MAX_COMPOSITIONS = 200
 RECIPES = ("chain", "doubling")
+SPARSE_FROM = 4  # compositions from which building the sparse map (~3 grid_samples' time) pays off
 
 __all__ = [
     "CONTROL_GRID", "SCALES", "SIGMA", "NOISE_RATIO", "MAX_LEVEL", "RECIPES",
@@ -110,7 +111,7 @@ def _chain(v: torch.Tensor, times: int) -> torch.Tensor:
     fixed sparse linear map (8 weights per voxel in 3D), applied as one sparse matrix product per
     composition in 3D, 3-4x faster than grid_sample there (it recomputes every gather and weight);
     2D fields are small and grid_sample's 2D kernel is faster than the product."""
-    if times <= 1 or v.ndim != 5 or min(v.shape[2:]) < 2:
+    if times <= SPARSE_FROM or v.ndim != 5 or min(v.shape[2:]) < 2:
         grid = spatial._sampling_grid(v)  # the grid spatial.warp builds, so the steps equal compose()
         psi = v
         for _ in range(times - 1):
