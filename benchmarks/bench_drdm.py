@@ -14,6 +14,8 @@ Cases, each in its own spawned process (its peak memory, max RSS, is its own):
   * batch: recover_batch with --batch samples (other seeds) in one pass per step, as an export of
     that many samples would run them; throughput against --batch runs of the authors' loop;
   * the fold-free repair alone on the last field (its share of the streamed time).
+  * one U-Net pass, the authors' path (NCHW, no_grad) against ours (the inference copy): the
+    ceiling of the streamed ratio, since two passes are most of a step.
 - 2D bfloat16 (CPUs with native bfloat16 only): streamed with precision="bfloat16" against the
   authors' loop; first use (compile) in a fresh process, read from Inductor's on-disk cache when a
   previous process compiled the same network (core/drdm/bfloat16.py says where).
