@@ -183,9 +183,9 @@ def test_interpolation_matrix_warps_like_grid_sample(shape):
 
 
 def test_3d_chain_has_the_statistics_of_grid_sample_compositions():
-    # today's recipe (one grid_sample per composition) against the sparse product, level 24
-    # (40 compositions of v0) over 8 seeds: mean / max |u| and det(J) spread agree far within 1 %
-    shape, level = (16, 32, 32), 24
+    # today's recipe (one grid_sample per composition) against the sparse product, level 16
+    # (23 compositions of v0) over 8 seeds: mean / max |u| and det(J) spread agree far within 1 %
+    shape, level = (16, 32, 32), 16
     new, old = [], []
     for seed in range(8):
         gen = torch.Generator().manual_seed(seed)

@@ -86,6 +86,8 @@ def interpolation_matrix(v: torch.Tensor) -> torch.Tensor:
     so M @ f (f: (N, channels), voxels in C order) = warp(f, v) up to float rounding."""
     shape = tuple(v.shape[1:])
     n = len(shape)
+    if v.shape[0] != n or min(shape) < 2:
+        raise ValueError(f"expected a field (n, *S) with n spatial sizes >= 2, got {tuple(v.shape)}")
     lows, fracs = [], []
     for axis, size in enumerate(shape):
         index = torch.arange(size, dtype=v.dtype, device=v.device).view(*[-1 if k == axis else 1 for k in range(n)])
@@ -110,8 +112,8 @@ def _chain(v: torch.Tensor, times: int) -> torch.Tensor:
     """psi = v + warp(psi, v), `times` - 1 times from psi = v: warping with the fixed field v is a
     fixed sparse linear map (8 weights per voxel in 3D), applied as one sparse matrix product per
     composition in 3D, 3-4x faster than grid_sample there (it recomputes every gather and weight);
-    2D fields are small and grid_sample's 2D kernel is faster than the product."""
-    if times <= SPARSE_FROM or v.ndim != 5 or min(v.shape[2:]) < 2:
+    2D fields are small and grid_sample's 2D kernel is faster than the product; GPUs keep grid_sample."""
+    if times <= SPARSE_FROM or v.ndim != 5 or v.device.type != "cpu" or min(v.shape[2:]) < 2:
         grid = spatial._sampling_grid(v)  # the grid spatial.warp builds, so the steps equal compose()
         psi = v
         for _ in range(times - 1):
