@@ -190,7 +190,8 @@ def test_3d_chain_has_the_statistics_of_grid_sample_compositions():
     for seed in range(8):
         gen = torch.Generator().manual_seed(seed)
         v = forward._multiscale_noise(1, 3, forward.SIGMA, gen) * CONTROL_GRID
-        v0 = spatial.compose(forward._multiscale_noise(1, 3, forward.NOISE_RATIO * forward.SIGMA, gen) * CONTROL_GRID, v)
+        noise = forward._multiscale_noise(1, 3, forward.NOISE_RATIO * forward.SIGMA, gen) * CONTROL_GRID
+        v0 = spatial.compose(noise, v)
         old.append(to_image_field(_chain_by_compose(v0, n_ddf(level)), shape))
         new.append(sample_forward(shape, level, seed=seed).ddf)
 
