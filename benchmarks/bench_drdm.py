@@ -14,6 +14,8 @@ Cases, each in its own spawned process (its peak memory, max RSS, is its own):
   * batch: recover_batch with --batch samples (other seeds) in one pass per step, as an export of
     that many samples would run them; throughput against --batch runs of the authors' loop;
   * the fold-free repair alone on the last field (its share of the streamed time).
+  * one U-Net pass, the authors' path (NCHW, no_grad) against ours (the inference copy): the
+    ceiling of the streamed ratio, since two passes are most of a step.
 - 2D bfloat16 (CPUs with native bfloat16 only): streamed with precision="bfloat16" against the
   authors' loop; first use (compile) in a fresh process, read from Inductor's on-disk cache when a
   previous process compiled the same network (core/drdm/bfloat16.py says where).
@@ -139,8 +141,9 @@ def _drain(gen):
 def run_2d(weights, level, steps, batch, rounds, threads, precision, queue):
     import torch
 
-    from napari_deformdiff.core.drdm.generate import deform_instance, fold_free_field, recover_batch
+    from napari_deformdiff.core.drdm.generate import _inference_model, deform_instance, fold_free_field, recover_batch
     from napari_deformdiff.core.events import Frame
+    from napari_deformdiff.core.nn.model_grid import unit_range
 
     torch.set_num_threads(threads)
     model, meta, note = _model("2d", weights, None)
@@ -150,8 +153,23 @@ def run_2d(weights, level, steps, batch, rounds, threads, precision, queue):
     list(deform_instance(image, 2, model=model, meta=meta, seed=1, precision=precision))  # warm-up (compile)
     warm = time.perf_counter() - w0
     authors_loop(image, 2, model, meta, 1, loop="paper")
-    rows = {"authors": [], "streamed": [], "batch": [], "repair": []}
+    rows = {"authors": [], "streamed": [], "batch": [], "repair": [], "pass_authors": [], "pass_ours": []}
+    fast = _inference_model(model, torch.device("cpu"), precision)
+    x = torch.from_numpy(unit_range(image)[0])[None, None]
+    t = torch.tensor([meta.steps // 2])
+
+    def authors_pass():
+        with torch.no_grad():
+            model.single(x, t)
+
+    def our_pass():
+        with torch.inference_mode():
+            fast(x, t) if precision == "bfloat16" else fast.single(x, t)
+
     for r in range(rounds):
+        for _ in range(3):  # one U-Net pass, the bulk of a step (two per step)
+            rows["pass_authors"].append(_timed(authors_pass)[0])
+            rows["pass_ours"].append(_timed(our_pass)[0] / (2 if precision == "bfloat16" else 1))
         rows["authors"].append(_timed(lambda: authors_loop(image, level, model, meta, r))[0])
         last = []
 
@@ -278,6 +296,10 @@ def main():
             (f"2D {steps} steps: streamed float32", s, f"{a / s:.2f}x the authors' loop (target >= 2x)"),
             ("2D: fold-free repair of the last field", med["repair"],
              f"{100 * med['repair'] / s:.1f} % of the streamed time"),
+            ("2D: one U-Net pass, authors' (NCHW, no_grad)", med["pass_authors"], "two passes per step"),
+            ("2D: one U-Net pass, ours (float32)", med["pass_ours"],
+             f"{med['pass_authors'] / med['pass_ours']:.2f}x: the ceiling of the streamed ratio (convolutions "
+             "are ~85 % of it)"),
         ]
         if args.batch:
             b = med["batch"]
