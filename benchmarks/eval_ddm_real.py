@@ -91,24 +91,51 @@ def smooth_field(shape, spacing, *, sigma_mm=25.0, max_mm=8.0, seed=0) -> np.nda
     return spatial.integrate_velocity(v, steps=7)[0].numpy()
 
 
-def ct_pair(frames: int = 8):
-    from tests.real_data import RealDataUnavailable, pyradiomics_files
+def _cached(which: str, name: str):
+    from tests.real_data import RealDataUnavailable, pyradiomics_files, totalsegmentator_files
 
     try:
-        files = [p for p in pyradiomics_files() if p.name == "lung1_image.nrrd"]
+        files = (pyradiomics_files if which == "pyradiomics" else totalsegmentator_files)()
     except RealDataUnavailable as e:
-        return f"pyradiomics not cached: {e}"
-    if not files:
-        return "pyradiomics lung1_image.nrrd not cached"
-    v = read_volume(files[0])
-    shape = (32, 128, 128)
-    data = _resize(np.clip(v.data.astype(np.float32), -1000, 1000), shape)
+        return f"{which} not cached: {e}"
+    files = [p for p in files if p.name == name]
+    return files[0] if files else f"{which} {name} not cached"
+
+
+def deformed_pair(label: str, which: str, name: str, shape, clip, max_mm: float, seed: int, frames: int = 8):
+    """A real volume resampled to `shape` (intensities clipped to `clip`), deformed by a known smooth
+    diffeomorphic field of at most `max_mm`; intermediates = the source warped by gamma times that field."""
+    path = _cached(which, name)
+    if isinstance(path, str):
+        return path
+    v = read_volume(path)
+    data = _resize(np.clip(v.data.astype(np.float32), *clip), shape)
     spacing = tuple(sp * (s - 1) / (o - 1) for sp, s, o in zip(v.geometry.spacing, v.data.shape, shape))
-    u = smooth_field(shape, spacing, seed=0)
+    u = smooth_field(shape, spacing, max_mm=max_mm, seed=seed)
     src = torch.from_numpy(data)[None, None]
     real = np.stack([spatial.warp(src, torch.from_numpy(g * u)[None], padding_mode="border")[0, 0].numpy()
                      for g in np.linspace(0, 1, frames)])
-    return "CT lung1 32x128x128 + synthetic", data, real[-1], real, spacing
+    return label, data, real[-1], real, spacing
+
+
+def ct_pair():
+    return deformed_pair("CT lung1 32x128x128 + synthetic", "pyradiomics", "lung1_image.nrrd",
+                         (32, 128, 128), (-1000, 1000), 8.0, 0)
+
+
+def ct_large_pair():
+    return deformed_pair("CT lung2 32x128x128 + 16 mm", "pyradiomics", "lung2_image.nrrd",
+                         (32, 128, 128), (-1000, 1000), 16.0, 1)
+
+
+def mr_pair():
+    return deformed_pair("MR brain1 25x128x128 + 8 mm", "pyradiomics", "brain1_image.nrrd",
+                         (25, 128, 128), (0, 3057), 8.0, 2)
+
+
+def mr_abdomen_pair():
+    return deformed_pair("MR abdomen 20x91x117 + 12 mm", "totalsegmentator", "example_mr_sm.nii.gz",
+                         (20, 91, 117), (-47, 833), 12.0, 3)
 
 
 def _local_ncc(a, b) -> float:
@@ -160,7 +187,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     adapt = args.adapt if args.adapt == "auto" else int(args.adapt)
-    makers = {"echo": echo_pair, "ct": ct_pair}
+    makers = {"echo": echo_pair, "ct": ct_pair, "ct2": ct_large_pair, "mr": mr_pair, "mr2": mr_abdomen_pair}
     print(f"{'pair':<32} {'method':<18} {'PSNR@1':>7} {'NCC@1':>6} {'PSNR mid':>8} {'fold %':>7} {'time s':>7}")
     for key in args.pairs.split(","):
         got = makers[key]()

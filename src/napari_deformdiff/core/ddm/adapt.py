@@ -43,13 +43,17 @@ class AdaptSettings:
     plateau: float = 0.01  # stop a level when 10 steps gain less than this part of the level's gain so far
     max_voxels: int = 256 * 256  # the finest working grid, 2D
     max_voxels_3d: int = 2**17  # and 3D
+    sigma: float = 1.0  # Gaussian smoothing of the fitted parameter field (voxels of the level)
+    lbfgs: int = 0  # L-BFGS iterations after Adam at the finest level
+    ncc: float = 1.0  # weight of the local NCC term
+    ncc_eps: float = 1e-8  # in the local NCC denominator; 1e-5 rewarded warps that raise local contrast
 
     def steps(self, level: int) -> int:
         return self.iterations * 2 ** (self.levels - 1 - level)
 
     @property
     def total(self) -> int:
-        return sum(self.steps(k) for k in range(self.levels))
+        return sum(self.steps(k) for k in range(self.levels)) + self.lbfgs
 
 
 def settings_for(adapt, shape: Sequence[int]) -> AdaptSettings | None:
@@ -156,7 +160,8 @@ def _gaussian(v: torch.Tensor, sigma: float | Sequence[float] = 1.0) -> torch.Te
 
 
 def _data_loss(moving: torch.Tensor, target: torch.Tensor, settings: AdaptSettings) -> torch.Tensor:
-    return settings.mse * torch.mean((moving - target) ** 2) - local_ncc_fast(moving, target, settings.window)
+    return (settings.mse * torch.mean((moving - target) ** 2)
+            - settings.ncc * local_ncc_fast(moving, target, settings.window, settings.ncc_eps))
 
 
 def _diffusion(v: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
@@ -210,17 +215,26 @@ def fit_velocity(moving: torch.Tensor, target: torch.Tensor, spacing: Sequence[f
         sched = torch.optim.lr_scheduler.LambdaLR(
             optim, lambda k: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * k / max(steps, 1))))
         history: list[float] = []
+
+        def objective():
+            vel = _gaussian(w, settings.sigma)
+            u = spatial.integrate_velocity(vel, steps=SQUARINGS)
+            warped = spatial.warp(m_l, u, padding_mode="border")
+            ncc = local_ncc_fast(warped, t_l, settings.window, settings.ncc_eps)
+            loss = (settings.mse * torch.mean((warped - t_l) ** 2) - settings.ncc * ncc
+                    + settings.smooth * _diffusion(vel, sp))
+            return loss, ncc
+
+        def check(loss, k):
+            if not torch.isfinite(loss):
+                raise InputError(
+                    f"adaptation diverged (loss {float(loss.detach())} at level {level + 1}, step {k + 1}); "
+                    "the pair may not be registrable, or try fewer adaptation steps.")
+
         for k in range(steps):
             with _grad_on():
-                vel = _gaussian(w)
-                u = spatial.integrate_velocity(vel, steps=SQUARINGS)
-                warped = spatial.warp(m_l, u, padding_mode="border")
-                ncc = local_ncc_fast(warped, t_l, settings.window)
-                loss = settings.mse * torch.mean((warped - t_l) ** 2) - ncc + settings.smooth * _diffusion(vel, sp)
-                if not torch.isfinite(loss):
-                    raise InputError(
-                        f"adaptation diverged (loss {float(loss.detach())} at level {level + 1}, step {k + 1}); "
-                        "the pair may not be registrable, or try fewer adaptation steps.")
+                loss, ncc = objective()
+                check(loss, k)
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
             optim.step()
@@ -233,8 +247,29 @@ def fit_velocity(moving: torch.Tensor, target: torch.Tensor, spacing: Sequence[f
                 before, now = np.mean(history[-20:-10]), np.mean(history[-10:])
                 if before - now < settings.plateau * max(history[0] - now, 1e-12):
                     break
+        if level == settings.levels - 1 and settings.lbfgs:
+            # quasi-Newton polish: Adam finds the motion, L-BFGS settles it to sub-voxel precision
+            lbfgs = torch.optim.LBFGS([w], lr=1.0, max_iter=1, history_size=10, line_search_fn="strong_wolfe",
+                                      tolerance_grad=0.0, tolerance_change=0.0)
+            last = {}
+
+            def closure():
+                with _grad_on():
+                    loss, ncc = objective()
+                    check(loss, k)
+                    lbfgs.zero_grad(set_to_none=True)
+                    loss.backward()
+                last["ncc"] = float(ncc.detach())
+                return loss
+
+            for k in range(settings.lbfgs):
+                with _grad_on():  # its state must not be made of inference tensors
+                    lbfgs.step(closure)
+                done = settings.total - settings.lbfgs + k + 1
+                yield Progress(done, total, f"adapting level {level + 1}/{settings.levels}, L-BFGS step {k + 1}: "
+                                            f"ncc {last['ncc']:.3f}", "adapt")
         with torch.no_grad():
-            v = _gaussian(w.detach())
+            v = _gaussian(w.detach(), settings.sigma)
         if not torch.isfinite(v).all():
             raise InputError("adaptation diverged (the velocity field is not finite).")
         done = sum(settings.steps(j) for j in range(level + 1))
