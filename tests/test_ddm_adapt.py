@@ -217,6 +217,8 @@ def test_bad_pairs_are_refused_before_any_model_work(tmp_path):
 def test_adapt_values_and_the_working_grid():
     assert settings_for(0, (64, 64)) is None and settings_for("0", (64, 64)) is None
     assert settings_for("auto", (64, 64)).iterations == 50
+    # 3D: 30 steps for 128 x 128 x 32 (and larger, fitted on a capped grid), up to 60 on smaller volumes
+    assert [settings_for("auto", s).iterations for s in ((32, 128, 128), (48, 512, 512), (20, 91, 117))] == [30, 30, 60]
     assert settings_for(7, (64, 64)).total == 7 + 14 + 28
     for bad in ("fast", -1, 2.5):
         with pytest.raises(InputError, match="adapt must be"):
