@@ -33,8 +33,9 @@ class OneDNNConv(nn.Module):
         return torch.ops.aten.mkldnn_convolution(x, weight.contiguous(memory_format=self._layout(x)), bias, *self.args)
 
     def _layout(self, x):
-        """x's memory format; this weight's where x has one channel (both layouts at once): the
-        output then stays channels-last in a channels-last model."""
+        """x's memory format; this weight's where x has one channel (contiguous in both layouts), so
+        that a channels-last model stays channels-last after it (the DDM deformation module's
+        decoder ran NCDHW after its one-channel source, 1.5-2x slower)."""
         if x.ndim == 5 and x.shape[1] == 1 and self.weight.is_contiguous(memory_format=torch.channels_last_3d) \
                 and not self.weight.is_contiguous():
             return torch.channels_last_3d
