@@ -178,3 +178,23 @@ def test_a_2d_model_takes_the_same_first_frame_path():
     plain = plain_loop_fields(model, source, target, [0.0])[0]
     assert float(plain.abs().max()) > 0.5
     assert np.allclose(first.field, plain.numpy(), rtol=0, atol=1e-5 * float(plain.abs().max()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_the_gpu_path_gives_the_cpu_frames():
+    """On a GPU: no oneDNN, no anchors (every frame computed); the first frame and all the others are
+    the plain CPU model's to float tolerance (TF32 off, as torch's default for convolutions is on)."""
+    source, target, labels = pair_3d()
+    model = lively_model()
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        gpu = frames_of(generate_ddm(source, target, frames=6, labels=labels, model=model.cuda(), device="cuda"))
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+    plain = plain_loop_fields(model.cpu(), source, target, gamma_schedule(6))
+    scale = float(plain.abs().max())
+    assert [f.index for f in gpu] == list(range(6))
+    for f, ddf in zip(gpu, plain):
+        assert np.allclose(f.field, ddf.numpy(), rtol=0, atol=1e-4 * scale)
+        image = spatial.warp(torch.from_numpy(source.data)[None, None], ddf[None], padding_mode="border")[0, 0].numpy()
+        assert np.abs(f.image - image).max() < 1e-3
