@@ -25,11 +25,13 @@ the process above (oneDNN's kernels made by the earlier runs); cold = the first 
 process right after loading the model (`--cold` processes, each variant; the model load time is
 given beside it, not included). The 2D case: the bundled 2D weights on a 2D phantom slice, the
 streamed generator against the plain model's first frame (the authors' order: the code, then the
-deformation module at gamma 0, then the warp) in the same process. Quality: the streamed frames against the every-frame ones (PSNR per frame), and both
+deformation module at gamma 0, then the warp) in the same process. On the CPU also the CPU time
+(thread_time) to the first frame on one thread, warm: a figure that other jobs on a shared machine
+barely change. `--first-only` prints the first-frame rows alone. Quality: the streamed frames against the every-frame ones (PSNR per frame), and both
 against the phantom's true frames ED -> ES (N = the number of true frames), as the paper scores DDM.
 
 Usage: .venv/bin/python benchmarks/bench_ddm.py [--frames 16] [--repeats 3] [--first-repeats 7] [--cold 3]
-                                                [--device cpu] [--weights PATH]
+                                                [--first-only] [--device cpu] [--weights PATH]
 """
 
 from __future__ import annotations
@@ -195,6 +197,30 @@ def run_cold(variant, device, weights, queue):
     queue.put((load, first))
 
 
+def run_first_cpu_time(weights, repeats, queue):
+    """CPU seconds (thread_time) to the first frame on ONE thread, warm, streamed and authors' loop
+    interleaved: a figure other jobs on the machine barely change (two idle cores take about half)."""
+    import torch
+
+    torch.set_num_threads(1)
+    source, target, _ = _pair()
+    model = _load("cpu", weights)
+    s, t = authors_inputs(source, target, model, "cpu")
+    variants = {
+        "streamed": lambda: streamed(source, target, model, 16, "cpu", first_only=True),
+        "authors": lambda: authors_loop(s, t, model, 16, "cpu", first_only=True),
+    }
+    for run in variants.values():
+        run()
+    times = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            t0 = time.thread_time()
+            run()
+            times[name].append(time.thread_time() - t0)
+    queue.put(times)
+
+
 def run_first_2d(device, repeats, queue):
     """2D first frame, warm: the streamed generator and the plain model, interleaved: {name: [s, ...]}."""
     source, target = _pair_2d()
@@ -287,6 +313,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--first-repeats", type=int, default=7, help="warm first-frame runs (median)")
     parser.add_argument("--cold", type=int, default=3, help="fresh processes per variant for the cold first frame")
+    parser.add_argument("--first-only", action="store_true", help="only the first-frame rows")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", default=None, help="default: the bundled 3D phantom weights")
     args = parser.parse_args()
@@ -301,14 +328,16 @@ def main():
           + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
           + f", load before {load:.2f}")
     n, dev = args.frames, args.device
-    times, firsts = measure(run_times, n, dev, args.weights, args.repeats, args.first_repeats)
     firsts_2d = measure(run_first_2d, dev, args.first_repeats)
     cold = {v: [] for v in ("streamed", "authors", "2d")}
     for _ in range(args.cold):
         for v in cold:
             cold[v].append(measure(run_cold, v, dev, args.weights))
-    peaks = {v: measure(run_peak, v, n, dev, args.weights) for v in ("streamed", "every", "authors")}
-    vs_exact, vs_target, true_fast, true_exact = measure(run_quality, n, dev, args.weights)
+    cpu_first = measure(run_first_cpu_time, args.weights, args.first_repeats) if dev == "cpu" else None
+    if args.first_only:
+        times, firsts = measure(run_times, n, dev, args.weights, 0, args.first_repeats)
+    else:
+        times, firsts = measure(run_times, n, dev, args.weights, args.repeats, args.first_repeats)
 
     def med(name, i):
         return statistics.median(r[i] for r in times[name])
@@ -338,6 +367,19 @@ def main():
         ("2D 128 x 128: first frame, cold", statistics.median(cold_first["2d"]),
          f"first run of {args.cold} fresh processes, range {spread(cold_first['2d'])}; "
          f"model load {spread(cold_load['2d'])} not included"),
+    ]
+    if cpu_first:
+        rows.append(("first frame, CPU time on 1 thread", statistics.median(cpu_first["streamed"]),
+                     f"{statistics.median(a / b for a, b in zip(cpu_first['authors'], cpu_first['streamed'])):.2f}x "
+                     f"vs authors' loop {statistics.median(cpu_first['authors']):.3f} s; thread_time, median of {k}, "
+                     f"range {spread(cpu_first['streamed'])}; warm"))
+    if args.first_only:
+        print_table("DDM first frame, 128 x 128 x 32", rows)
+        print(f"# load after {os.getloadavg()[0]:.2f}")
+        return
+    peaks = {v: measure(run_peak, v, n, dev, args.weights) for v in ("streamed", "every", "authors")}
+    vs_exact, vs_target, true_fast, true_exact = measure(run_quality, n, dev, args.weights)
+    rows += [
         ("streamed: first frame in the 16-frame runs", med("streamed", 0),
          f"{ratio('streamed', 0):.2f}x vs " + base.format(med("authors", 0))),
         (f"streamed: all {n} frames", med("streamed", 1),
