@@ -16,10 +16,22 @@ Variants:
 
 Times: the variants run interleaved in one process, `--repeats` rounds; the table gives the median
 time and the median of the per-round ratios. Peak RSS: each variant once more in its own spawned
-process. Quality: the streamed frames against the every-frame ones (PSNR per frame), and both
+process.
+
+First frame (time from calling the generator to its first Frame; the model is loaded before, as
+for a user who presses Run again; no adaptation, as `--adapt 0`): warm = `--first-repeats` more
+interleaved runs of the streamed generator and the authors' loop stopped at their first frame, in
+the process above (oneDNN's kernels made by the earlier runs); cold = the first run of a fresh
+process right after loading the model (`--cold` processes, each variant; the model load time is
+given beside it, not included). The 2D case: the bundled 2D weights on a 2D phantom slice, the
+streamed generator against the plain model's first frame (the authors' order: the code, then the
+deformation module at gamma 0, then the warp) in the same process. On the CPU also the CPU time
+(thread_time) to the first frame on one thread, warm: a figure that other jobs on a shared machine
+barely change. `--first-only` prints the first-frame rows alone. Quality: the streamed frames against the every-frame ones (PSNR per frame), and both
 against the phantom's true frames ED -> ES (N = the number of true frames), as the paper scores DDM.
 
-Usage: .venv/bin/python benchmarks/bench_ddm.py [--frames 16] [--repeats 3] [--device cpu] [--weights PATH]
+Usage: .venv/bin/python benchmarks/bench_ddm.py [--frames 16] [--repeats 3] [--first-repeats 7] [--cold 3]
+                                                [--first-only] [--device cpu] [--weights PATH]
 """
 
 from __future__ import annotations
@@ -62,18 +74,23 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def streamed(source, target, model, frames, device, anchors=None):
+def streamed(source, target, model, frames, device, anchors=None, first_only=False):
     """generate_ddm as the GUI runs it: (seconds to the first frame, seconds in all, frames)."""
     from napari_deformdiff.core.ddm.generate import generate_ddm
     from napari_deformdiff.core.events import Frame
 
     t0 = time.perf_counter()
     first, out = None, []
-    for event in generate_ddm(source, target, frames=frames, model=model, device=device, anchors=anchors):
+    events = generate_ddm(source, target, frames=frames, model=model, device=device, anchors=anchors)
+    for event in events:
         if isinstance(event, Frame):
             out.append(event.image)
             if first is None:
+                _sync(device)
                 first = time.perf_counter() - t0
+                if first_only:
+                    events.close()
+                    break
     _sync(device)
     return first, time.perf_counter() - t0, out
 
@@ -106,7 +123,7 @@ def transformer(image, flow, grid):
     return F.grid_sample(image, locs, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def authors_loop(s, t, model, frames, device):
+def authors_loop(s, t, model, frames, device, first_only=False):
     """The baseline: (seconds to the first frame, seconds in all, frames) of the authors' loop."""
     import numpy as np
     import torch
@@ -123,14 +140,103 @@ def authors_loop(s, t, model, frames, device):
             flow.cpu().numpy()
             if first is None:
                 first = time.perf_counter() - t0
+                if first_only:
+                    break
     _sync(device)
     return first, time.perf_counter() - t0, out
 
 
-def _load(device, weights):
+def plain_first_2d(s, t, model, device):
+    """The plain 2D model's first frame in the authors' order: code, field at gamma 0, warp (seconds)."""
+    import torch
+
+    from napari_deformdiff.core import spatial
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        code = model.code(s, t)
+        flow = model.field_fn(torch.cat([s, 0.0 * code], dim=1))
+        spatial.warp((s + 1.0) / 2.0, flow, padding_mode="zeros")[0, 0].cpu().numpy()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _pair_2d():
+    """(source ED, target ES) of a held-out 2D cardiac phantom slice."""
+    from napari_deformdiff.core.io import Volume
+    from napari_deformdiff.core.phantom import cardiac_phantom
+    from napari_deformdiff.core.phantom.dataset import centred_geometry
+
+    case = cardiac_phantom(123, two_d=True, frames=10)
+    geometry = centred_geometry(case.images.shape[1:], case.spacing)
+    return Volume(case.images[0], geometry), Volume(case.images[case.es_index], geometry)
+
+
+def _load(device, weights, ndims=3):
     from napari_deformdiff.core.ddm.weights import load_ddm
 
-    return load_ddm(weights, ndims=3, device=device)[0]
+    return load_ddm(weights if ndims == 3 else None, ndims=ndims, device=device)[0]
+
+
+def run_cold(variant, device, weights, queue):
+    """In this fresh process: load the model, then the first frame of its first run: (load s, first s)."""
+    t0 = time.perf_counter()
+    if variant == "2d":
+        source, target = _pair_2d()
+        model = _load(device, weights, 2)
+    else:
+        source, target, _ = _pair()
+        model = _load(device, weights)
+    _sync(device)
+    load = time.perf_counter() - t0
+    if variant == "authors":
+        s, t = authors_inputs(source, target, model, device)
+        first = authors_loop(s, t, model, 16, device, first_only=True)[0]
+    else:
+        first = streamed(source, target, model, 16, device, first_only=True)[0]
+    queue.put((load, first))
+
+
+def run_first_cpu_time(weights, repeats, queue):
+    """CPU seconds (thread_time) to the first frame on ONE thread, warm, streamed and authors' loop
+    interleaved: a figure other jobs on the machine barely change (two idle cores take about half)."""
+    import torch
+
+    torch.set_num_threads(1)
+    source, target, _ = _pair()
+    model = _load("cpu", weights)
+    s, t = authors_inputs(source, target, model, "cpu")
+    variants = {
+        "streamed": lambda: streamed(source, target, model, 16, "cpu", first_only=True),
+        "authors": lambda: authors_loop(s, t, model, 16, "cpu", first_only=True),
+    }
+    for run in variants.values():
+        run()
+    times = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            t0 = time.thread_time()
+            run()
+            times[name].append(time.thread_time() - t0)
+    queue.put(times)
+
+
+def run_first_2d(device, repeats, queue):
+    """2D first frame, warm: the streamed generator and the plain model, interleaved: {name: [s, ...]}."""
+    source, target = _pair_2d()
+    model = _load(device, None, 2)
+    s, t = authors_inputs(source, target, model, device)
+    variants = {
+        "streamed": lambda: streamed(source, target, model, 16, device, first_only=True)[0],
+        "plain": lambda: plain_first_2d(s, t, model, device),
+    }
+    for run in variants.values():
+        run()
+    times = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            times[name].append(run())
+    queue.put(times)
 
 
 def run_peak(variant, frames, device, weights, queue):
@@ -153,8 +259,9 @@ def run_peak(variant, frames, device, weights, queue):
     queue.put(_peak_mb(device))
 
 
-def run_times(frames, device, weights, repeats, queue):
-    """Every variant `repeats` times, interleaved, in this process: {variant: [(first, total), ...]}."""
+def run_times(frames, device, weights, repeats, first_repeats, queue):
+    """Every variant `repeats` times, interleaved, in this process: {variant: [(first, total), ...]};
+    then the streamed generator and the authors' loop `first_repeats` times to their first frame."""
     source, target, _ = _pair()
     model = _load(device, weights)
     s, t = authors_inputs(source, target, model, device)
@@ -170,7 +277,11 @@ def run_times(frames, device, weights, repeats, queue):
         for name, run in variants.items():
             first, total, _ = run(frames)
             times[name].append((first, total))
-    queue.put(times)
+    firsts = {"streamed": [], "authors": []}
+    for _ in range(first_repeats):
+        firsts["streamed"].append(streamed(source, target, model, frames, device, first_only=True)[0])
+        firsts["authors"].append(authors_loop(s, t, model, frames, device, first_only=True)[0])
+    queue.put((times, firsts))
 
 
 def run_quality(frames, device, weights, queue):
@@ -200,6 +311,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--first-repeats", type=int, default=7, help="warm first-frame runs (median)")
+    parser.add_argument("--cold", type=int, default=3, help="fresh processes per variant for the cold first frame")
+    parser.add_argument("--first-only", action="store_true", help="only the first-frame rows")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", default=None, help="default: the bundled 3D phantom weights")
     args = parser.parse_args()
@@ -214,9 +328,16 @@ def main():
           + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else "")
           + f", load before {load:.2f}")
     n, dev = args.frames, args.device
-    times = measure(run_times, n, dev, args.weights, args.repeats)
-    peaks = {v: measure(run_peak, v, n, dev, args.weights) for v in ("streamed", "every", "authors")}
-    vs_exact, vs_target, true_fast, true_exact = measure(run_quality, n, dev, args.weights)
+    firsts_2d = measure(run_first_2d, dev, args.first_repeats)
+    cold = {v: [] for v in ("streamed", "authors", "2d")}
+    for _ in range(args.cold):
+        for v in cold:
+            cold[v].append(measure(run_cold, v, dev, args.weights))
+    cpu_first = measure(run_first_cpu_time, args.weights, args.first_repeats) if dev == "cpu" else None
+    if args.first_only:
+        times, firsts = measure(run_times, n, dev, args.weights, 0, args.first_repeats)
+    else:
+        times, firsts = measure(run_times, n, dev, args.weights, args.repeats, args.first_repeats)
 
     def med(name, i):
         return statistics.median(r[i] for r in times[name])
@@ -224,10 +345,43 @@ def main():
     def ratio(name, i):
         return statistics.median(a[i] / b[i] for a, b in zip(times["authors"], times[name]))
 
+    def spread(values):
+        return f"{min(values):.3f}-{max(values):.3f} s"
+
+    k = args.first_repeats
+    warm_ratio = statistics.median(a / b for a, b in zip(firsts["authors"], firsts["streamed"]))
+    cold_first = {v: [r[1] for r in cold[v]] for v in cold}
+    cold_load = {v: [r[0] for r in cold[v]] for v in cold}
+    ratio_2d = statistics.median(a / b for a, b in zip(firsts_2d["plain"], firsts_2d["streamed"]))
     base = f"authors' loop {{:.3f}} s, median of {args.repeats} interleaved rounds"
     rows = [
-        ("streamed: first frame", med("streamed", 0),
-         f"{ratio('streamed', 0):.2f}x vs " + base.format(med("authors", 0)) + "; target <= 0.3 s"),
+        ("streamed: first frame, warm", statistics.median(firsts["streamed"]),
+         f"{warm_ratio:.2f}x vs authors' loop {statistics.median(firsts['authors']):.3f} s; median of {k} "
+         f"interleaved runs, range {spread(firsts['streamed'])}; target <= 0.3 s"),
+        ("streamed: first frame, cold", statistics.median(cold_first["streamed"]),
+         f"first run of {args.cold} fresh processes, range {spread(cold_first['streamed'])}; authors' loop "
+         f"{statistics.median(cold_first['authors']):.3f} s; model load {spread(cold_load['streamed'])} not included"),
+        ("2D 128 x 128: first frame, warm", statistics.median(firsts_2d["streamed"]),
+         f"{ratio_2d:.2f}x vs the plain 2D model {statistics.median(firsts_2d['plain']):.3f} s; median of {k}, "
+         f"range {spread(firsts_2d['streamed'])}"),
+        ("2D 128 x 128: first frame, cold", statistics.median(cold_first["2d"]),
+         f"first run of {args.cold} fresh processes, range {spread(cold_first['2d'])}; "
+         f"model load {spread(cold_load['2d'])} not included"),
+    ]
+    if cpu_first:
+        rows.append(("first frame, CPU time on 1 thread", statistics.median(cpu_first["streamed"]),
+                     f"{statistics.median(a / b for a, b in zip(cpu_first['authors'], cpu_first['streamed'])):.2f}x "
+                     f"vs authors' loop {statistics.median(cpu_first['authors']):.3f} s; thread_time, median of {k}, "
+                     f"range {spread(cpu_first['streamed'])}; warm"))
+    if args.first_only:
+        print_table("DDM first frame, 128 x 128 x 32", rows)
+        print(f"# load after {os.getloadavg()[0]:.2f}")
+        return
+    peaks = {v: measure(run_peak, v, n, dev, args.weights) for v in ("streamed", "every", "authors")}
+    vs_exact, vs_target, true_fast, true_exact = measure(run_quality, n, dev, args.weights)
+    rows += [
+        ("streamed: first frame in the 16-frame runs", med("streamed", 0),
+         f"{ratio('streamed', 0):.2f}x vs " + base.format(med("authors", 0))),
         (f"streamed: all {n} frames", med("streamed", 1),
          f"{ratio('streamed', 1):.2f}x vs " + base.format(med("authors", 1)) + "; target >= 2x"),
         ("every frame: first frame", med("every", 0), f"{ratio('every', 0):.2f}x vs the authors' loop"),

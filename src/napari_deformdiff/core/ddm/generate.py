@@ -8,7 +8,8 @@ intensities and geometry.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from .nets.ddm import DDM
 from ..nn.inference import as_channels_last, fast_copy, grid_map
 from ..io.pairs import check_pair
 from .weights import load_ddm
+from ..weights.resolve import resolve
 from .adapt import AdaptSettings, Residual, adapt_pair, settings_for
 
 MAX_FRAMES = 200
@@ -90,12 +92,13 @@ def generate_ddm(
         anchors = CPU_ANCHORS if model.weight_device().type == "cpu" else 0
     grid = grid_map(source.spatial_shape, source.geometry.spacing, model.config.grid, model.config.spacing)
     s = to_model(source.data, grid, model.weight_device())
-    t = to_model(target.data, grid, model.weight_device())
-    net = fast_copy(model)
+    net = inference_copy(model)
     info = {"method": "ddm", "loop": loop, "adapt": settings.total if settings else 0}
-    if settings is None:
-        yield from _frames(net, s, t, source, labels, grid, gammas, batch, anchors, info)
+    if settings is None:  # the target is not needed before the first frame
+        yield from _frames(net, s, lambda: to_model(target.data, grid, model.weight_device()), source, labels,
+                           grid, gammas, batch, anchors, info)
         return
+    t = to_model(target.data, grid, model.weight_device())
     # adapted frames start exactly at the source (exp(0 v) = id): show it before the adaptation runs
     yield Frame(0, len(gammas), np.array(source.data, dtype=np.float32, copy=True),
                 np.zeros((ndims, *source.spatial_shape), np.float32),
@@ -103,7 +106,7 @@ def generate_ddm(
     residual = yield from adapt_pair(source.data, target.data, source.geometry.spacing,
                                      _network_motion(net, s, t, grid), settings)
     info["adapt_network_field"] = residual.use_network
-    yield from _with_residual(_frames(net, s, t, source, labels, grid, gammas, batch, anchors, info),
+    yield from _with_residual(_frames(net, s, lambda: t, source, labels, grid, gammas, batch, anchors, info),
                               residual, source, labels)
 
 
@@ -144,12 +147,34 @@ def _with_residual(frames: Iterator[Progress | Frame], residual: Residual, sourc
         yield Frame(event.index, event.total, image, ddf[0].numpy(), warped_labels, event.info)
 
 
+_last_loaded: dict[tuple, DDM] = {}  # the model of the last weights file read, for a run with the same file
+_inference_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _model_for(model: DDM | None, weights, ndims: int, device) -> DDM:
     if model is None:
-        model, _ = load_ddm(weights, ndims=ndims, device=device)
+        path, _ = resolve(weights, "ddm", ndims)
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, ndims, str(device))
+        if key not in _last_loaded:
+            model, _ = load_ddm(path, ndims=ndims, device=device)
+            _last_loaded.clear()
+            _last_loaded[key] = model
+        model = _last_loaded[key]
     elif model.ndims != ndims:
         raise InputError(f"the model is {model.ndims}D but the images are {ndims}D.")
     return model
+
+
+def inference_copy(model: DDM) -> DDM:
+    """fast_copy(model), made once per model and kept while its weights are unchanged (a parameter
+    or buffer replaced or changed in place makes a new one)."""
+    state = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in (*model.parameters(), *model.buffers()))
+    kept = _inference_copies.get(model)
+    if kept is None or kept[0] != state:
+        kept = (state, fast_copy(model))
+        _inference_copies[model] = kept
+    return kept[1]
 
 
 def lagrange_weights(nodes: np.ndarray, x: float) -> np.ndarray:
@@ -162,9 +187,9 @@ def lagrange_weights(nodes: np.ndarray, x: float) -> np.ndarray:
     return w
 
 
-def _frames(net, s: torch.Tensor, t: torch.Tensor, source: Volume, labels: Volume | None, grid: GridMap,
+def _frames(net, s: torch.Tensor, target: Callable[[], torch.Tensor], source: Volume, labels: Volume | None, grid: GridMap,
             gammas: np.ndarray, batch: int, anchors: int, info_base: dict) -> Iterator[Progress | Frame]:
-    """Frame 0 (gamma 0 needs no code), the diffusion pass, then the other frames in batches.
+    """Frame 0 (gamma 0 needs no code, nor the target), the diffusion pass, then the other frames in batches.
 
     With anchors, the fields are computed at the anchor gammas only and the frames' fields are
     interpolated between them (on the input grid: resampling there is linear, so this is the same
@@ -196,14 +221,15 @@ def _frames(net, s: torch.Tensor, t: torch.Tensor, source: Volume, labels: Volum
                      {**info_base, "gamma": float(gamma)})
 
     with torch.inference_mode():
-        # gamma = 0 does not depend on the code: show the first frame before the diffusion pass.
-        zero_code = torch.zeros_like(s_fast)
-        done: dict[float, torch.Tensor] = {}
-        first = fields_for([gammas[0]], zero_code)[0]
-        done[key(gammas[0])] = first
+        # every schedule starts at gamma = 0, whose field does not depend on the code: show the
+        # first frame before the diffusion pass.
+        first = net.field_fn.zero_code_field(s_fast)
+        _check_finite(first, "deformation field")
+        first = grid.field_to_input(first.contiguous())[0]
+        done: dict[float, torch.Tensor] = {key(gammas[0]): first}
         yield frame(0, gammas[0], first)
         yield Progress(1, frames, "diffusion pass", "frames")
-        code = net.code(s_fast, as_channels_last(t))
+        code = net.code(s_fast, as_channels_last(target()))
         _check_finite(code, "latent code")
         if nodes is not None:
             at_nodes = {key(0.0): done[key(0.0)]} if key(gammas[0]) == key(0.0) else {}

@@ -30,7 +30,27 @@ class OneDNNConv(nn.Module):
 
     def convolve(self, x, weight, bias):
         """This convolution with other weights of the same kernel (e.g. a slice of the input channels)."""
-        return torch.ops.aten.mkldnn_convolution(x, weight.contiguous(memory_format=_layout(x)), bias, *self.args)
+        return torch.ops.aten.mkldnn_convolution(x, weight.contiguous(memory_format=self._layout(x)), bias, *self.args)
+
+    def _layout(self, x):
+        """x's memory format; this weight's where x has one channel (contiguous in both layouts), so
+        that a channels-last model stays channels-last after it (the DDM deformation module's
+        decoder ran NCDHW after its one-channel source, 1.5-2x slower)."""
+        if x.ndim == 5 and x.shape[1] == 1 and self.weight.is_contiguous(memory_format=torch.channels_last_3d) \
+                and not self.weight.is_contiguous():
+            return torch.channels_last_3d
+        return _layout(x)
+
+    def leaky_relu(self, x, slope: float, weight=None):
+        """leaky_relu(convolve(x, weight or this weight, this bias)) in one oneDNN call (the activation
+        as a post-op of the convolution). About 2x faster than the two steps for the 3D DDM
+        deformation module on the CPU (channels-last). The op is torch's internal one (used by its
+        compiler): checked before use, the two steps where it fails."""
+        weight = self.weight if weight is None else weight
+        if not _fused_leaky_relu_works(x.ndim):
+            return nn.functional.leaky_relu(self.convolve(x, weight, self.bias), slope)
+        return torch.ops.mkldnn._convolution_pointwise(x, weight.contiguous(memory_format=self._layout(x)), self.bias,
+                                                       *self.args, "leaky_relu", [slope], "")
 
 
 class OneDNNConvTranspose(nn.Module):
@@ -65,6 +85,23 @@ def _onednn_works(wrapper: type[nn.Module], conv: type[nn.Module]) -> bool:
         x = torch.rand(1, 2, 4, 4, 4)
         with torch.no_grad():
             return torch.allclose(wrapper(layer)(x), layer(x), atol=1e-5)
+    except (RuntimeError, AttributeError):
+        return False
+
+
+@functools.cache
+def _fused_leaky_relu_works(ndim: int) -> bool:
+    """Does oneDNN's convolution with a leaky_relu post-op compute conv then leaky_relu here (a tiny case)?"""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        layer = (nn.Conv2d if ndim == 4 else nn.Conv3d)(3, 2, 3, padding=1)
+        x = torch.rand(1, 3, *(4,) * (ndim - 2)) - 0.5
+        with torch.no_grad():
+            fused = OneDNNConv(layer)
+            out = torch.ops.mkldnn._convolution_pointwise(x, layer.weight, layer.bias, *fused.args, "leaky_relu",
+                                                          [0.2], "")
+            return torch.allclose(out, nn.functional.leaky_relu(layer(x), 0.2), atol=1e-5)
     except (RuntimeError, AttributeError):
         return False
 

@@ -27,7 +27,19 @@ class ConvBlock(nn.Module):
         self.block = nn.Sequential(conv(ndims)(dim, dim_out, 3, stride=stride, padding=1), nn.LeakyReLU(0.2))
 
     def forward(self, x):
-        return self.block(x)
+        return self.conv_act(x)
+
+    def conv_act(self, x, weight=None):
+        """act(conv(x)), with `weight` in place of the conv's weight if given (bias kept); in one call
+        where the conv is an inference copy's oneDNN one."""
+        layer, act = self.block
+        fused = getattr(layer, "leaky_relu", None)
+        if fused is not None:
+            return fused(x, act.negative_slope, weight)
+        if weight is None:
+            return act(layer(x))
+        conv_nd = nn.functional.conv3d if weight.ndim == 5 else nn.functional.conv2d
+        return act(conv_nd(x, weight, layer.bias, layer.stride, layer.padding))
 
 
 class EncoderBlock(nn.Module):
@@ -126,6 +138,10 @@ class FieldUNet(nn.Module):
         g = gammas.reshape(-1, *([1] * (source.ndim - 1))).to(from_code)
         x0 = self.inconv.block.block[1](from_source + g * from_code)
         return self._decode(x0)
+
+    def zero_code_field(self, source: torch.Tensor) -> torch.Tensor:
+        """forward(cat[source, 0]), the field at gamma = 0, without the code's half of the first conv."""
+        return self._decode(self.inconv.block.conv_act(source, self.inconv.block.block[0].weight[:, :1]))
 
     def _decode(self, x0: torch.Tensor) -> torch.Tensor:
         x1 = self.downconv1(x0)
