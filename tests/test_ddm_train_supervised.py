@@ -104,7 +104,7 @@ def test_gradients_of_both_terms_reach_the_networks():
     model = DDM(dataclasses.replace(tiny_config(2), lambda_dice=1.0, lambda_field=1.0))
     p = synth_pair((32, 32), torch.Generator().manual_seed(3), labels=4, max_voxels=3.0)
     args = (p.source, p.target, p.source_labels + 1, p.target_labels + 1, p.field, torch.ones_like(p.source))
-    for term, nets in (("dice", ("field_fn",)), ("field", ("field_fn", "denoise_fn"))):
+    for term, nets in (("dice", ("field_fn", "denoise_fn")), ("field", ("field_fn", "denoise_fn"))):
         model.zero_grad()
         losses = model.training_losses(*args, generator=torch.Generator().manual_seed(0))
         losses[term].backward()

@@ -142,12 +142,13 @@ class DDM(nn.Module):
         plus lambda_anchor * mean(field(S, 0)^2) when lambda_anchor > 0 (our addition: the paper
         never shows the deformation module a zero code, which gamma = 0 gives it at inference).
 
-        Supervision where the truth is known (our addition, SynthMorph-like; off by default):
-        lambda_dice * (1 - soft_dice(S_labels o phi, T_labels)) with integer label maps (B, 1, *S),
-        0 = no label (see soft_dice), and lambda_field * field_error: phi is the field that aligns S
-        with T for this code (at inference, gamma = 1 with t = 0), compared with `true_field` (B, n, *S,
-        voxels) where `field_mask` (B, 1, *S) is 1; and the field of gamma * c, gamma ~ U[0, 1] per item,
-        with gamma * true_field, which is what latent scaling should give between the ends.
+        Supervision where the truth is known (our addition, SynthMorph-like; off by default), on the
+        fields inference makes: the code c0 of (S, T, x_t = T, t = 0) and phi_gamma = G_def(S, gamma c0)
+        (methods.md, latent scaling; training itself never uses gamma). Integer label maps (B, 1, *S),
+        0 = no label: lambda_dice * (1 - soft_dice(S_labels o phi_1, T_labels)). A true field (B, n, *S,
+        voxels) where `field_mask` (B, 1, *S) is 1: lambda_field * the mean of field_error(phi_1, u)
+        and field_error(phi_gamma, gamma u), gamma ~ U[0, 1] per item (the frame latent scaling should
+        give between the ends).
         """
         cfg = self.config
         b = source.shape[0]
@@ -165,14 +166,19 @@ class DDM(nn.Module):
         if cfg.lambda_anchor > 0:
             losses["anchor"] = torch.mean(self.field(source, torch.zeros_like(c)) ** 2)
             losses["total"] = losses["total"] + cfg.lambda_anchor * losses["anchor"]
-        if cfg.lambda_dice > 0 and source_labels is not None:
-            losses["dice"] = 1.0 - soft_dice(warped_labels(source_labels, ddf), target_labels)
+        dice_on = cfg.lambda_dice > 0 and source_labels is not None
+        field_on = cfg.lambda_field > 0 and true_field is not None
+        if dice_on or field_on:
+            c0 = self.code(source, target)
+            end = self.field(source, c0)
+        if dice_on:
+            losses["dice"] = 1.0 - soft_dice(warped_labels(source_labels, end), target_labels)
             losses["total"] = losses["total"] + cfg.lambda_dice * losses["dice"]
-        if cfg.lambda_field > 0 and true_field is not None:
+        if field_on:
             shape = (b,) + (1,) * (source.ndim - 1)
             gamma = (draws.randint(1001, b, generator).float() / 1000.0).to(source.device).reshape(shape)
-            scaled = self.field(source, gamma * c)
-            losses["field"] = 0.5 * (field_error(ddf, true_field, field_mask)
+            scaled = self.field(source, gamma * c0)
+            losses["field"] = 0.5 * (field_error(end, true_field, field_mask)
                                      + field_error(scaled, gamma * true_field, field_mask))
             losses["total"] = losses["total"] + cfg.lambda_field * losses["field"]
         return losses
