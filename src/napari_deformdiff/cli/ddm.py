@@ -33,7 +33,7 @@ def cmd_train_ddm(args: argparse.Namespace) -> int:
             pairs, args.out, steps=args.steps, config=DDMConfig.default(ndims), resume=args.resume,
             seed=args.seed, device=device, lr=args.lr, crop=_sizes(args.crop), batch=args.batch, sampling=args.pairs,
             save_every=args.save_every, overwrite=args.overwrite, anchor=args.anchor, workers=args.workers,
-            mix=mix, real=real,
+            mix=mix, real=real, dice=args.dice, field_weight=args.field_weight,
         )
         _train(events, world, desc="train ddm")
     return _report_trained(world, args.out)
@@ -192,6 +192,11 @@ def _add_train(train) -> None:
                    help="draw pairs from phantom (--data), synth (random label maps) and real (--real, deformed "
                         "by cardiac-like fields), e.g. synth=0.5,real=0.25,phantom=0.25")
     p.add_argument("--real", type=Path, nargs="*", default=None, help="real images (files or folders) for --mix real")
+    p.add_argument("--dice", type=float, default=None,
+                   help="weight of 1 - Dice of the warped label maps (phantom, synth; not in the paper; 0 = off)")
+    p.add_argument("--field-weight", type=float, default=None,
+                   help="weight of the squared error to the true field where known (synth, real; not in the "
+                        "paper; 0 = off)")
     _run_options(p)
     p.set_defaults(func=cmd_train_ddm)
 

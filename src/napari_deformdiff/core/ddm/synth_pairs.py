@@ -149,15 +149,22 @@ def parse_mix(text: str) -> dict[str, float]:
 
 
 class SynthItems:
-    """make(step, item) -> (source, target) SynthMorph-style, at `shape` (the crop or the model grid)."""
+    """make(step, item) -> (source, target) SynthMorph-style, at `shape` (the crop or the model grid);
+    `supervised`: (source, target, source labels, target labels, true field, field mask), labels
+    shifted to 1 .. `labels` (0 = none, see train.supervised_item)."""
 
-    def __init__(self, shape: Sequence[int], seed: int, labels: int = 8, max_voxels: float = 6.0):
+    def __init__(self, shape: Sequence[int], seed: int, labels: int = 8, max_voxels: float = 6.0,
+                 supervised: bool = False):
         self.shape, self.seed, self.labels, self.max_voxels = tuple(shape), seed, labels, max_voxels
+        self.supervised = supervised
 
     def __call__(self, step: int, item: int):
         p = synth_pair(self.shape, item_generator(self.seed, step, item, "synth"), labels=self.labels,
                        max_voxels=self.max_voxels)
-        return p.source, p.target
+        if not self.supervised:
+            return p.source, p.target
+        return (p.source, p.target, p.source_labels + 1, p.target_labels + 1, p.field,
+                torch.ones_like(p.source))
 
 
 class RealItems:
@@ -166,10 +173,11 @@ class RealItems:
     field, then flipped/cropped by `augment`."""
 
     def __init__(self, volumes: Sequence[torch.Tensor], spacing: Sequence[float], seed: int,
-                 augment: Callable):
+                 augment: Callable, supervised: bool = False):
         if not volumes:
             raise InputError("--mix real needs real volumes (--real FILE_OR_DIR).")
         self.volumes, self.spacing, self.seed, self.augment = list(volumes), tuple(spacing), seed, augment
+        self.supervised = supervised
 
     def __call__(self, step: int, item: int):
         g = item_generator(self.seed, step, item, "real")
@@ -179,7 +187,11 @@ class RealItems:
                                   (), generator=g))
             volume = _scale(volume[:, :, z])
         p = real_pair(volume, self.spacing, g)
-        return self.augment(p.source, p.target, g)
+        if not self.supervised:
+            return self.augment(p.source, p.target, g)
+        s, t, u = self.augment(p.source, p.target, g, field=p.field)
+        blank = torch.zeros_like(s, dtype=torch.long)
+        return s, t, blank, blank, u, torch.ones_like(s)
 
 
 class MixedItems:

@@ -59,29 +59,68 @@ def pair_frames(pairs: Sequence[Pair], config: DDMConfig, sampling: str = "ends"
     return out
 
 
+def label_frames(pairs: Sequence[Pair], config: DDMConfig, sampling: str = "ends") -> list[list[torch.Tensor] | None]:
+    """Per pair, its label maps on the model grid (nearest, uint8 (1, 1, *grid)) matching pair_frames'
+    frames, or None where the pair has none."""
+    out = []
+    for p in pairs:
+        grid = model_grid_of(p.source, config)
+        if sampling == "cine" and p.cine is not None and p.cine.data.shape[0] > 2:
+            maps = list(p.cine_labels.data) if p.cine_labels is not None else None
+        else:
+            target = p.target_labels if p.target_labels is not None else None
+            if target is None and p.cine_labels is not None:
+                target = p.cine_labels.data[-1]
+            elif target is not None:
+                target = target.data
+            maps = [p.source_labels.data, target] if p.source_labels is not None and target is not None else None
+        out.append(None if maps is None else [labels_to_model(m, grid) for m in maps])
+    return out
+
+
+def labels_to_model(labels: np.ndarray, grid: GridMap) -> torch.Tensor:
+    values = torch.from_numpy(np.asarray(labels, np.float32))[None, None]
+    return grid._resample(values, grid.input_shape, grid.model_shape, grid.ratio, "nearest").round().to(torch.uint8)
+
+
+def draw_indices(n: int, g: torch.Generator, sampling: str) -> tuple[int, int]:
+    """(source, target) frame indices: the ends, or for "cine" half the time any two frames of the
+    sequence (either order, possibly the same frame), so that the code, not the source alone, must
+    say how far to deform."""
+    if sampling == "ends" or n == 2 or torch.rand((), generator=g) < 0.5:
+        return 0, n - 1
+    i, j = (int(v) for v in torch.randint(0, n, (2,), generator=g))
+    return i, j
+
+
 def draw_pair(frames: list[torch.Tensor], g: torch.Generator, sampling: str):
-    """(source, target): the ends, or for "cine" half the time any two frames of the sequence
-    (either order, possibly the same frame), so that the code, not the source alone, must say
-    how far to deform."""
-    if sampling == "ends" or len(frames) == 2 or torch.rand((), generator=g) < 0.5:
-        return frames[0], frames[-1]
-    i, j = (int(v) for v in torch.randint(0, len(frames), (2,), generator=g))
+    """(source, target) frames drawn with draw_indices."""
+    i, j = draw_indices(len(frames), g, sampling)
     return frames[i], frames[j]
 
 
-def augment(s: torch.Tensor, t: torch.Tensor, g: torch.Generator, crop: Sequence[int] | None):
-    """Random in-plane flips and transposes (as the paper), then an optional random crop.
+def augment(s: torch.Tensor, t: torch.Tensor, g: torch.Generator, crop: Sequence[int] | None,
+            labels: Sequence[torch.Tensor] = (), field: torch.Tensor | None = None):
+    """Random in-plane flips and transposes (as the paper), then an optional random crop, of (s, t)
+    and alike of the `labels` maps and the voxel `field` (its components flipped and swapped with
+    the axes, so that it still maps s onto t); returns (s, t, *labels[, field]).
 
     Crops are centred with a jitter of a quarter of the spare room, so the anatomy (centred in
     the model grid) stays mostly inside.
     """
     n = s.ndim - 2
     y, x = n, n + 1  # the two in-plane axes (last two)
+    images = [s, t, *labels]
     for axis in (y, x):
         if torch.rand((), generator=g) < 0.5:
-            s, t = s.flip(axis), t.flip(axis)
+            images = [a.flip(axis) for a in images]
+            if field is not None:
+                field = field.flip(axis)
+                field[:, axis - 2] = -field[:, axis - 2]
     if s.shape[y] == s.shape[x] and torch.rand((), generator=g) < 0.5:
-        s, t = s.transpose(y, x), t.transpose(y, x)
+        images = [a.transpose(y, x) for a in images]
+        if field is not None:
+            field = field.transpose(y, x)[:, [*range(n - 2), n - 1, n - 2]]
     if crop is not None:
         index = []
         for size, c in zip(s.shape[2:], crop):
@@ -90,21 +129,45 @@ def augment(s: torch.Tensor, t: torch.Tensor, g: torch.Generator, crop: Sequence
             lo, hi = spare // 2 - spare // 4, spare // 2 + spare // 4
             start = int(torch.randint(lo, hi + 1, (), generator=g))
             index.append(slice(start, start + c))
-        s, t = s[(..., *index)], t[(..., *index)]
-    return s.contiguous(), t.contiguous()
+        images = [a[(..., *index)] for a in images]
+        if field is not None:
+            field = field[(..., *index)]
+    out = [a.contiguous() for a in images]
+    return tuple(out) if field is None else (*out, field.contiguous())
+
+
+def supervised_item(s: torch.Tensor, t: torch.Tensor, labels=None, field: torch.Tensor | None = None):
+    """(s, t, source labels, target labels, true field, field mask) with zero labels (none) and a zero
+    mask where the truth is unknown, so that every item of a batch has the same parts."""
+    n = s.ndim - 2
+    blank = torch.zeros_like(s, dtype=torch.long)
+    sl, tl = (blank, blank) if labels is None else (labels[0].long(), labels[1].long())
+    mask = torch.ones_like(s) if field is not None else torch.zeros_like(s)
+    field = field if field is not None else torch.zeros(s.shape[0], n, *s.shape[2:], dtype=s.dtype)
+    return s, t, sl, tl, field, mask
 
 
 class PairItems:
     """make(step, item) of nn.distributed.step_batches: item `item` of a step's global batch, a random
-    pair drawn with draw_pair and augmented, from the item's own generator."""
+    pair drawn with draw_pair and augmented, from the item's own generator. With `labels` (label_frames),
+    the item is supervised_item's tuple."""
 
-    def __init__(self, data: list[list[torch.Tensor]], seed: int, sampling: str, crop: Sequence[int] | None):
-        self.data, self.seed, self.sampling, self.crop = data, seed, sampling, crop
+    def __init__(self, data: list[list[torch.Tensor]], seed: int, sampling: str, crop: Sequence[int] | None,
+                 labels: list[list[torch.Tensor] | None] | None = None):
+        self.data, self.seed, self.sampling, self.crop, self.labels = data, seed, sampling, crop, labels
 
-    def __call__(self, step: int, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, step: int, item: int):
         g = item_generator(self.seed, step, item)
-        frames = self.data[int(torch.randint(0, len(self.data), (), generator=g))]
-        return augment(*draw_pair(frames, g, self.sampling), g, self.crop)
+        k = int(torch.randint(0, len(self.data), (), generator=g))
+        frames = self.data[k]
+        i, j = draw_indices(len(frames), g, self.sampling)
+        if self.labels is None:
+            return augment(frames[i], frames[j], g, self.crop)
+        maps = self.labels[k]
+        if maps is None:
+            return supervised_item(*augment(frames[i], frames[j], g, self.crop))
+        s, t, sl, tl = augment(frames[i], frames[j], g, self.crop, labels=(maps[i], maps[j]))
+        return supervised_item(s, t, (sl, tl))
 
 
 def _check_crop(crop, config: DDMConfig):
@@ -138,6 +201,8 @@ def train_ddm(
     world: World | None = None,
     mix: dict[str, float] | None = None,
     real: Sequence = (),
+    dice: float | None = None,
+    field_weight: float | None = None,
 ) -> Iterator[Progress]:
     """Train (or continue training) a DDM, saving a safetensors checkpoint to `out` as it goes.
 
@@ -154,12 +219,16 @@ def train_ddm(
     `anchor` sets the configuration's lambda_anchor (see DDM.training_losses), also when resuming.
     `mix` ({"phantom": w, "synth": w, "real": w}, see synth_pairs.parse_mix) draws each item from the
     `pairs` (phantom), SynthMorph-style pairs or the `real` Volumes deformed by cardiac-like fields.
+    `dice` and `field_weight` set the configuration's lambda_dice and lambda_field (supervision where
+    the truth is known, see DDM.training_losses; default: as saved, 0 for a new model): the pairs'
+    label maps (phantom, synth) and the true fields (synth, real) then go with every item.
     """
     out = Path(out)
     _check_arguments(pairs, out, steps, batch, sampling, resume, overwrite)
     torch.manual_seed(seed)
     model, optim, start = _model_and_optimizer(pairs, config, resume, anchor, device, lr)
-    config = model.config
+    model.config = config = _with_supervision(model.config, dice, field_weight)
+    supervised = config.lambda_dice > 0 or config.lambda_field > 0
     crop = _check_crop(crop, config)
     optim_path = out.with_name(out.name + ".optim.pt")
     world = world or current_world()
@@ -175,18 +244,23 @@ def train_ddm(
                      crop=str(list(crop) if crop else "none"),
                      train_seconds=f"{time.perf_counter() - started:.0f}",
                      last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}",
-                     mix=",".join(f"{k}={v:.3g}" for k, v in mix.items()) if mix else "phantom=1")
+                     mix=",".join(f"{k}={v:.3g}" for k, v in mix.items()) if mix else "phantom=1",
+                     dice=str(config.lambda_dice), field_weight=str(config.lambda_field))
             save_optimizer(optim.state_dict(), optim_path)
 
     objective = shared(Objective(model, model.training_losses), world, device)
-    items = PairItems(data, seed, sampling, crop)
+    labels = None
+    if supervised:
+        labels = [None if maps is None else [m.to(item_device) for m in maps]
+                  for maps in label_frames(pairs, config, sampling)]
+    items = PairItems(data, seed, sampling, crop, labels)
     if mix:
-        items = mixed_items(items, mix, real, config, seed, crop)
+        items = mixed_items(items, mix, real, config, seed, crop, supervised)
     batches = step_batches(items, start, steps, world=world, batch=batch,
                            workers=workers, seed=seed, device=device)
     yield from training_start(start, steps)
-    for step, (s, t) in enumerate(batches, start):
-        losses = objective(s, t, generator=loss_generators(seed, step, world.items(batch)))
+    for step, parts in enumerate(batches, start):
+        losses = objective(*parts, generator=loss_generators(seed, step, world.items(batch)))
         total, ncc, eps = descend_shared(optim, losses["total"], step, world, (losses["ncc"], losses["diffusion"]))
         history.append(total)
         done = step + 1
@@ -209,12 +283,21 @@ def _real_on_grid(volume, config: DDMConfig) -> torch.Tensor:
 
 
 def mixed_items(phantom: PairItems, mix: dict[str, float], real: Sequence, config: DDMConfig, seed: int,
-                crop: Sequence[int] | None) -> MixedItems:
-    parts = {"phantom": phantom, "synth": SynthItems(crop or config.grid, seed)}
+                crop: Sequence[int] | None, supervised: bool = False) -> MixedItems:
+    parts = {"phantom": phantom, "synth": SynthItems(crop or config.grid, seed, supervised=supervised)}
     if mix.get("real", 0) > 0:
         parts["real"] = RealItems([_real_on_grid(v, config) for v in real], config.spacing, seed,
-                                  functools.partial(augment, crop=crop))
+                                  functools.partial(augment, crop=crop), supervised=supervised)
     return MixedItems(parts, mix, seed)
+
+
+def _with_supervision(config: DDMConfig, dice: float | None, field_weight: float | None) -> DDMConfig:
+    for name, value in (("dice", dice), ("field", field_weight)):
+        if value is not None and value < 0:
+            raise InputError(f"{name} weight must be >= 0, got {value}.")
+    return dataclasses.replace(
+        config, lambda_dice=config.lambda_dice if dice is None else float(dice),
+        lambda_field=config.lambda_field if field_weight is None else float(field_weight))
 
 
 def _check_arguments(pairs, out: Path, steps: int, batch: int, sampling: str, resume, overwrite: bool) -> None:

@@ -48,6 +48,8 @@ class DDMConfig(JsonConfig):
     lambda_reg: float = 1.0
     ncc_window: int = 9
     lambda_anchor: float = 0.0  # not in the paper: weight of ||field(source, code = 0)||^2
+    lambda_dice: float = 0.0  # not in the paper: weight of 1 - soft Dice of warped label maps
+    lambda_field: float = 0.0  # not in the paper: weight of the squared error to a known true field
     grid: tuple[int, ...] = (32, 128, 128)
     spacing: tuple[float, ...] = (3.15, 1.5, 1.5)
 
@@ -130,13 +132,23 @@ class DDM(nn.Module):
         return (self.sqrt_alphas_cumprod[t].reshape(shape) * target
                 + self.sqrt_one_minus_alphas_cumprod[t].reshape(shape) * noise)
 
-    def training_losses(self, source: torch.Tensor, target: torch.Tensor, *,
+    def training_losses(self, source: torch.Tensor, target: torch.Tensor, source_labels: torch.Tensor | None = None,
+                        target_labels: torch.Tensor | None = None, true_field: torch.Tensor | None = None,
+                        field_mask: torch.Tensor | None = None, *,
                         generator: draws.Generators = None) -> dict[str, torch.Tensor]:
         """The paper's losses for a batch of (source, target) in [-1, 1].
 
         total = ||c - eps||^2 + lambda_sim * (-NCC(S o phi, T) + lambda_reg * smooth(phi)),
         plus lambda_anchor * mean(field(S, 0)^2) when lambda_anchor > 0 (our addition: the paper
         never shows the deformation module a zero code, which gamma = 0 gives it at inference).
+
+        Supervision where the truth is known (our addition, SynthMorph-like; off by default), on the
+        fields inference makes: the code c0 of (S, T, x_t = T, t = 0) and phi_gamma = G_def(S, gamma c0)
+        (methods.md, latent scaling; training itself never uses gamma). Integer label maps (B, 1, *S),
+        0 = no label: lambda_dice * (1 - soft_dice(S_labels o phi_1, T_labels)). A true field (B, n, *S,
+        voxels) where `field_mask` (B, 1, *S) is 1: lambda_field * the mean of field_error(phi_1, u)
+        and field_error(phi_gamma, gamma u), gamma ~ U[0, 1] per item (the frame latent scaling should
+        give between the ends).
         """
         cfg = self.config
         b = source.shape[0]
@@ -153,5 +165,58 @@ class DDM(nn.Module):
         losses = {"total": total, "diffusion": diffusion, "ncc": ncc, "smooth": smooth}
         if cfg.lambda_anchor > 0:
             losses["anchor"] = torch.mean(self.field(source, torch.zeros_like(c)) ** 2)
-            losses["total"] = total + cfg.lambda_anchor * losses["anchor"]
+            losses["total"] = losses["total"] + cfg.lambda_anchor * losses["anchor"]
+        dice_on = cfg.lambda_dice > 0 and source_labels is not None
+        field_on = cfg.lambda_field > 0 and true_field is not None
+        if dice_on or field_on:
+            c0 = self.code(source, target)
+            end = self.field(source, c0)
+        if dice_on:
+            losses["dice"] = 1.0 - soft_dice(warped_labels(source_labels, end), target_labels)
+            losses["total"] = losses["total"] + cfg.lambda_dice * losses["dice"]
+        if field_on:
+            shape = (b,) + (1,) * (source.ndim - 1)
+            gamma = (draws.randint(1001, b, generator).float() / 1000.0).to(source.device).reshape(shape)
+            scaled = self.field(source, gamma * c0)
+            losses["field"] = 0.5 * (field_error(end, true_field, field_mask)
+                                     + field_error(scaled, gamma * true_field, field_mask))
+            losses["total"] = losses["total"] + cfg.lambda_field * losses["field"]
         return losses
+
+
+LABEL_CHANNELS = 9  # label values 0 (none) .. 8 in supervised training
+
+
+def warped_labels(labels: torch.Tensor, ddf: torch.Tensor, channels: int = LABEL_CHANNELS) -> torch.Tensor:
+    """Integer label maps (B, 1, *S) as one-hot channels (B, channels, *S), pulled linearly by `ddf`
+    (differentiable in the field)."""
+    onehot = one_hot(labels, channels)
+    return spatial.warp(onehot, ddf, padding_mode="border")
+
+
+def one_hot(labels: torch.Tensor, channels: int = LABEL_CHANNELS) -> torch.Tensor:
+    """(B, 1, *S) integers in 0 .. channels - 1 -> (B, channels, *S) float."""
+    return torch.nn.functional.one_hot(labels[:, 0].long(), channels).movedim(-1, 1).float()
+
+
+def soft_dice(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean soft Dice 2 sum(p y) / (sum p + sum y) over every (item, label) pair whose label is in
+    the target map `labels` (B, 1, *S), label 0 excluded (0 = no label); 1 when no label is present
+    (so that items without labels add nothing to the loss's gradient)."""
+    target = one_hot(labels, probabilities.shape[1])[:, 1:]
+    p = probabilities[:, 1:]
+    dims = tuple(range(2, p.ndim))
+    present = target.sum(dims) > 0
+    if not present.any():
+        return probabilities.new_ones(())
+    dice = 2.0 * (p * target).sum(dims) / (p.sum(dims) + target.sum(dims)).clamp_min(1e-6)
+    return dice[present].mean()
+
+
+def field_error(field: torch.Tensor, true_field: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared length (voxels^2) of field - true_field over the voxels where `mask` is 1 (all
+    when None); 0 when no voxel is masked in."""
+    sq = ((field - true_field) ** 2).sum(1, keepdim=True)
+    if mask is None:
+        return sq.mean()
+    return (sq * mask).sum() / mask.sum().clamp_min(1.0)
