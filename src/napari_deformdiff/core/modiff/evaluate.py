@@ -10,6 +10,7 @@ the true last frame (an upper reference: it sees the end of the motion).
 
 from __future__ import annotations
 
+import csv
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -166,10 +167,11 @@ def write_csv(results: Sequence[CaseResult], path, *, overwrite: bool = False) -
     from ..io.atomic import atomic_output
 
     with atomic_output(path, overwrite=overwrite) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write("case,method,frames,frame,psnr_db,ssim,temporal_error,temporal_error_smoothed,seconds,"
-                     "frame_temporal_error,frame_temporal_error_smoothed\n")
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            out = csv.writer(fh, lineterminator="\n")  # quoted: method names hold commas
+            out.writerow(["case", "method", "frames", "frame", "psnr_db", "ssim", "temporal_error",
+                          "temporal_error_smoothed", "seconds", "frame_temporal_error", "frame_temporal_error_smoothed"])
             for r in results:
                 for k, (p, s, t, ts) in enumerate(zip(r.psnr, r.ssim, r.temporal_frames, r.temporal_smooth_frames)):
-                    fh.write(f"{r.case},{r.method},{r.frames},{k + 2},{p:.4f},{s:.5f},{r.temporal:.6f},"
-                             f"{r.temporal_smooth:.6f},{r.seconds:.3f},{t:.6f},{ts:.6f}\n")
+                    out.writerow([r.case, r.method, r.frames, k + 2, f"{p:.4f}", f"{s:.5f}", f"{r.temporal:.6f}",
+                                  f"{r.temporal_smooth:.6f}", f"{r.seconds:.3f}", f"{t:.6f}", f"{ts:.6f}"])
