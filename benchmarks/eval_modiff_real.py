@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         OUTPUT_ABLATION, CaseResult, evaluate_modiff, format_table, summarize, write_csv)
     from napari_deformdiff.core.modiff.weights import load_modiff
 
-    outputs = {"": ("warp", "poly")} if args.no_ablation else OUTPUT_ABLATION
+    outputs = {"": ("warp", "monotone")} if args.no_ablation else OUTPUT_ABLATION
     bundled = {"Mo-Diff": load_modiff(None, ndims=2)[0]}
     tuned = {"Mo-Diff fine-tuned": load_modiff(args.finetuned, ndims=2)[0]} if args.finetuned else {}
     ddm = load_ddm(None, ndims=2)[0]

@@ -30,8 +30,8 @@ from .generate import forecast_variants
 OUTPUT_ABLATION = {", additive output (former)": ("additive", "none"),
                    ", warp, no temporal smoothing": ("warp", "none"),
                    ", warp, Gaussian along time": ("warp", "gaussian"),
-                   ", warp, monotone rank-1 along time": ("warp", "monotone"),
-                   "": ("warp", "poly")}
+                   ", warp, cubic along time (former default)": ("warp", "poly"),
+                   "": ("warp", "monotone")}
 
 
 SMOOTH = 1.5
@@ -97,8 +97,8 @@ def evaluate_modiff(sequences: Sequence[MotionSequence], models: dict[str, MoDif
     """Yield Progress and a CaseResult per case and method ("Mo-Diff <ablation><output>", baselines).
 
     `outputs` {name suffix: (output, temporal)} (generate.py), all from one sampling per model
-    and case; default {"": ("warp", "poly")}. OUTPUT_ABLATION compares the output designs."""
-    outputs = outputs or {"": ("warp", "poly")}
+    and case; default {"": ("warp", "monotone")}. OUTPUT_ABLATION compares the output designs."""
+    outputs = outputs or {"": ("warp", "monotone")}
     if not models:
         raise InputError("no Mo-Diff model to evaluate.")
     max_frames = min(m.config.max_frames for m in models.values())
@@ -170,7 +170,8 @@ def write_csv(results: Sequence[CaseResult], path, *, overwrite: bool = False) -
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             out = csv.writer(fh, lineterminator="\n")  # quoted: method names hold commas
             out.writerow(["case", "method", "frames", "frame", "psnr_db", "ssim", "temporal_error",
-                          "temporal_error_smoothed", "seconds", "frame_temporal_error", "frame_temporal_error_smoothed"])
+                          "temporal_error_smoothed", "seconds", "frame_temporal_error",
+                          "frame_temporal_error_smoothed"])
             for r in results:
                 for k, (p, s, t, ts) in enumerate(zip(r.psnr, r.ssim, r.temporal_frames, r.temporal_smooth_frames)):
                     out.writerow([r.case, r.method, r.frames, k + 2, f"{p:.4f}", f"{s:.5f}", f"{r.temporal:.6f}",

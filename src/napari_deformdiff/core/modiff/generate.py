@@ -32,7 +32,7 @@ OUTPUTS = ("warp", "additive")
 
 
 def check_request(first: Volume, frames: int, model: MoDiff | None, steps: int, sampler: str,
-                  output: str = "warp", temporal: str = "poly") -> None:
+                  output: str = "warp", temporal: str = "monotone") -> None:
     if output not in OUTPUTS:
         raise InputError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}.")
     if temporal not in TEMPORAL:
@@ -77,12 +77,12 @@ def generate_modiff(
     refreshes: int = 8,
     preview_budget: float | None = 0.5,
     output: str = "warp",
-    temporal: str = "poly",
+    temporal: str = "monotone",
 ) -> Iterator[Progress | SequencePreview | Frame]:
     """Forecast `frames` frames (the first is `first`) from one image; seeded.
 
     `output` "warp": frames are the first frame warped by fields (in Frame.field, input voxels),
-    smoothed along time by `temporal` ("poly", "gaussian" or "none"); "additive": first frame +
+    smoothed along time by `temporal` ("monotone", "poly", "gaussian" or "none"); "additive": first frame +
     decoded change, no fields.
 
     `steps` sampler steps per stage; `sampler` "ddim" (deterministic) or "ancestral";
