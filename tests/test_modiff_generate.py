@@ -73,8 +73,8 @@ def test_slow_previews_are_skipped_but_never_change_the_forecast(monkeypatch):
     every = run(first, model=model, steps=12, refreshes=12, preview_budget=None)
     slow_decode = model.decode_video
 
-    def decode(z):  # decoding a preview costs far more than sampling a step
-        time.sleep(0.05)
+    def decode(z):  # decoding a preview costs far more than sampling a step, also on a loaded CPU
+        time.sleep(0.5)
         return slow_decode(z)
 
     monkeypatch.setattr(model, "decode_video", decode)

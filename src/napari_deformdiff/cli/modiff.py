@@ -215,8 +215,9 @@ def _add_generate(generate) -> None:
     p.add_argument("--output", choices=["warp", "additive"], default="warp",
                    help="frames = the first frame warped by fields (default), "
                    "or first frame + decoded change (ablation)")
-    p.add_argument("--temporal", choices=["poly", "gaussian", "none"], default="poly",
-                   help="smoothing of the fields along time (warp output): cubic fit (default), Gaussian, none")
+    p.add_argument("--temporal", choices=["monotone", "poly", "gaussian", "none"], default="monotone",
+                   help="smoothing of the fields along time (warp output): one pattern with a non-decreasing "
+                   "amplitude (default), cubic fit, Gaussian, none")
     p.add_argument("--fields-out", type=Path,
                    help="also write the displacement fields behind the frames (one ITK displacement image over time)")
     p.add_argument("--differential-out", type=Path,
@@ -241,9 +242,9 @@ def _add_evaluate(evaluate) -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--sampler", choices=["ddim", "ancestral"], default="ddim")
     p.add_argument("--output", choices=["warp", "additive"], default="warp", help="output design (see generate)")
-    p.add_argument("--temporal", choices=["poly", "gaussian", "none"], default="poly")
+    p.add_argument("--temporal", choices=["monotone", "poly", "gaussian", "none"], default="monotone")
     p.add_argument("--output-ablation", action="store_true",
-                   help="compare the output designs (additive; warp with no, Gaussian, cubic smoothing) "
+                   help="compare the output designs (additive; warp with no, Gaussian, cubic, monotone smoothing) "
                    "from one sampling")
     p.add_argument("--no-ddm", action="store_true", help="skip the DDM baseline")
     p.add_argument("--ddm-weights", default=None, help="DDM weights for the baseline (default: bundled)")

@@ -10,6 +10,7 @@ the true last frame (an upper reference: it sees the end of the motion).
 
 from __future__ import annotations
 
+import csv
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from .generate import forecast_variants
 OUTPUT_ABLATION = {", additive output (former)": ("additive", "none"),
                    ", warp, no temporal smoothing": ("warp", "none"),
                    ", warp, Gaussian along time": ("warp", "gaussian"),
-                   "": ("warp", "poly")}
+                   ", warp, cubic along time (former default)": ("warp", "poly"),
+                   "": ("warp", "monotone")}
 
 
 SMOOTH = 1.5
@@ -45,6 +47,8 @@ class CaseResult:
     temporal: float = float("nan")
     temporal_smooth: float = float("nan")
     seconds: float = 0.0
+    temporal_frames: list[float] = field(default_factory=list)  # frames 2..N: the change into frame k
+    temporal_smooth_frames: list[float] = field(default_factory=list)
 
     @property
     def mean_psnr(self) -> float:
@@ -69,10 +73,13 @@ def score(case: str, method: str, forecast: np.ndarray, truth: np.ndarray, lo: f
     for k in range(1, len(g)):
         r.psnr.append(psnr(f[k], g[k], 1.0))
         r.ssim.append(ssim(f[k].astype(np.float32), g[k].astype(np.float32)))
-    r.temporal = float(np.mean(np.abs(np.diff(f, axis=0) - np.diff(g, axis=0))))
+    axes = tuple(range(1, f.ndim))
+    err = np.abs(np.diff(f, axis=0) - np.diff(g, axis=0))
+    r.temporal, r.temporal_frames = float(err.mean()), [float(v) for v in err.mean(axis=axes)]
     sigma = (0,) + (SMOOTH,) * (f.ndim - 1)
     fs, gs = ndimage.gaussian_filter(f, sigma), ndimage.gaussian_filter(g, sigma)
-    r.temporal_smooth = float(np.mean(np.abs(np.diff(fs, axis=0) - np.diff(gs, axis=0))))
+    err = np.abs(np.diff(fs, axis=0) - np.diff(gs, axis=0))
+    r.temporal_smooth, r.temporal_smooth_frames = float(err.mean()), [float(v) for v in err.mean(axis=axes)]
     return r
 
 
@@ -90,8 +97,8 @@ def evaluate_modiff(sequences: Sequence[MotionSequence], models: dict[str, MoDif
     """Yield Progress and a CaseResult per case and method ("Mo-Diff <ablation><output>", baselines).
 
     `outputs` {name suffix: (output, temporal)} (generate.py), all from one sampling per model
-    and case; default {"": ("warp", "poly")}. OUTPUT_ABLATION compares the output designs."""
-    outputs = outputs or {"": ("warp", "poly")}
+    and case; default {"": ("warp", "monotone")}. OUTPUT_ABLATION compares the output designs."""
+    outputs = outputs or {"": ("warp", "monotone")}
     if not models:
         raise InputError("no Mo-Diff model to evaluate.")
     max_frames = min(m.config.max_frames for m in models.values())
@@ -128,10 +135,11 @@ def summarize(results: Sequence[CaseResult]) -> list[dict]:
         same = len({len(r.psnr) for r in rs}) == 1
         per_frame = np.mean([r.psnr for r in rs], axis=0) if same else None
         per_frame_ssim = np.mean([r.ssim for r in rs], axis=0) if same else None
+        per_frame_temporal = np.mean([r.temporal_smooth_frames for r in rs], axis=0) if same else None
         rows.append({"method": method, "cases": len(rs), "psnr": p.mean(), "psnr_std": p.std(), "ssim": s.mean(),
                      "ssim_std": s.std(), "temporal": t.mean(), "temporal_smooth": ts.mean(),
                      "seconds": float(np.mean([r.seconds for r in rs])), "per_frame_psnr": per_frame,
-                     "per_frame_ssim": per_frame_ssim})
+                     "per_frame_ssim": per_frame_ssim, "per_frame_temporal_smooth": per_frame_temporal})
     return rows
 
 
@@ -145,7 +153,8 @@ def format_table(rows: list[dict]) -> str:
     per = [r for r in rows if r["per_frame_psnr"] is not None]
     if per:
         n = len(per[0]["per_frame_psnr"])
-        for key, title, digits in (("per_frame_psnr", "PSNR (dB)", 2), ("per_frame_ssim", "SSIM", 3)):
+        for key, title, digits in (("per_frame_psnr", "PSNR (dB)", 2), ("per_frame_ssim", "SSIM", 3),
+                                   ("per_frame_temporal_smooth", "Smoothed temporal error", 4)):
             lines += ["", f"{title} per forecast frame:", "",
                       "| method | " + " | ".join(f"frame {k + 2}" for k in range(n)) + " |", "|---|" + "---|" * n]
             for r in per:
@@ -158,9 +167,12 @@ def write_csv(results: Sequence[CaseResult], path, *, overwrite: bool = False) -
     from ..io.atomic import atomic_output
 
     with atomic_output(path, overwrite=overwrite) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write("case,method,frames,frame,psnr_db,ssim,temporal_error,temporal_error_smoothed,seconds\n")
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            out = csv.writer(fh, lineterminator="\n")  # quoted: method names hold commas
+            out.writerow(["case", "method", "frames", "frame", "psnr_db", "ssim", "temporal_error",
+                          "temporal_error_smoothed", "seconds", "frame_temporal_error",
+                          "frame_temporal_error_smoothed"])
             for r in results:
-                for k, (p, s) in enumerate(zip(r.psnr, r.ssim)):
-                    fh.write(f"{r.case},{r.method},{r.frames},{k + 2},{p:.4f},{s:.5f},{r.temporal:.6f},"
-                             f"{r.temporal_smooth:.6f},{r.seconds:.3f}\n")
+                for k, (p, s, t, ts) in enumerate(zip(r.psnr, r.ssim, r.temporal_frames, r.temporal_smooth_frames)):
+                    out.writerow([r.case, r.method, r.frames, k + 2, f"{p:.4f}", f"{s:.5f}", f"{r.temporal:.6f}",
+                                  f"{r.temporal_smooth:.6f}", f"{r.seconds:.3f}", f"{t:.6f}", f"{ts:.6f}"])

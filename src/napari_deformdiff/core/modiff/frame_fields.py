@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..spatial import integrate_velocity, resize_field, warp
 
-TEMPORAL = ("poly", "gaussian", "none")
+TEMPORAL = ("poly", "gaussian", "monotone", "none")
 
 
 def smooth_along_time(x: torch.Tensor, mode: str = "poly", *, degree: int = 3, sigma: float = 1.0) -> torch.Tensor:
@@ -22,6 +22,10 @@ def smooth_along_time(x: torch.Tensor, mode: str = "poly", *, degree: int = 3, s
     (and N - 1) through x[0] at t = 0; polynomials of that degree pass unchanged.
     "gaussian": a Gaussian of `sigma` frames over the sequence extended point-symmetrically about
     both ends (so straight lines pass unchanged and both end frames keep their values).
+    "monotone": one motion pattern whose amplitude grows monotonically (a contraction from its
+    first frame): the rank-1 least-squares fit x[k] - x[0] ~ a_k u (u the first right singular
+    vector, its sign making the last amplitude >= 0), a_k then made non-decreasing by isotonic
+    regression with a_0 = 0. Sequences that are a monotone scaling of one pattern pass unchanged.
     "none": x itself.
     """
     if mode not in TEMPORAL:
@@ -30,7 +34,9 @@ def smooth_along_time(x: torch.Tensor, mode: str = "poly", *, degree: int = 3, s
     if mode == "none" or n < 3:
         return x.clone()
     flat = (x - x[:1]).reshape(n, -1).double()
-    if mode == "poly":
+    if mode == "monotone":
+        out = _monotone_rank1(flat)
+    elif mode == "poly":
         t = torch.linspace(0.0, 1.0, n, dtype=torch.float64, device=x.device)
         basis = torch.stack([t ** (j + 1) for j in range(min(degree, n - 1))], dim=1)  # (N, d), zero at t = 0
         coef = torch.linalg.lstsq(basis, flat).solution
@@ -45,6 +51,19 @@ def smooth_along_time(x: torch.Tensor, mode: str = "poly", *, degree: int = 3, s
     out = out.reshape(x.shape).to(x.dtype) + x[:1]
     out[0] = x[0]
     return out
+
+
+def _monotone_rank1(flat: torch.Tensor) -> torch.Tensor:
+    from scipy.optimize import isotonic_regression
+
+    u = torch.linalg.svd(flat, full_matrices=False).Vh[0]
+    a = flat @ u
+    if a[-1] < 0:
+        a, u = -a, -u
+    weights = np.ones(len(a))
+    weights[0] = 1e12  # pins a_0 (zero: frame 0 is the first frame itself)
+    a = isotonic_regression(a.cpu().numpy(), weights=weights, increasing=True).x
+    return torch.from_numpy(a).to(flat)[:, None] * u[None]
 
 
 def _point_reflected(x: torch.Tensor, j: int) -> torch.Tensor:

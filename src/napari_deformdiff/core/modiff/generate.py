@@ -32,7 +32,7 @@ OUTPUTS = ("warp", "additive")
 
 
 def check_request(first: Volume, frames: int, model: MoDiff | None, steps: int, sampler: str,
-                  output: str = "warp", temporal: str = "poly") -> None:
+                  output: str = "warp", temporal: str = "monotone") -> None:
     if output not in OUTPUTS:
         raise InputError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}.")
     if temporal not in TEMPORAL:
@@ -77,12 +77,12 @@ def generate_modiff(
     refreshes: int = 8,
     preview_budget: float | None = 0.5,
     output: str = "warp",
-    temporal: str = "poly",
+    temporal: str = "monotone",
 ) -> Iterator[Progress | SequencePreview | Frame]:
     """Forecast `frames` frames (the first is `first`) from one image; seeded.
 
     `output` "warp": frames are the first frame warped by fields (in Frame.field, input voxels),
-    smoothed along time by `temporal` ("poly", "gaussian" or "none"); "additive": first frame +
+    smoothed along time by `temporal` ("monotone", "poly", "gaussian" or "none"); "additive": first frame +
     decoded change, no fields.
 
     `steps` sampler steps per stage; `sampler` "ddim" (deterministic) or "ancestral";
@@ -111,7 +111,8 @@ def generate_modiff(
 def forecast_variants(first: Volume, *, frames: int, model: MoDiff, variants: dict[str, tuple[str, str]],
                       steps: int = 25, sampler: str = "ddim", seed: int = 0) -> dict[str, tuple[np.ndarray, float]]:
     """One sampling, several outputs: {name: (frames (N, *input), seconds)} for
-    variants = {name: (output, temporal)}; seconds = the sampling plus that output's own time."""
+    variants = {name: (output, temporal)}; seconds = the sampling plus that output's own time
+    (the registration is done once, by the first warp variant, and counted there)."""
     check_request(first, frames, model, steps, sampler)
     t0 = time.perf_counter()
     run = _Forecast(model, first, frames, torch.Generator().manual_seed(seed))
@@ -148,6 +149,7 @@ class _Forecast:
         self.first_in = torch.from_numpy(np.ascontiguousarray(first.data, np.float32)).to(self.device)
         self.counts = torch.tensor([frames], device=self.device)
         self.scale = (hi - lo) / 2.0
+        self.registered = None  # (decoded frames, their velocities)
 
     def to_input(self, model_frames: torch.Tensor) -> np.ndarray:
         """(N, *grid) model-grid frames -> (N, *input) frames: first + change since frame 0."""
@@ -177,14 +179,16 @@ class _Forecast:
     def warped(self, decoded: torch.Tensor, temporal: str):
         """Streamed: (frames (N, *input), fields (N, n, *input) input voxels) from the decoded
         frames (N, *grid): registration on the model grid, velocities smoothed along time."""
-        reg = register_to_first(decoded)
-        while True:
-            try:
-                i = next(reg)
-            except StopIteration as done:
-                velocities = done.value
-                break
-            yield Progress(i, ITERATIONS, f"fields behind the frames {i}/{ITERATIONS}", "fields")
+        if self.registered is None or self.registered[0] is not decoded:  # output variants share it
+            reg = register_to_first(decoded)
+            while True:
+                try:
+                    i = next(reg)
+                except StopIteration as done:
+                    self.registered = (decoded, done.value)
+                    break
+                yield Progress(i, ITERATIONS, f"fields behind the frames {i}/{ITERATIONS}", "fields")
+        velocities = self.registered[1]
         with torch.inference_mode():
             velocities = smooth_along_time(velocities, temporal)
             model_fields = velocities_to_fields(velocities, tuple(self.c.grid))
