@@ -7,36 +7,15 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.errors import InputError
 from ..core.events import RunProgress
+from .gui_turns import SPACING_MS, TURNS, in_nested_event_loop, nested_event_loop  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 PROGRESS_MS = 250  # napari's progress bar runs a nested event loop per update: not more often than this
-# Queued events are handled this far apart: back-to-back zero-delay turns (each with the repaint it
-# causes) would keep timers and input waiting for all of them.
-SPACING_MS = 10
-
-
-_NESTED = [0]
-
-
-@contextmanager
-def nested_event_loop():
-    """Mark code that runs a nested event loop (napari's progress bar updates do)."""
-    _NESTED[0] += 1
-    try:
-        yield
-    finally:
-        _NESTED[0] -= 1
-
-
-def in_nested_event_loop() -> bool:
-    """True while a nested event loop runs: heavy GUI work should wait for the outer turn."""
-    return _NESTED[0] > 0
 
 
 class StreamHandle(QObject):
@@ -45,9 +24,9 @@ class StreamHandle(QObject):
     napari's progress bar runs a nested event loop on every update (QApplication.processEvents),
     and a nested loop delivers the worker's next events inside the current one. Handling every
     event on arrival therefore chained frame handlers, layer creations and repaints into one
-    main-thread stall. Here events are queued on arrival and handled one per event-loop turn;
-    no turn handles events inside another, and the progress bar is updated in a turn of its own,
-    at most every PROGRESS_MS.
+    main-thread stall. Here events are queued on arrival and handled one per event-loop turn
+    (gui_turns.TURNS, shared with every other stream and overlay set); no turn handles events
+    inside another, and the progress bar is updated in a turn of its own, at most every PROGRESS_MS.
 
     Signals: `yielded(event)` once `on_event` has handled the event, `finished` once every
     event is handled and `on_done` has run. `quit()` cancels: the worker stops at its next event,
@@ -67,7 +46,6 @@ class StreamHandle(QObject):
         self._on_done = on_done
         self._queue: deque = deque()
         self._busy = False  # inside a handler or a progress update: nested deliveries only queue
-        self._scheduled = False
         self._worker_done = False
         self._closed = False
         self.handled = 0
@@ -88,19 +66,11 @@ class StreamHandle(QObject):
 
     def _arrived(self, event) -> None:
         self._queue.append(event)
-        self._kick()
-
-    def _kick(self, delay_ms: int = 0) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            QTimer.singleShot(delay_ms, self._handle_next)
+        TURNS.submit(self._handle_next)
 
     def _handle_next(self) -> None:
-        self._scheduled = False
-        if self._busy or in_nested_event_loop():
-            if not self._busy:
-                self._kick(SPACING_MS)  # inside another stream's progress update: come back later
-            return  # inside our own turn: it kicks again when it ends
+        if self._busy:  # a nested loop of our own progress update: its turn submits again
+            return
         if self._queue:
             event = self._queue.popleft()
             self._busy = True
@@ -113,7 +83,7 @@ class StreamHandle(QObject):
                 self._progress_due()
             self.yielded.emit(event)
         if self._queue:
-            self._kick(SPACING_MS)
+            TURNS.submit(self._handle_next)
         elif self._worker_done:
             self._finish()
 
@@ -122,7 +92,7 @@ class StreamHandle(QObject):
             return
         wait = max(0.0, PROGRESS_MS / 1000 - (time.perf_counter() - self._last_progress))
         self._progress_scheduled = True
-        QTimer.singleShot(int(wait * 1000), self._show_progress)
+        QTimer.singleShot(int(wait * 1000), lambda: TURNS.submit(self._show_progress))
 
     def _show_progress(self) -> None:
         self._progress_scheduled = False
@@ -142,14 +112,14 @@ class StreamHandle(QObject):
             self._busy = False
         self._last_progress = time.perf_counter()
         if self._queue:
-            self._kick()
+            TURNS.submit(self._handle_next)
 
     def _worker_finished(self) -> None:
         self._worker_done = True
         if not self._queue and not self._busy:
             self._finish()
         else:
-            self._kick()
+            TURNS.submit(self._handle_next)
 
     def _finish(self) -> None:
         if self._closed:
