@@ -140,3 +140,27 @@ def test_overlay_and_labels_layers_leave_the_selection_alone(make_napari_viewer,
     assert all(layer.visible for layer in viewer.layers)
     assert viewer.layers[f"{name} labels"].data.shape == (4, *image.data.shape[1:])
     np.testing.assert_array_equal(viewer.layers[f"{name} labels"].data, phantom.sequence.buffers.labels[:4])
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_stream_workers_run_below_the_gui_thread(make_napari_viewer, qtbot):
+    import os
+    import threading
+
+    from napari_deformdiff._qt.stream_worker import WORKER_NICENESS, start_stream
+
+    make_napari_viewer()
+    seen = []
+
+    def events():
+        for k in range(3):
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            yield k
+
+    gui = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    handle = start_stream(events, description="niceness", on_event=lambda e: None, on_done=lambda: None,
+                          progress_bar=False)
+    with qtbot.waitSignal(handle.finished, timeout=30_000):
+        pass
+    assert seen == [min(19, gui + WORKER_NICENESS)] * 3
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == gui  # the GUI thread's is untouched

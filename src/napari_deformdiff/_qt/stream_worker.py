@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -16,6 +19,25 @@ from .gui_turns import SPACING_MS, TURNS, in_nested_event_loop, nested_event_loo
 
 log = logging.getLogger(__name__)
 PROGRESS_MS = 250  # napari's progress bar runs a nested event loop per update: not more often than this
+WORKER_NICENESS = 10  # a worker thread's niceness above the GUI thread's (Linux)
+
+
+def yield_cpu_to_the_gui() -> None:
+    """Give the calling (worker) thread a lower scheduling priority than the GUI thread.
+
+    With the workers, the GUI thread and the renderer's threads on a few cores, the GUI thread
+    waited for a core behind the workers for most of each of its turns; now it runs first when
+    it has work, and the workers take what is left. Linux only (niceness is per thread there;
+    elsewhere it would lower the whole process). Idempotent: pool threads are reused; one that
+    ran a worker keeps the niceness (raising a priority needs privileges) until Qt's thread pool
+    retires it (30 s idle), and threads the pool makes anew start from the GUI thread's."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        gui = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's id is the process id
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, gui + WORKER_NICENESS))
+    except OSError:  # not permitted in this sandbox: run at the same priority
+        pass
 
 
 class StreamHandle(QObject):
@@ -161,6 +183,7 @@ def start_stream(
     from napari.utils.notifications import show_error
 
     def events():  # a generator function, so napari makes a GeneratorWorker (cancellable)
+        yield_cpu_to_the_gui()
         try:
             for event in make_events():
                 yield prepare(event) if prepare is not None else event
