@@ -48,8 +48,10 @@ class _FrozenHeap:
     napari, Qt and torch hold about 500 000 long-lived objects. A full collection walks all of
     them, holding the GIL, in whichever thread happens to allocate: a run of 16 frames triggered
     five, each a GUI pause longer than a layer's creation. gc.freeze puts them in a generation no
-    pass walks; gc.unfreeze hands them back once no run is active, so garbage among them (a layer
-    closed meanwhile) is still collected, after the run.
+    pass walks; once no run is active they are handed back and collected once, in a GUI turn of
+    its own, so garbage among them (a layer closed meanwhile) is still freed. Unfrozen without that
+    collection, the collector's thresholds (set while few objects were in its oldest generation)
+    started several full passes in a row.
     """
 
     def __init__(self):
@@ -63,7 +65,12 @@ class _FrozenHeap:
     def leave(self) -> None:
         self.runs -= 1
         if self.runs == 0:
+            TURNS.submit(self._thaw)
+
+    def _thaw(self) -> None:
+        if self.runs == 0 and gc.get_freeze_count():
             gc.unfreeze()
+            gc.collect()
 
 
 FROZEN_HEAP = _FrozenHeap()
