@@ -192,7 +192,7 @@ def main() -> None:
     def cpu_note(gaps, cpu):
         worst = int(np.argmax(gaps))
         return (f"p99 {np.percentile(gaps, 99):.0f} ms; GUI-thread CPU in that gap {cpu[worst]:.0f} ms, "
-                f"most in any gap {max(cpu):.0f} ms")
+                f"most in any gap {max(cpu):.0f} ms, gaps with over 100 ms of it: {sum(c > 100 for c in cpu)}")
 
     load = [os.getloadavg()[0]]
     for present in (7, 20):
