@@ -6,6 +6,7 @@ import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from .._layers import attach_field, set_provenance, volume_to_layer_data
 from ..core.events import Frame
 from ..core.geometry import Geometry

@@ -16,7 +16,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.errors import InputError
 from ..core.events import RunProgress
-from .gui_turns import SPACING_MS, TURNS, in_nested_event_loop, nested_event_loop  # noqa: F401 (re-exported)
+from .gui_turns import TURNS, nested_event_loop
 
 log = logging.getLogger(__name__)
 PROGRESS_MS = 250  # napari's progress bar runs a nested event loop per update: not more often than this
