@@ -9,6 +9,8 @@ import numpy as np
 from .._layers import derived_layer_kwargs, vector_colors
 from ..core.geometry import Geometry
 from ..core.inspect.vector_style import ARROW_WIDTH_SHARE, auto_length, in_plane_extent, vector_strides
+from .gui_turns import TURNS
+from .layer_insert import insert_layer
 
 if TYPE_CHECKING:
     import napari
@@ -19,9 +21,6 @@ JACOBIAN_LIMITS = {False: (0.0, 2.0), True: (-0.5, 0.5)}  # centred at det 1 (lo
 # blue (shrinking) - transparent at det 1 - red (growing): where nothing changes, the anatomy shows
 JACOBIAN_COLORS = ((0.15, 0.35, 1.0, 1.0), (1.0, 1.0, 1.0, 0.0), (1.0, 0.15, 0.1, 1.0))
 GRID_OPACITY = 0.3
-# Layer updates run one per event-loop turn, this far apart: a zero-delay chain of them would run
-# back to back with the repaint each causes, and hold up timers and input for all of them.
-REFRESH_SPACING_MS = 15
 # Frames that are not under the time slider reach the image layers once no frame has arrived for
 # this long (or when the last frame arrives): each layer growth costs napari 10 ms, a repaint of
 # the layer list (and for labels of the canvas), 30-70 ms that would recur with every frame.
@@ -37,7 +36,8 @@ class OverlaySet:
     in when the slider moves. Holding all frames made napari mask and slice every frame's
     vectors on each time step, and re-assign all of them for each frame that arrived.
 
-    Layer updates run in the event loop after a frame arrives, one per turn (creating a layer,
+    Layer updates run in the event loop after a frame arrives, one per turn (gui_turns.TURNS,
+    shared with the streams; creating a layer,
     or re-assigning its data, costs napari 10-40 ms and a repaint). Layers are created with the
     first frame and updated at once when the frame under the slider arrives. Other frames only
     extend the time range of the image layers, which the time slider does not need (the source
@@ -68,7 +68,6 @@ class OverlaySet:
         self._dirty: list[str] = []  # layers to create or update, one per event-loop turn
         self._behind: set[str] = set()  # image layers holding fewer frames than have arrived
         self._rewritten: set[int] = set()
-        self._scheduled = False
         self._catch_up = None  # QTimer that moves self._behind to self._dirty
         self._deleted: set[str] = set()  # layers the user deleted: not updated or made again
         viewer.dims.events.current_step.connect(self._on_step)
@@ -181,19 +180,10 @@ class OverlaySet:
                     self._dirty.remove(key)
 
     def _schedule(self) -> None:
-        from qtpy.QtCore import QTimer
-
-        if self._dirty and not self._scheduled:
-            self._scheduled = True
-            QTimer.singleShot(REFRESH_SPACING_MS, self._refresh_next)
+        if self._dirty:
+            TURNS.submit(self._refresh_next)
 
     def _refresh_next(self) -> None:
-        from .stream_worker import in_nested_event_loop
-
-        self._scheduled = False
-        if in_nested_event_loop():  # inside a progress bar's update: not in the same stall
-            self._schedule()
-            return
         if self._dirty:
             self._refresh(self._dirty.pop(0))
             if not self._dirty:
@@ -236,7 +226,7 @@ class OverlaySet:
         else:
             layer = Image(view, colormap="yellow", blending="additive", contrast_limits=(0.0, 1.0),
                           opacity=GRID_OPACITY, **kwargs)
-        self.layers[key] = self.viewer.add_layer(layer)
+        self.layers[key] = insert_layer(self.viewer, layer, activate=False)
 
     def _on_step(self, _event=None) -> None:
         """The time slider moved: the vectors of the frame now shown, and image layers that
@@ -273,7 +263,7 @@ class OverlaySet:
             layer = Vectors(data, edge_color=colors, edge_width=ARROW_WIDTH_SHARE * self.in_plane_stride(),
                             length=self.vector_length,
                             vector_style="arrow", extent=self.vectors_extent, **kwargs)
-            self.layers["vectors"] = self.viewer.add_layer(layer)
+            self.layers["vectors"] = insert_layer(self.viewer, layer, activate=False)
         elif len(data) == len(layer.data):
             # colours first, quietly (they match the vectors that follow): one redraw, not two
             with layer.events.edge_color.blocker():
@@ -285,6 +275,7 @@ class OverlaySet:
         self.vectors_frame = t
 
     def remove(self) -> None:
+        TURNS.discard(self._refresh_next)
         self._dirty.clear()
         self._behind.clear()
         if self._catch_up is not None:

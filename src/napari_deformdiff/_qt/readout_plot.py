@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import time
 
+from .gui_turns import TURNS
+
 # Smallest top of the y axes: a flat curve at 0 (no folding, no motion) sits on the bottom axis.
 MIN_TOP = {"folding": 0.1, "motion": 1.0}
 
@@ -73,7 +75,7 @@ class BlitReadoutPlot(ReadoutPlot):
     marker are animated artists drawn over a saved background (axes, ticks, labels). The x axis
     spans the frames expected from the start and the y limits grow with headroom and do not
     shrink, so the axes rarely change; when they do, full redraws run in their own event-loop
-    turn, at most one per FULL_REDRAW_MS.
+    turn (gui_turns.TURNS), at most one per FULL_REDRAW_MS.
     """
 
     FULL_REDRAW_MS = 400
@@ -91,7 +93,7 @@ class BlitReadoutPlot(ReadoutPlot):
         self._last_full = -1e9
         self._full_timer = QTimer(self.canvas)  # dies with the canvas
         self._full_timer.setSingleShot(True)
-        self._full_timer.timeout.connect(self._full_redraw)
+        self._full_timer.timeout.connect(lambda: TURNS.submit(self._full_redraw))
         self.canvas.mpl_connect("draw_event", self._on_draw)
 
     def set_frames(self, total: int) -> None:
@@ -115,17 +117,23 @@ class BlitReadoutPlot(ReadoutPlot):
         self._background_limits = self._limits()
         self._draw_animated()
 
+    def _full_due(self) -> bool:
+        return self._full_timer.isActive() or TURNS.pending(self._full_redraw)
+
     def _full_redraw(self) -> None:
         self._last_full = time.monotonic()
-        self.canvas.draw()
+        try:
+            self.canvas.draw()
+        except RuntimeError:  # the canvas was deleted (dock closed) before its turn came
+            pass
 
     def _refresh(self) -> None:
         if self._background is not None and self._limits() == self._background_limits:
-            if not self._full_timer.isActive():
+            if not self._full_due():
                 self.canvas.restore_region(self._background)
                 self._draw_animated()
                 self.canvas.update()  # not canvas.blit: its synchronous repaint repaints the window
-        elif not self._full_timer.isActive():
+        elif not self._full_due():
             wait = self._last_full + self.FULL_REDRAW_MS / 1000 - time.monotonic()
             self._full_timer.start(max(0, int(wait * 1000)))
 

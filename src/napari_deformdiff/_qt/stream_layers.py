@@ -6,13 +6,13 @@ import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QTimer
 
 from .._layers import attach_field, set_provenance, volume_to_layer_data
 from ..core.events import Frame
 from ..core.geometry import Geometry
 from ..core.io import Volume
-from .stream_worker import SPACING_MS
+from .gui_turns import TURNS
+from .layer_insert import insert_layer
 
 if TYPE_CHECKING:
     import napari
@@ -118,7 +118,7 @@ class GrowingSequence:
                 self.labels_layer.data = labels[: self.count]
             elif not self._labels_pending:  # napari takes ~80 ms per new layer: not in the image's turn
                 self._labels_pending = True
-                QTimer.singleShot(SPACING_MS, self.flush)
+                TURNS.submit(self.flush)
 
     def flush(self) -> None:
         """Make the labels layer now if it is still waiting for its own event-loop turn."""
@@ -132,4 +132,4 @@ class GrowingSequence:
         data, kwargs, kind = volume_to_layer_data(volume, opacity=0.4, blending="translucent")
         if self.provenance is not None:
             set_provenance(kwargs["metadata"], self.provenance)
-        self.labels_layer = self.viewer.add_layer(Layer.create(data, kwargs, kind))
+        self.labels_layer = insert_layer(self.viewer, Layer.create(data, kwargs, kind), activate=False)

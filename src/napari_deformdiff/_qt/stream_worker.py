@@ -2,41 +2,78 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
+import sys
+import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.errors import InputError
 from ..core.events import RunProgress
+from .gui_turns import TURNS, nested_event_loop
 
 log = logging.getLogger(__name__)
 PROGRESS_MS = 250  # napari's progress bar runs a nested event loop per update: not more often than this
-# Queued events are handled this far apart: back-to-back zero-delay turns (each with the repaint it
-# causes) would keep timers and input waiting for all of them.
-SPACING_MS = 10
+WORKER_NICENESS = 10  # a worker thread's niceness above the GUI thread's (Linux)
 
 
-_NESTED = [0]
+def yield_cpu_to_the_gui() -> None:
+    """Give the calling (worker) thread a lower scheduling priority than the GUI thread.
 
-
-@contextmanager
-def nested_event_loop():
-    """Mark code that runs a nested event loop (napari's progress bar updates do)."""
-    _NESTED[0] += 1
+    With the workers, the GUI thread and the renderer's threads on a few cores, the GUI thread
+    waited for a core behind the workers for most of each of its turns; now it runs first when
+    it has work, and the workers take what is left. Linux only (niceness is per thread there;
+    elsewhere it would lower the whole process). Idempotent: pool threads are reused; one that
+    ran a worker keeps the niceness (raising a priority needs privileges) until Qt's thread pool
+    retires it (30 s idle), and threads the pool makes anew start from the GUI thread's."""
+    if not sys.platform.startswith("linux"):
+        return
     try:
-        yield
-    finally:
-        _NESTED[0] -= 1
+        gui = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's id is the process id
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, gui + WORKER_NICENESS))
+    except OSError:  # not permitted in this sandbox: run at the same priority
+        pass
 
 
-def in_nested_event_loop() -> bool:
-    """True while a nested event loop runs: heavy GUI work should wait for the outer turn."""
-    return _NESTED[0] > 0
+class _FrozenHeap:
+    """The objects that exist when a run starts are left out of the garbage collector's full
+    passes until the last run ends.
+
+    napari, Qt and torch hold about 500 000 long-lived objects. A full collection walks all of
+    them, holding the GIL, in whichever thread happens to allocate: a run of 16 frames triggered
+    five, each a GUI pause longer than a layer's creation. gc.freeze puts them in a generation no
+    pass walks; once no run is active they are handed back and collected once, in a GUI turn of
+    its own, so garbage among them (a layer closed meanwhile) is still freed. Unfrozen without that
+    collection, the collector's thresholds (set while few objects were in its oldest generation)
+    started several full passes in a row.
+    """
+
+    def __init__(self):
+        self.runs = 0
+
+    def enter(self) -> None:
+        if self.runs == 0:
+            gc.freeze()
+        self.runs += 1
+
+    def leave(self) -> None:
+        self.runs -= 1
+        if self.runs == 0:
+            TURNS.submit(self._thaw)
+
+    def _thaw(self) -> None:
+        if self.runs == 0 and gc.get_freeze_count():
+            gc.unfreeze()
+            gc.collect()
+
+
+FROZEN_HEAP = _FrozenHeap()
 
 
 class StreamHandle(QObject):
@@ -45,9 +82,9 @@ class StreamHandle(QObject):
     napari's progress bar runs a nested event loop on every update (QApplication.processEvents),
     and a nested loop delivers the worker's next events inside the current one. Handling every
     event on arrival therefore chained frame handlers, layer creations and repaints into one
-    main-thread stall. Here events are queued on arrival and handled one per event-loop turn;
-    no turn handles events inside another, and the progress bar is updated in a turn of its own,
-    at most every PROGRESS_MS.
+    main-thread stall. Here events are queued on arrival and handled one per event-loop turn
+    (gui_turns.TURNS, shared with every other stream and overlay set); no turn handles events
+    inside another, and the progress bar is updated in a turn of its own, at most every PROGRESS_MS.
 
     Signals: `yielded(event)` once `on_event` has handled the event, `finished` once every
     event is handled and `on_done` has run. `quit()` cancels: the worker stops at its next event,
@@ -67,7 +104,6 @@ class StreamHandle(QObject):
         self._on_done = on_done
         self._queue: deque = deque()
         self._busy = False  # inside a handler or a progress update: nested deliveries only queue
-        self._scheduled = False
         self._worker_done = False
         self._closed = False
         self.handled = 0
@@ -78,6 +114,7 @@ class StreamHandle(QObject):
         self._pbar = progress(total=0, desc=description) if progress_bar else None
         worker.yielded.connect(self._arrived)
         worker.finished.connect(self._worker_finished)
+        FROZEN_HEAP.enter()
 
     def quit(self) -> None:
         self.worker.quit()
@@ -88,19 +125,11 @@ class StreamHandle(QObject):
 
     def _arrived(self, event) -> None:
         self._queue.append(event)
-        self._kick()
-
-    def _kick(self, delay_ms: int = 0) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            QTimer.singleShot(delay_ms, self._handle_next)
+        TURNS.submit(self._handle_next)
 
     def _handle_next(self) -> None:
-        self._scheduled = False
-        if self._busy or in_nested_event_loop():
-            if not self._busy:
-                self._kick(SPACING_MS)  # inside another stream's progress update: come back later
-            return  # inside our own turn: it kicks again when it ends
+        if self._busy:  # a nested loop of our own progress update: its turn submits again
+            return
         if self._queue:
             event = self._queue.popleft()
             self._busy = True
@@ -113,7 +142,7 @@ class StreamHandle(QObject):
                 self._progress_due()
             self.yielded.emit(event)
         if self._queue:
-            self._kick(SPACING_MS)
+            TURNS.submit(self._handle_next)
         elif self._worker_done:
             self._finish()
 
@@ -122,7 +151,7 @@ class StreamHandle(QObject):
             return
         wait = max(0.0, PROGRESS_MS / 1000 - (time.perf_counter() - self._last_progress))
         self._progress_scheduled = True
-        QTimer.singleShot(int(wait * 1000), self._show_progress)
+        QTimer.singleShot(int(wait * 1000), lambda: TURNS.submit(self._show_progress))
 
     def _show_progress(self) -> None:
         self._progress_scheduled = False
@@ -142,19 +171,20 @@ class StreamHandle(QObject):
             self._busy = False
         self._last_progress = time.perf_counter()
         if self._queue:
-            self._kick()
+            TURNS.submit(self._handle_next)
 
     def _worker_finished(self) -> None:
         self._worker_done = True
         if not self._queue and not self._busy:
             self._finish()
         else:
-            self._kick()
+            TURNS.submit(self._handle_next)
 
     def _finish(self) -> None:
         if self._closed:
             return
         self._closed = True
+        FROZEN_HEAP.leave()
         if self._pbar is not None:
             self._pbar.close()
         try:
@@ -191,6 +221,7 @@ def start_stream(
     from napari.utils.notifications import show_error
 
     def events():  # a generator function, so napari makes a GeneratorWorker (cancellable)
+        yield_cpu_to_the_gui()
         try:
             for event in make_events():
                 yield prepare(event) if prepare is not None else event
