@@ -178,8 +178,6 @@ def test_written_pairs_and_3d_fields_are_fold_free_and_close_to_the_plain_ones(t
     assert components(labels, ndims) == components(case.labels.data, ndims)
 
 
-@pytest.mark.xfail(strict=True, reason="pairs resample the labels twice (moving labels o phi_syn, nearest): "
-                   "a thin part of a label can split although both fields are fold-free (docs/drdm.md)")
 def test_fixed_labels_of_a_small_3d_pair_keep_their_components(tmp_path, monkeypatch):
     from napari_deformdiff.core.io import read_path
 

@@ -32,3 +32,30 @@ def assert_change_near_the_centre(before: np.ndarray, after: np.ndarray) -> np.n
     h, w = changed.shape
     assert abs(rows.mean() - h / 2) < h / 4 and abs(cols.mean() - w / 2) < w / 4
     return changed
+
+
+def stream_phantom_with_overlays(viewer, qtbot, frames: int, *, magnitude: bool = False, timeout: int = 60_000):
+    """The 2D phantom generator streams `frames` frames while Inspect deformation follows it from the
+    first frame; returns (phantom widget, inspect widget) once every frame's overlays are drawn."""
+    from napari_deformdiff.core.events import Frame
+
+    _, phantom = viewer.window.add_plugin_dock_widget("napari-deformdiff", "Phantom generator")
+    phantom.two_d.value = True
+    phantom.frames.value = frames
+    _, inspect = viewer.window.add_plugin_dock_widget("napari-deformdiff", "Inspect deformation")
+    inspect.magnitude_on.value = magnitude
+    started = []
+
+    def first_frame(event):
+        if isinstance(event, Frame) and not started:
+            inspect.source.reset_choices()
+            inspect.source.value = phantom.sequence.image_layer
+            started.append(inspect.start())
+
+    worker = phantom.start()
+    worker.yielded.connect(first_frame)
+    with qtbot.waitSignal(worker.finished, timeout=timeout):
+        pass
+    qtbot.waitUntil(lambda: inspect.overlays is not None and inspect.overlays.count == frames
+                    and inspect.worker is None and inspect.overlays.idle, timeout=timeout)
+    return phantom, inspect

@@ -8,11 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from napari_deformdiff.core.events import Frame
+from .gui_helpers import stream_phantom_with_overlays
 
 pytestmark = pytest.mark.gui
-
-PLUGIN = "napari-deformdiff"
 
 
 def _ticking(qtbot):
@@ -112,25 +110,8 @@ def test_overlay_and_labels_layers_leave_the_selection_alone(make_napari_viewer,
     """The generated image is selected when it appears (napari's usual); its labels and the overlays
     are added without taking the selection. Names and order of the layers are as before."""
     viewer = make_napari_viewer()
-    _, phantom = viewer.window.add_plugin_dock_widget(PLUGIN, "Phantom generator")
-    phantom.two_d.value = True
-    phantom.frames.value = 4
-    _, inspect = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspect deformation")
-    inspect.magnitude_on.value = True
-    started = []
-
-    def first_frame(event):
-        if isinstance(event, Frame) and not started:
-            inspect.source.reset_choices()
-            inspect.source.value = phantom.sequence.image_layer
-            started.append(inspect.start())
-
-    worker = phantom.start()
-    worker.yielded.connect(first_frame)
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    qtbot.waitUntil(lambda: inspect.overlays is not None and inspect.overlays.count == 4 and inspect.worker is None
-                    and inspect.overlays.idle and len(inspect.overlays.layers) == 5, timeout=60_000)
+    phantom, inspect = stream_phantom_with_overlays(viewer, qtbot, 4, magnitude=True)
+    qtbot.waitUntil(lambda: len(inspect.overlays.layers) == 5, timeout=60_000)
     image = phantom.sequence.image_layer
     name = image.name  # (the widget holds a proxy of the layer: compared by name)
     assert viewer.layers.selection.active.name == name and [la.name for la in viewer.layers.selection] == [name]
@@ -174,7 +155,7 @@ def test_objects_older_than_a_run_are_left_out_of_full_collections_until_it_ends
     from napari_deformdiff._qt.stream_worker import start_stream
 
     make_napari_viewer()
-    assert gc.get_freeze_count() == 0
+    qtbot.waitUntil(lambda: gc.get_freeze_count() == 0, timeout=5_000)  # an earlier test's runs have thawed
     frozen_during = []
 
     def events():

@@ -13,7 +13,7 @@ from napari_deformdiff.core.inspect.vector_style import (
 )
 from napari_deformdiff.core.io import Volume
 
-from .gui_helpers import common_centre
+from .gui_helpers import common_centre, stream_phantom_with_overlays
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-deformdiff"
@@ -404,23 +404,6 @@ def test_a_stream_with_overlays_leaves_other_layers_alone(make_napari_viewer, qt
         for emitter in (layer.events.set_data, layer.events.thumbnail, layer.events.data):
             emitter.connect(lambda e, name=layer.name: events.append(name))
     ranges = viewer.dims.range
-    _, phantom = viewer.window.add_plugin_dock_widget(PLUGIN, "Phantom generator")
-    phantom.two_d.value = True
-    phantom.frames.value = 6
-    _, inspect = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspect deformation")
-    started = []
-
-    def first_frame(event):
-        if isinstance(event, Frame) and not started:
-            inspect.source.reset_choices()
-            inspect.source.value = phantom.sequence.image_layer
-            started.append(inspect.start())
-
-    worker = phantom.start()
-    worker.yielded.connect(first_frame)
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    qtbot.waitUntil(lambda: inspect.overlays is not None and inspect.overlays.count == 6 and inspect.worker is None
-                    and inspect.overlays.idle, timeout=120_000)
+    stream_phantom_with_overlays(viewer, qtbot, 6, timeout=120_000)
     assert len(viewer.layers) == 13 + 2 + 4  # + image, labels, vectors, grid, det J, folding
     assert events == [] and viewer.dims.range == ranges

@@ -60,6 +60,10 @@ class TurnQueue:
     def pending(self, task: Callable[[], object]) -> bool:
         return task in self._tasks
 
+    @property
+    def idle(self) -> bool:
+        return not self._tasks and not self._running
+
     def _arm(self) -> None:
         from qtpy.QtCore import QTimer
 

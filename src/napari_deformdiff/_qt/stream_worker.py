@@ -48,8 +48,8 @@ class _FrozenHeap:
     napari, Qt and torch hold about 500 000 long-lived objects. A full collection walks all of
     them, holding the GIL, in whichever thread happens to allocate: a run of 16 frames triggered
     five, each a GUI pause longer than a layer's creation. gc.freeze puts them in a generation no
-    pass walks; once no run is active they are handed back and collected once, in a GUI turn of
-    its own, so garbage among them (a layer closed meanwhile) is still freed. Unfrozen without that
+    pass walks; once no run is active and the GUI's queued updates are done (plus a quiet second),
+    they are handed back and collected once, so garbage among them (a layer closed meanwhile) is still freed. Unfrozen without that
     collection, the collector's thresholds (set while few objects were in its oldest generation)
     started several full passes in a row.
     """
@@ -65,14 +65,25 @@ class _FrozenHeap:
     def leave(self) -> None:
         self.runs -= 1
         if self.runs == 0:
-            TURNS.submit(self._thaw)
+            self._thaw_when_quiet()
+
+    def _thaw_when_quiet(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(THAW_AFTER_MS, self._thaw)
 
     def _thaw(self) -> None:
-        if self.runs == 0 and gc.get_freeze_count():
-            gc.unfreeze()
-            gc.collect()
+        # the collection is one pause (~0.3 s): only once a run's last layer updates are drawn
+        if self.runs > 0 or not gc.get_freeze_count():
+            return
+        if not TURNS.idle:
+            self._thaw_when_quiet()
+            return
+        gc.unfreeze()
+        gc.collect()
 
 
+THAW_AFTER_MS = 1000  # quiet time after the last run before the deferred collection
 FROZEN_HEAP = _FrozenHeap()
 
 

@@ -468,6 +468,16 @@ def _field_stats(field: np.ndarray, spacing: Sequence[float]) -> dict[str, float
             "mean_pct": stats["mean_pct"], "folding_pct": 100.0 * folding}
 
 
+def composed_field(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The field of `first` then `second` (n, *S voxels): warp(warp(I, first), second) == warp(I, result)."""
+    import torch
+
+    from .. import spatial
+
+    a, b = (torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))[None] for f in (first, second))
+    return spatial.compose(a, b)[0].numpy()
+
+
 def warp_array(data: np.ndarray, field: np.ndarray, *, labels: bool) -> np.ndarray:
     import torch
 
@@ -554,7 +564,9 @@ def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Pa
         arrays = {"moving": (warped, False), "fixed": (fixed, False)}
         fixed_labels = None
         if with_labels:
-            fixed_labels = warp_array(warped_labels, field, labels=True)
+            # one nearest-neighbour resampling of the input labels through phi_aug then phi_syn: resampling
+            # the moving labels again can split a thin part of a label
+            fixed_labels = warp_array(case.labels.data, composed_field(phi, field), labels=True)
             arrays["moving_labels"] = (warped_labels, True)
             arrays["fixed_labels"] = (fixed_labels, True)
         preview, preview_labels = fixed, fixed_labels
