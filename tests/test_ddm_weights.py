@@ -2,7 +2,8 @@
 
 They must make a heart contract from ED to ES: LV cavity shrinking frame by frame towards the
 true ES size, labels matching ES better than ED does, the last frame closer to ES than ED is.
-The 3D model (1000 CPU steps on crops) under-contracts: it is held to a third of the true LV
+The weights are trained on the phantom and fine-tuned on mixed pairs with label and field supervision
+(docs/ddm.md, model cards). The 3D model (1500 CPU steps on crops) under-contracts: it is held to a third of the true LV
 cavity reduction, the 2D model to 60 % (README, model card). Both were fine-tuned with the zero-code
 anchor, so the first frame (gamma = 0) is the source itself: its field is near zero where the
 un-anchored models already moved 0.35 (2D) and 0.22 (3D) voxels on average.
