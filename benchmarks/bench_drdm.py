@@ -86,7 +86,7 @@ def _timed(fn):
     return time.perf_counter() - t0, out
 
 
-def authors_forward(shape, level, seed):
+def authors_forward(shape, level, seed, device="cpu"):
     """The authors' forward recipe one composition at a time, as today's code before the speed-up."""
     import torch
     import torch.nn.functional as F
@@ -97,18 +97,18 @@ def authors_forward(shape, level, seed):
     g = torch.Generator().manual_seed(seed)
     n = len(shape)
     with torch.no_grad():
-        v = fw._multiscale_noise(1, n, fw.SIGMA, g) * fw.CONTROL_GRID
-        v0 = spatial.compose(fw._multiscale_noise(1, n, fw.NOISE_RATIO * fw.SIGMA, g) * fw.CONTROL_GRID, v)
+        v = (fw._multiscale_noise(1, n, fw.SIGMA, g) * fw.CONTROL_GRID).to(device)
+        v0 = spatial.compose((fw._multiscale_noise(1, n, fw.NOISE_RATIO * fw.SIGMA, g) * fw.CONTROL_GRID).to(device), v)
         psi = v0
         for _ in range(fw.n_ddf(level) - 1):
             psi = spatial.compose(psi, v0, padding_mode="border")
         axes = [fw._central_axis(s, psi.device) for s in shape]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1).float()[None]
         out = F.grid_sample(psi, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return out * torch.tensor([s * s / 64.0**2 for s in shape]).view(1, n, *([1] * n))
+        return out * torch.tensor([s * s / 64.0**2 for s in shape], device=device).view(1, n, *([1] * n))
 
 
-def authors_loop(image, level, model, meta, seed, loop="authors"):
+def authors_loop(image, level, model, meta, seed, loop="authors", device="cpu"):
     """Algorithm 2 as the authors' script runs it; returns the final field (model grid = image grid)."""
     import numpy as np
     import torch
@@ -119,12 +119,12 @@ def authors_loop(image, level, model, meta, seed, loop="authors"):
     from napari_deformdiff.core.nn.model_grid import unit_range
 
     with torch.no_grad():
-        src = torch.from_numpy(np.asarray(image, np.float32))[None, None]
-        x0 = torch.from_numpy(unit_range(image)[0])[None, None]
-        phi = authors_forward(tuple(image.shape), level, seed)
+        src = torch.from_numpy(np.asarray(image, np.float32))[None, None].to(device)
+        x0 = torch.from_numpy(unit_range(image)[0])[None, None].to(device)
+        phi = authors_forward(tuple(image.shape), level, seed, device)
         for t in recovery_times(level, loop, meta.steps):
             moved = spatial.warp(x0, phi, padding_mode="border")
-            step = authors_to_voxels(model(moved, torch.tensor([time_index(t, meta.steps)])))
+            step = authors_to_voxels(model(moved, torch.tensor([time_index(t, meta.steps)], device=device)))
             phi = spatial.compose(phi, step, padding_mode="border")
         spatial.warp(src, phi, padding_mode="border")
     return phi

@@ -2,7 +2,6 @@
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
 
 def rotation(ax, ay, az):
@@ -18,6 +17,8 @@ OBLIQUE = rotation(25, -12, 40)  # ITK (x,y,z) direction of an oblique short-axi
 
 
 def itk_oblique_image(shape_zyx=(6, 9, 11), pixel=np.float32, dim4=0):
+    import SimpleITK as sitk  # here, so that the GPU tests run where SimpleITK is not installed
+
     rng = np.random.default_rng(0)
     arr = rng.normal(100, 20, ((dim4,) if dim4 else ()) + shape_zyx).astype(pixel)
     img = sitk.GetImageFromArray(arr, isVector=False)
