@@ -83,9 +83,11 @@ def test_modiff_forecast_on_the_gpu_equals_the_cpu():
         assert np.abs(a.image - b.image).max() < 1e-3 * peak
 
 
-def test_ddm_training_on_the_gpu_follows_the_cpu_run(tmp_path):
+@pytest.mark.parametrize("mix", [None, {"phantom": 0.4, "synth": 0.3, "real": 0.3}])
+def test_ddm_training_on_the_gpu_follows_the_cpu_run(tmp_path, mix):
     data = [Pair(f"case{i}", *pair_volumes(shift=(3.0 + i, -2.0))) for i in range(2)]
-    kw = dict(steps=3, config=tiny_config(2), lr=1e-3, seed=5, save_every=3)
+    kw = dict(steps=3, config=tiny_config(2), lr=1e-3, seed=5, save_every=3, batch=3, mix=mix,
+              real=[data[0].source] if mix else (), field_weight=1.0 if mix else None)
     cpu = [e.message for e in train_ddm(data, tmp_path / "cpu.safetensors", **kw) if getattr(e, "message", "").startswith("loss")]
     gpu = [e.message for e in train_ddm(data, tmp_path / "gpu.safetensors", device="cuda", **kw)
            if getattr(e, "message", "").startswith("loss")]

@@ -170,6 +170,16 @@ class PairItems:
         return supervised_item(s, t, (sl, tl))
 
 
+class ItemsOn:
+    """`make`'s items with their tensors on `device` (synth and real items are made on the CPU)."""
+
+    def __init__(self, make, device):
+        self.make, self.device = make, device
+
+    def __call__(self, step: int, item: int):
+        return tuple(p.to(self.device) if isinstance(p, torch.Tensor) else p for p in self.make(step, item))
+
+
 def _check_crop(crop, config: DDMConfig):
     if crop is None:
         return None
@@ -255,7 +265,7 @@ def train_ddm(
                   for maps in label_frames(pairs, config, sampling)]
     items = PairItems(data, seed, sampling, crop, labels)
     if mix:
-        items = mixed_items(items, mix, real, config, seed, crop, supervised)
+        items = ItemsOn(mixed_items(items, mix, real, config, seed, crop, supervised), item_device)
     batches = step_batches(items, start, steps, world=world, batch=batch,
                            workers=workers, seed=seed, device=device)
     yield from training_start(start, steps)
