@@ -7,9 +7,9 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _heap_unfrozen_before_viewers_close(request):
-    """A run leaves the heap frozen (stream_worker.FROZEN_HEAP) until a layer leaves the viewer.
-    napari's make_napari_viewer checks at teardown that the test's closed viewer was collected,
-    which a viewer without layers, frozen by a run, would not be: unfreeze before it closes."""
+    """After a run the heap stays frozen (stream_worker.FROZEN_HEAP); layers leaving the viewer start
+    a full collection one turn later. napari's make_napari_viewer checks at teardown, right after
+    closing the test's viewer, that it was collected: unfreeze before it closes."""
     if "make_napari_viewer" not in request.fixturenames:
         yield
         return

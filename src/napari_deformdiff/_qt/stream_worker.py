@@ -42,8 +42,8 @@ def yield_cpu_to_the_gui() -> None:
 
 
 class _FrozenHeap:
-    """Long-lived objects are kept out of the garbage collector's full passes; a full pass runs
-    only where napari runs one anyway: when a layer is removed.
+    """Long-lived objects are kept out of the garbage collector's full passes; one full pass
+    runs after layers are removed, where napari runs one per removed layer anyway.
 
     napari, Qt and torch hold 350 000-600 000 long-lived objects. A full collection walks all of
     them, holding the GIL, in whichever thread happens to allocate: 250-350 ms of GUI thread each,
@@ -51,17 +51,18 @@ class _FrozenHeap:
     what exists when it starts (O(1)); when the last run ends and the GUI is quiet, only the
     objects made since are collected (the run's cyclic garbage) and the survivors frozen too: no
     full pass after a run. Garbage among frozen objects (a removed layer and its data, held in
-    reference cycles) is handed back when a layer leaves a watched viewer (`watch`): the heap is
-    unfrozen there, and napari's own collection on layer removal frees it.
+    reference cycles) is freed by one full pass in the turn after layers leave a watched viewer
+    (`watch`), or when the next run starts, if that comes first.
     """
 
     def __init__(self):
         self.runs = 0
         self._viewers: list = []  # weak references to the watched viewers' layer lists
         self._settle_armed = False
+        self._full_pass_due = False
 
     def watch(self, viewer) -> None:
-        """Unfreeze whenever a layer leaves `viewer` (a plugin widget's; once per viewer)."""
+        """One full pass after layers leave `viewer` (a plugin widget's; connected once per viewer)."""
         import weakref
 
         layers = getattr(viewer.layers, "__wrapped__", viewer.layers)
@@ -69,18 +70,25 @@ class _FrozenHeap:
         if any(ref() is layers for ref in self._viewers):
             return
         self._viewers.append(weakref.ref(layers))
-        # napari's own handlers in between: one runs gc.collect, which then walks everything
-        layers.events.removed.connect(self._layer_removed, position="first")
-        layers.events.removed.connect(self._layer_gone, position="last")
+        layers.events.removed.connect(self._layer_removed)
 
     def _layer_removed(self, _event=None) -> None:
-        gc.unfreeze()  # O(1); the next run freezes again
+        from qtpy.QtCore import QTimer
 
-    def _layer_gone(self, _event=None) -> None:
-        if self.runs > 0:  # collected by napari: freeze the rest again for the runs in progress
-            gc.freeze()
+        if gc.get_freeze_count() and not self._full_pass_due:  # else napari's own collection frees it
+            self._full_pass_due = True
+            QTimer.singleShot(0, self._full_pass)  # after the batch: viewer.layers.clear() removes many
+
+    def _full_pass(self) -> None:
+        if not self._full_pass_due:
+            return
+        self._full_pass_due = False
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
     def enter(self) -> None:
+        self._full_pass()  # layers removed just before the run (Inspect's previous overlays): now
         self.runs += 1
         gc.freeze()
 
@@ -103,9 +111,8 @@ class _FrozenHeap:
         if not TURNS.idle:  # a run's last layer updates first
             self._settle_when_quiet()
             return
-        if gc.get_freeze_count():  # unfrozen by a layer removal: napari collected then
-            gc.collect()  # walks only what the run made
-            gc.freeze()
+        gc.collect()  # walks only the objects made since the run started
+        gc.freeze()
 
 
 SETTLE_AFTER_MS = 1000  # quiet time after the last run before its objects are collected and frozen
