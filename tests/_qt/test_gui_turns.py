@@ -147,6 +147,54 @@ def test_stream_workers_run_below_the_gui_thread(make_napari_viewer, qtbot):
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == gui  # the GUI thread's is untouched
 
 
+def test_a_layer_s_controls_come_in_a_later_turn_and_it_is_selected_after_them(make_napari_viewer, qtbot):
+    from napari.layers import Image, Labels
+    from qtpy.QtWidgets import QApplication
+
+    from napari_deformdiff._qt.gui_turns import TURNS
+    from napari_deformdiff._qt.layer_insert import insert_layer
+
+    viewer = make_napari_viewer()
+    panel = viewer.window._qt_viewer.controls
+    first = viewer.add_image(np.zeros((6, 7), np.float32), name="first")
+    assert viewer.layers.selection.active is first
+    image = insert_layer(viewer, Image(np.ones((6, 7), np.float32), name="image"), activate=True)
+    labels = insert_layer(viewer, Labels(np.ones((6, 7), np.uint8), name="labels"), activate=False)
+    assert [layer.name for layer in viewer.layers] == ["first", "image", "labels"]
+    stand_ins = {layer: panel.widgets[layer] for layer in (image, labels)}
+    assert all(type(w).__name__ == "QFrame" for w in stand_ins.values())  # no controls made yet
+    assert viewer.layers.selection.active is first
+    qtbot.waitUntil(lambda: TURNS.idle, timeout=5_000)
+    QApplication.processEvents()
+    assert type(panel.widgets[image]).__name__ == "QtImageControls"
+    assert type(panel.widgets[labels]).__name__ == "QtLabelsControls"
+    assert panel.count() == 1 + 3  # napari's empty panel and three layers' controls: no stand-in left
+    assert viewer.layers.selection.active is image and panel.currentWidget() is panel.widgets[image]
+    assert [la.name for la in viewer.layers.selection] == ["image"]
+
+
+def test_a_layer_selected_or_removed_before_its_controls_exist(make_napari_viewer, qtbot):
+    """napari's selection and removal handlers look the layer's panel up: the stand-in is there."""
+    from napari.layers import Image
+
+    from napari_deformdiff._qt.gui_turns import TURNS
+    from napari_deformdiff._qt.layer_insert import insert_layer
+
+    viewer = make_napari_viewer()
+    panel = viewer.window._qt_viewer.controls
+    kept = insert_layer(viewer, Image(np.ones((6, 7), np.float32), name="kept"), activate=False)
+    gone = insert_layer(viewer, Image(np.ones((6, 7), np.float32), name="gone"), activate=True)
+    viewer.layers.selection.active = kept  # the user clicks it at once: its stand-in shows
+    assert panel.currentWidget() is panel.widgets[kept]
+    viewer.layers.remove(gone)
+    assert gone not in panel.widgets
+    qtbot.waitUntil(lambda: TURNS.idle, timeout=5_000)
+    assert [layer.name for layer in viewer.layers] == ["kept"]
+    assert type(panel.widgets[kept]).__name__ == "QtImageControls" and panel.currentWidget() is panel.widgets[kept]
+    assert viewer.layers.selection.active is kept  # the removed layer's selection was dropped
+    assert len(panel.widgets) == 1 and panel.count() == 1 + 1
+
+
 def _run(qtbot, events, on_event=lambda e: None):
     from napari_deformdiff._qt.stream_worker import start_stream
 
@@ -215,9 +263,25 @@ def test_a_layer_removed_after_a_run_is_freed(make_napari_viewer, qtbot):
     assert gc.get_freeze_count() > 100_000
 
 
+def _cpu_ticks_by_thread() -> dict[int, tuple[int, int]]:
+    """{thread id: (CPU ticks so far, niceness)} of this process, from /proc."""
+    import os
+
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12]), int(fields[16]))
+    return out
+
+
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread niceness is Linux's")
-def test_every_thread_a_run_starts_runs_below_the_gui_thread(make_napari_viewer, qtbot):
-    """torch's intra-op (OpenMP) threads included: made by the niced worker thread, they inherit its niceness."""
+def test_every_thread_a_run_computes_in_runs_below_the_gui_thread(make_napari_viewer, qtbot):
+    """torch's intra-op (OpenMP) threads included: each thread that starts a parallel region gets a
+    pool of its own, made by (so with the niceness of) the niced worker thread."""
     import os
     import threading
 
@@ -227,26 +291,25 @@ def test_every_thread_a_run_starts_runs_below_the_gui_thread(make_napari_viewer,
 
     make_napari_viewer()
     gui = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    before = set(os.listdir("/proc/self/task"))
-    during = {}
+    busy = {}
 
     def events():
         threads = torch.get_num_threads()
         torch.set_num_threads(2)
         try:
-            a = torch.rand(256, 256)
-            for k in range(5):
-                (a @ a).sum()  # a parallel region: the intra-op pool exists now
-                for tid in set(os.listdir("/proc/self/task")) - before:
-                    try:
-                        during[tid] = os.getpriority(os.PRIO_PROCESS, int(tid))
-                    except OSError:  # ended meanwhile
-                        pass
-                yield k
+            a = torch.rand(512, 512)
+            before = _cpu_ticks_by_thread()
+            for k in range(60):
+                a @ a  # parallel regions
+                if k % 20 == 0:
+                    yield k
+            after = _cpu_ticks_by_thread()
+            busy.update({tid: nice for tid, (ticks, nice) in after.items()
+                         if tid != os.getpid() and ticks - before.get(tid, (0, 0))[0] >= 5})
         finally:
             torch.set_num_threads(threads)
 
     _run(qtbot, events)
-    assert len(during) >= 2, during  # the worker and at least one intra-op thread
-    assert set(during.values()) == {min(19, gui + WORKER_NICENESS)}, during
+    assert len(busy) >= 2, busy  # the worker and its intra-op thread did the work
+    assert set(busy.values()) == {min(19, gui + WORKER_NICENESS)}, busy
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == gui
