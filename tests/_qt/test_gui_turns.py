@@ -161,6 +161,9 @@ def test_a_layer_s_controls_come_in_a_later_turn_and_it_is_selected_after_them(m
     image = insert_layer(viewer, Image(np.ones((6, 7), np.float32), name="image"), activate=True)
     labels = insert_layer(viewer, Labels(np.ones((6, 7), np.uint8), name="labels"), activate=False)
     assert [layer.name for layer in viewer.layers] == ["first", "image", "labels"]
+    editing = {"polygon", "brush_stroke"}  # visible by default: napari makes their visuals at insertion
+    overlay_visuals = viewer.window._qt_viewer.canvas._layer_overlay_to_visual
+    assert not any(labels._overlays[k].visible for k in editing) and not overlay_visuals[labels]
     stand_ins = {layer: panel.widgets[layer] for layer in (image, labels)}
     assert all(type(w).__name__ == "QFrame" for w in stand_ins.values())  # no controls made yet
     assert viewer.layers.selection.active is first
@@ -170,6 +173,8 @@ def test_a_layer_s_controls_come_in_a_later_turn_and_it_is_selected_after_them(m
     assert type(panel.widgets[labels]).__name__ == "QtLabelsControls"
     assert panel.count() == 1 + 3  # napari's empty panel and three layers' controls: no stand-in left
     assert viewer.layers.selection.active is image and panel.currentWidget() is panel.widgets[image]
+    assert all(labels._overlays[k].visible for k in editing)
+    assert {labels._overlays[k] for k in editing} <= set(overlay_visuals[labels])  # made in a later turn
     assert [la.name for la in viewer.layers.selection] == ["image"]
 
 

@@ -1,23 +1,25 @@
-"""Adding a layer to the viewer with napari's layer controls made in a later GUI turn, and
-without making it the selected (active) layer unless asked.
+"""Adding a layer to the viewer in several GUI turns, and without selecting it unless asked.
 
 napari's add_layer does everything in one go: the layer list entry, the canvas visual, the
-layer's controls panel (20-50 ms of GUI thread) and selecting it (the layer list, the controls
-dock and everything listening to the selection follow: 20-30 ms), then the canvas paints it:
-150-200 ms in one pause. Here napari's controls handler is held back while the layer goes in,
-and called with the layer in a later turn of gui_turns.TURNS; a layer to `activate` is selected
-in the turn after that; meanwhile an empty panel stands in for them (napari's handlers of the
-selection and of removals look a layer's panel up). Layers a run adds beside the one the user works with
-(the overlays, a sequence's labels) are not selected: the selection stays where it was.
+layer's controls panel (20-50 ms of GUI thread), for labels the visuals of their editing
+overlays (polygon, brush stroke: 40-80 ms), and selecting it (the layer list, the controls dock
+and everything listening to the selection follow: 20-30 ms), then the canvas paints it:
+150-200 ms in one pause. Here napari's controls handler is held back while the layer goes in and
+called with the layer in a later turn of gui_turns.TURNS (an empty panel stands in meanwhile:
+napari's selection and removal handlers look a layer's panel up); visible editing overlays are
+hidden while it goes in and shown again in the turn after (napari makes their visuals then); a
+layer to `activate` is selected last. Layers a run adds beside the one the user works with (the
+overlays, a sequence's labels) are not selected: the selection stays where it was.
 
-Uses napari's private LayerList._activate_on_insert and QtLayerControlsContainer._add, on the
-objects themselves (a plugin's viewer is a proxy that warns on private names); where they are
-missing, layers are added the usual way.
+Uses napari's private LayerList._activate_on_insert, Layer._overlays and
+QtLayerControlsContainer._add, on the objects themselves (a plugin's viewer is a proxy that warns
+on private names); where they are missing, layers are added the usual way.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections import deque
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
@@ -28,12 +30,16 @@ if TYPE_CHECKING:
 
 
 def insert_layer(viewer: napari.viewer.Viewer, layer, *, activate: bool = True):
-    """viewer.add_layer(layer); its controls made in a later turn, then selected if `activate`."""
+    """viewer.add_layer(layer); its controls and editing overlays made in later turns, then it is
+    selected if `activate`."""
     layers = getattr(viewer.layers, "__wrapped__", viewer.layers)
     panel = _controls_panel(viewer)
     if not hasattr(layers, "_activate_on_insert") or not hasattr(panel, "_add") \
             or not isinstance(getattr(panel, "widgets", None), dict):
         return viewer.add_layer(layer)
+    overlays = [o for o in getattr(layer, "_overlays", {}).values() if getattr(o, "visible", False)]
+    for overlay in overlays:  # napari makes the visuals of visible ones only, and when they become visible
+        overlay.visible = False
     before = layers._activate_on_insert
     layers._activate_on_insert = False
     try:
@@ -44,7 +50,13 @@ def insert_layer(viewer: napari.viewer.Viewer, layer, *, activate: bool = True):
     stand_in = _StandIn()
     panel.addWidget(stand_in)
     panel.widgets[layer] = stand_in  # napari's selection and removal handlers find this
-    _LaterControls.of(layers, panel).add(layer, stand_in, activate)
+    later = _Later.of(layers, panel)
+    later.steps.append(lambda: later.controls(layer, stand_in))
+    if overlays:
+        later.steps.append(lambda: later.show(layer, overlays))
+    if activate:
+        later.steps.append(lambda: later.select(layer))
+    TURNS.submit(later.next)
     return layer
 
 
@@ -63,13 +75,13 @@ def _StandIn():
     return frame
 
 
-class _LaterControls:
-    """Layers of one viewer whose controls are still to be made, and the one to select then."""
+class _Later:
+    """The steps still to do for the layers inserted into one viewer, one per GUI turn."""
 
-    _all: list[tuple[weakref.ref, _LaterControls]] = []
+    _all: list[tuple[weakref.ref, _Later]] = []
 
     @classmethod
-    def of(cls, layers, panel) -> _LaterControls:
+    def of(cls, layers, panel) -> _Later:
         cls._all = [(ref, later) for ref, later in cls._all if ref() is not None]
         for ref, later in cls._all:
             if ref() is layers:
@@ -81,32 +93,34 @@ class _LaterControls:
     def __init__(self, layers, panel):
         self.layers = weakref.ref(layers)
         self.panel = panel
-        self.waiting: list = []  # (layer, stand-in)
-        self.select = None
+        self.steps: deque = deque()
 
-    def add(self, layer, stand_in, activate: bool) -> None:
-        self.waiting.append((layer, stand_in))
-        if activate:
-            self.select = layer
-        TURNS.submit(self._next)
+    def next(self) -> None:
+        if self.steps:
+            self.steps.popleft()()
+        if self.steps:
+            TURNS.submit(self.next)
 
-    def _next(self) -> None:
+    def _present(self, layer) -> bool:
         layers = self.layers()
-        if layers is None:
+        return layers is not None and layer in layers
+
+    def controls(self, layer, stand_in) -> None:
+        if self.panel.widgets.get(layer) is not stand_in:  # removed meanwhile: napari dropped it
             return
-        if self.waiting:
-            layer, stand_in = self.waiting.pop(0)
-            if self.panel.widgets.get(layer) is stand_in:  # else removed meanwhile (napari dropped it)
-                shown = self.panel.currentWidget() is stand_in
-                del self.panel.widgets[layer]
-                self.panel._add(SimpleNamespace(value=layer))
-                if shown:
-                    self.panel.setCurrentWidget(self.panel.widgets[layer])
-                self.panel.removeWidget(stand_in)
-                stand_in.deleteLater()
-        elif self.select is not None:
-            layer, self.select = self.select, None
-            if layer in layers:
-                layers.selection.active = layer
-        if self.waiting or self.select is not None:
-            TURNS.submit(self._next)
+        shown = self.panel.currentWidget() is stand_in
+        del self.panel.widgets[layer]
+        self.panel._add(SimpleNamespace(value=layer))
+        if shown:
+            self.panel.setCurrentWidget(self.panel.widgets[layer])
+        self.panel.removeWidget(stand_in)
+        stand_in.deleteLater()
+
+    def show(self, layer, overlays) -> None:
+        if self._present(layer):
+            for overlay in overlays:
+                overlay.visible = True
+
+    def select(self, layer) -> None:
+        if self._present(layer):
+            self.layers().selection.active = layer
