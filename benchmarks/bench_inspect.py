@@ -8,7 +8,11 @@ Measures, each with a baseline taken in the same process:
   vs the same measurement with an idle viewer; over the whole run ("including layer creation":
   napari creating the stream's 7 layers) and once all layers exist. With each gap, the CPU time
   the GUI thread itself spent in it: the rest of a gap is waiting for a CPU (other processes, the
-  workers) or for the GIL, so on a loaded machine compare that column, and the load printed.
+  workers) or for the GIL, so on a loaded machine compare that column, and the load printed;
+- the longest gap in the 3 s after each run (older objects stay frozen: only the run's own are
+  collected), and the threads other than the GUI thread that computed during it, with their
+  niceness (llvmpipe's are Mesa's software renderer, painting for the GUI thread);
+- removing all layers (viewer.layers.clear()) and the one full garbage collection a turn later.
 Targets (issue 5): step change <= 150 ms median with vectors at the default stride, Jacobian of
 one frame <= 50 ms, no event-loop gap over 100 ms during a run (issue 16: layer creation
 included, with 7 and with 20 layers).
@@ -28,6 +32,23 @@ import numpy as np
 from _table import print_table  # benchmarks/ is on sys.path when a script here runs
 
 FRAMES = 16
+
+
+def cpu_ticks_by_thread() -> dict[int, tuple[int, int, str]]:
+    """{thread id: (CPU ticks so far, niceness, name)} of this process (Linux /proc; else empty)."""
+    out = {}
+    if not os.path.isdir("/proc/self/task"):
+        return out
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(tid)] = (int(fields[11]) + int(fields[12]), int(fields[16]), name)
+    return out
 
 
 def main() -> None:
@@ -151,11 +172,17 @@ def main() -> None:
     _, phantom = viewer.window.add_plugin_dock_widget("napari-deformdiff", "Phantom generator")
     phantom.frames.value = FRAMES
 
+    removal = []  # (ms in viewer.layers.clear(), ms of the next event-loop turn: the one full collection)
+
     def stream_gaps(present: int):
         """Event-loop gaps while the phantom streams FRAMES frames and the overlays follow, with
         `present` - 7 other 4D layers in the viewer (the stream makes 7: image, labels, 5 overlays),
-        and in the 3 s after."""
+        and in the 3 s after; the threads that computed during the run, with their niceness."""
+        t0 = time.perf_counter()
         viewer.layers.clear()
+        t1 = time.perf_counter()
+        app.processEvents()  # the next turn: the one full collection after removals
+        removal.append(((t1 - t0) * 1000, (time.perf_counter() - t1) * 1000))
         for k in range(present - 7):
             viewer.add_layer(Layer.create(*volume_to_layer_data(image if k % 2 == 0 else labels,
                                                                  name=f"other {k}")))
@@ -174,6 +201,7 @@ def main() -> None:
             return (phantom.sequence is not None and phantom.sequence.labels_layer is not None and started
                     and widget.overlays is not None and len(widget.overlays.layers) == 5)
 
+        ticks = cpu_ticks_by_thread()
         worker = phantom.start()
         worker.yielded.connect(follow)
         t0 = time.perf_counter()
@@ -182,6 +210,9 @@ def main() -> None:
             and widget.overlays.count == FRAMES and widget.overlays.idle,
             ready=all_layers_exist)
         assert len(viewer.layers) == present, len(viewer.layers)
+        busy = [(name, nice) for tid, (t, nice, name) in cpu_ticks_by_thread().items()
+                if tid != os.getpid() and t - ticks.get(tid, (0,))[0] >= 20]  # >= 0.2 s of CPU
+        threads.append(busy)
         cpu = list(cpu_in_gap)
         after, _ = gaps_while(run_seconds=3.0)  # the full garbage collections a run defers (gc.freeze)
         after_cpu = list(cpu_in_gap)
@@ -194,6 +225,7 @@ def main() -> None:
         return (f"p99 {np.percentile(gaps, 99):.0f} ms; GUI-thread CPU in that gap {cpu[worst]:.0f} ms, "
                 f"most in any gap {max(cpu):.0f} ms, gaps with over 100 ms of it: {sum(c > 100 for c in cpu)}")
 
+    threads = []
     load = [os.getloadavg()[0]]
     for present in (7, 20):
         (gaps, cpu), (steady, steady_cpu), (after, after_cpu), streamed = stream_gaps(present)
@@ -205,7 +237,16 @@ def main() -> None:
             rows.append((f"longest event-loop gap during a run, {present} layers, once all layers exist",
                          max(steady) / 1000, cpu_note(steady, steady_cpu)))
         rows.append((f"longest event-loop gap in the 3 s after the run, {present} layers", max(after) / 1000,
-                     f"{cpu_note(after, after_cpu)}; the full garbage collections deferred during the run"))
+                     f"{cpu_note(after, after_cpu)}; the run's own objects collected, older ones stay frozen"))
+        busy = threads[-1]
+        niced = sorted({name for name, nice in busy if nice >= 10})
+        not_niced = sorted({name for name, nice in busy if nice < 10})
+        rows.append((f"threads that computed during the run, {present} layers (besides the GUI thread)", float("nan"),
+                     f"{sum(n >= 10 for _, n in busy)} at niceness >= 10 ({', '.join(niced)}); "
+                     f"{sum(n < 10 for _, n in busy)} not niced ({', '.join(not_niced)})"))
+    for present, (cleared, gap) in zip((7, 20), removal, strict=True):
+        rows.append((f"removing the layers before the {present}-layer run: viewer.layers.clear()", cleared / 1000,
+                     f"then the next event-loop turn {gap:.0f} ms (the one full garbage collection)"))
     rows.append(("event-loop gap with an idle viewer (max)", max(idle) / 1000,
                  f"p99 {np.percentile(idle, 99):.0f} ms; load average (1 min) during the runs: "
                  + " .. ".join(f"{x:.1f}" for x in load) + f" on {os.cpu_count()} CPUs"))

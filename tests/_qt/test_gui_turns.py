@@ -147,32 +147,174 @@ def test_stream_workers_run_below_the_gui_thread(make_napari_viewer, qtbot):
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == gui  # the GUI thread's is untouched
 
 
-def test_objects_older_than_a_run_are_left_out_of_full_collections_until_it_ends(make_napari_viewer, qtbot):
-    """A full garbage collection walked napari's, Qt's and torch's ~500 000 objects (250 ms of GUI
-    thread, five per run): during a run they are frozen, and handed back when it ends."""
-    import gc
+def test_a_layer_s_controls_come_in_a_later_turn_and_it_is_selected_after_them(make_napari_viewer, qtbot):
+    from napari.layers import Image, Labels
+    from qtpy.QtWidgets import QApplication
 
+    from napari_deformdiff._qt.gui_turns import TURNS
+    from napari_deformdiff._qt.layer_insert import insert_layer
+
+    viewer = make_napari_viewer()
+    panel = viewer.window._qt_viewer.controls
+    first = viewer.add_image(np.zeros((6, 7), np.float32), name="first")
+    assert viewer.layers.selection.active is first
+    image = insert_layer(viewer, Image(np.ones((6, 7), np.float32), name="image"), activate=True)
+    labels = insert_layer(viewer, Labels(np.ones((6, 7), np.uint8), name="labels"), activate=False)
+    assert [layer.name for layer in viewer.layers] == ["first", "image", "labels"]
+    editing = {"polygon", "brush_stroke"}  # visible by default: napari makes their visuals at insertion
+    overlay_visuals = viewer.window._qt_viewer.canvas._layer_overlay_to_visual
+    assert not any(labels._overlays[k].visible for k in editing) and not overlay_visuals[labels]
+    stand_ins = {layer: panel.widgets[layer] for layer in (image, labels)}
+    assert all(type(w).__name__ == "QFrame" for w in stand_ins.values())  # no controls made yet
+    assert viewer.layers.selection.active is first
+    qtbot.waitUntil(lambda: TURNS.idle, timeout=5_000)
+    QApplication.processEvents()
+    assert type(panel.widgets[image]).__name__ == "QtImageControls"
+    assert type(panel.widgets[labels]).__name__ == "QtLabelsControls"
+    assert panel.count() == 1 + 3  # napari's empty panel and three layers' controls: no stand-in left
+    assert viewer.layers.selection.active is image and panel.currentWidget() is panel.widgets[image]
+    assert all(labels._overlays[k].visible for k in editing)
+    assert {labels._overlays[k] for k in editing} <= set(overlay_visuals[labels])  # made in a later turn
+    assert [la.name for la in viewer.layers.selection] == ["image"]
+
+
+def test_a_layer_selected_or_removed_before_its_controls_exist(make_napari_viewer, qtbot):
+    """napari's selection and removal handlers look the layer's panel up: the stand-in is there."""
+    from napari.layers import Image
+
+    from napari_deformdiff._qt.gui_turns import TURNS
+    from napari_deformdiff._qt.layer_insert import insert_layer
+
+    viewer = make_napari_viewer()
+    panel = viewer.window._qt_viewer.controls
+    kept = insert_layer(viewer, Image(np.ones((6, 7), np.float32), name="kept"), activate=False)
+    gone = insert_layer(viewer, Image(np.ones((6, 7), np.float32), name="gone"), activate=True)
+    viewer.layers.selection.active = kept  # the user clicks it at once: its stand-in shows
+    assert panel.currentWidget() is panel.widgets[kept]
+    viewer.layers.remove(gone)
+    assert gone not in panel.widgets
+    qtbot.waitUntil(lambda: TURNS.idle, timeout=5_000)
+    assert [layer.name for layer in viewer.layers] == ["kept"]
+    assert type(panel.widgets[kept]).__name__ == "QtImageControls" and panel.currentWidget() is panel.widgets[kept]
+    assert viewer.layers.selection.active is kept  # the removed layer's selection was dropped
+    assert len(panel.widgets) == 1 and panel.count() == 1 + 1
+
+
+def _run(qtbot, events, on_event=lambda e: None):
     from napari_deformdiff._qt.stream_worker import start_stream
 
-    make_napari_viewer()
-    qtbot.waitUntil(lambda: gc.get_freeze_count() == 0, timeout=5_000)  # an earlier test's runs have thawed
-    frozen_during = []
+    handle = start_stream(events, description="run", on_event=on_event, on_done=lambda: None, progress_bar=False)
+    with qtbot.waitSignal(handle.finished, timeout=30_000):
+        pass
+    return handle
+
+
+class _Cycle:
+    def __init__(self):
+        self.me = self
+        self.data = np.zeros(1000)
+
+
+def test_a_run_leaves_old_objects_frozen_and_frees_the_cyclic_garbage_it_made(make_napari_viewer, qtbot):
+    """A full garbage collection walks napari's, Qt's and torch's ~350 000-600 000 objects (250-350 ms of
+    GUI thread): they stay frozen during and after runs; after a run only its own objects are collected."""
+    import gc
+    import weakref
+
+    from napari_deformdiff._qt import stream_worker
+
+    viewer = make_napari_viewer()
+    stream_worker.FROZEN_HEAP.watch(viewer)
+    frozen_during, kept = [], []
 
     def events():
         for k in range(3):
             time.sleep(0.01)
             yield k
 
-    handle = start_stream(events, description="frozen", on_event=lambda e: frozen_during.append(gc.get_freeze_count()),
-                          on_done=lambda: None, progress_bar=False)
-    assert gc.get_freeze_count() > 100_000
-    second = start_stream(lambda: iter(range(2)), description="second", on_event=lambda e: None,
-                          on_done=lambda: None, progress_bar=False)
-    with qtbot.waitSignal(second.finished, timeout=30_000):
-        pass
-    if handle.is_running:
-        assert gc.get_freeze_count() > 100_000  # the first run still holds them
-        with qtbot.waitSignal(handle.finished, timeout=30_000):
-            pass
+    def on_event(_event):
+        frozen_during.append(gc.get_freeze_count())
+        kept.append(_Cycle())  # made during the run, on the GUI thread
+        gc.collect(1)  # ... and moved to the oldest generation: only a full pass frees it
+
+    handle = _run(qtbot, events, on_event)
+    made = [weakref.ref(c) for c in kept]
+    kept.clear()  # cyclic garbage now
     assert len(frozen_during) == 3 and min(frozen_during) > 100_000
-    qtbot.waitUntil(lambda: gc.get_freeze_count() == 0, timeout=5_000)  # every run ended: collectable again
+    assert not handle.is_running and all(ref() is not None for ref in made)
+    qtbot.waitUntil(lambda: all(ref() is None for ref in made), timeout=10_000)  # collected once quiet
+    assert gc.get_freeze_count() >= min(frozen_during)  # the old objects were never handed back
+
+
+def test_a_layer_removed_after_a_run_is_freed(make_napari_viewer, qtbot):
+    """A layer frozen by a run is held in reference cycles: removing it from the viewer starts one full
+    collection in the next turn, which frees it and its data; the heap is frozen again after it."""
+    import gc
+    import weakref
+
+    from napari_deformdiff._qt import stream_worker
+
+    viewer = make_napari_viewer()
+    stream_worker.FROZEN_HEAP.watch(viewer)
+    layer = viewer.add_image(np.zeros((4, 8, 8), np.float32), name="old")
+    data = weakref.ref(layer.data.base if layer.data.base is not None else layer.data)
+    gone = weakref.ref(layer)
+    _run(qtbot, lambda: iter(range(2)))
+    assert gc.get_freeze_count() > 100_000
+    del layer
+    viewer.layers.remove("old")
+    assert gone() is not None  # napari's collection on removal walked only the unfrozen objects
+    qtbot.waitUntil(lambda: gone() is None and data() is None, timeout=5_000)
+    assert gc.get_freeze_count() > 100_000
+
+
+def _cpu_ticks_by_thread() -> dict[int, tuple[int, int]]:
+    """{thread id: (CPU ticks so far, niceness)} of this process, from /proc."""
+    import os
+
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12]), int(fields[16]))
+    return out
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_every_thread_a_run_computes_in_runs_below_the_gui_thread(make_napari_viewer, qtbot):
+    """torch's intra-op (OpenMP) threads included: each thread that starts a parallel region gets a
+    pool of its own, made by (so with the niceness of) the niced worker thread."""
+    import os
+    import threading
+
+    import torch
+
+    from napari_deformdiff._qt.stream_worker import WORKER_NICENESS
+
+    make_napari_viewer()
+    gui = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    busy = {}
+
+    def events():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            a = torch.rand(512, 512)
+            before = _cpu_ticks_by_thread()
+            for k in range(60):
+                a @ a  # parallel regions
+                if k % 20 == 0:
+                    yield k
+            after = _cpu_ticks_by_thread()
+            busy.update({tid: nice for tid, (ticks, nice) in after.items()
+                         if tid != os.getpid() and ticks - before.get(tid, (0, 0))[0] >= 5})
+        finally:
+            torch.set_num_threads(threads)
+
+    _run(qtbot, events)
+    assert len(busy) >= 2, busy  # the worker and its intra-op thread did the work
+    assert set(busy.values()) == {min(19, gui + WORKER_NICENESS)}, busy
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == gui

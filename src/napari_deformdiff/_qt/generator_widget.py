@@ -16,7 +16,7 @@ from ..core.errors import InputError
 from ..core.events import Progress
 from .layer_inputs import SLIDER_TEXT, SLIDER_TIP, chosen_file, frame_volume
 from .stream_layers import GrowingSequence
-from .stream_worker import StreamHandle, start_stream
+from .stream_worker import FROZEN_HEAP, StreamHandle, start_stream
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 WEIGHTS_FILTER = "*.safetensors *.pth *.pt"
@@ -118,6 +118,7 @@ class GeneratorWidget(Container):
         self.status.native.setWordWrap(True)  # long quality lines wrap instead of widening the dock
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
+        FROZEN_HEAP.watch(self.viewer)
         return [self.run_button, self.cancel_button, self.status]
 
     def start(self):

@@ -17,6 +17,7 @@ from .._layers import field_of
 from ..core.inspect.vector_style import MAGNITUDE_BIN_COLORS, MAGNITUDE_BIN_NAMES, fields_extent, vector_strides
 from .overlay_layers import OverlaySet
 from .readout_plot import BlitReadoutPlot
+from .stream_worker import FROZEN_HEAP
 
 if TYPE_CHECKING:
     import napari
@@ -63,6 +64,7 @@ class InspectWidget(Container):
         viewer.layers.events.removed.connect(self._refresh_sources)
         viewer.dims.events.current_step.connect(self._update_readout)
         viewer.mouse_move_callbacks.append(self._on_mouse_move)
+        FROZEN_HEAP.watch(viewer)
 
     # --- sources ----------------------------------------------------------------------------
     def _source_choices(self, _widget=None):

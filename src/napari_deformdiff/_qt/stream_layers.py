@@ -106,7 +106,7 @@ class GrowingSequence:
                 set_provenance(kwargs["metadata"], self.provenance)
             if fields is not None:
                 attach_field(kwargs["metadata"], fields[: self.count], total=self.total)
-            self.image_layer = self.viewer.add_layer(Layer.create(data, kwargs, kind))
+            self.image_layer = insert_layer(self.viewer, Layer.create(data, kwargs, kind))
             if self.on_first is not None:
                 self.on_first(self.image_layer)
         else:
