@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deformdiff.core.drdm.augment import ExportSettings, export_drdm, export_workers, made_in_order, read_manifest
+from napari_deformdiff.core.drdm.augment import (
+    ExportSettings,
+    export_drdm,
+    export_workers,
+    made_in_order,
+    read_manifest,
+)
 from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.events import Frame, Progress
 from napari_deformdiff.core.io import read_volume
@@ -41,14 +47,13 @@ def test_units_made_at_once_write_the_same_files_as_one_after_the_other(tmp_path
         for role in ("image", "labels", "moving", "fixed", "moving_labels", "fixed_labels", "field"):
             if not a.get(role):
                 continue
-            if role == "field":
-                x, y = read_displacement(tmp_path / "one" / a[role])[0], read_displacement(tmp_path / "three" / b[role])[0]
-            else:
-                x, y = read_volume(tmp_path / "one" / a[role]).data, read_volume(tmp_path / "three" / b[role]).data
+            read = (lambda p: read_displacement(p)[0]) if role == "field" else (lambda p: read_volume(p).data)
+            x, y = read(tmp_path / "one" / a[role]), read(tmp_path / "three" / b[role])
             if "labels" in role:
                 np.testing.assert_array_equal(x, y)
             else:  # float rounding at most (one torch thread against the caller's)
-                assert float(np.abs(np.asarray(x, np.float64) - y).max()) <= 1e-4 * float(np.abs(x).max()), (a["id"], role)
+                gap = float(np.abs(np.asarray(x, np.float64) - y).max())
+                assert gap <= 1e-4 * float(np.abs(x).max()), (a["id"], role)
         assert abs(float(a["mean_mm"]) - float(b["mean_mm"])) <= 1e-4 * float(a["mean_mm"])
     # every unit's recovery reported its steps
     assert {e.index for e in three if isinstance(e, Progress) and "step " in e.message} == set(range(6))
