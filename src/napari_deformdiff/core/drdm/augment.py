@@ -532,15 +532,21 @@ def _write_unit_files(out: Path, files: dict[str, str], arrays: dict[str, tuple[
         raise
 
 
-def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Path, *, model, meta,
-             device="cpu", overwrite: bool = False, index: int = 0, total: int = 1,
-             weights_name: str = "") -> Iterator[Progress]:
-    """Make and write one unit's files; yields Progress, returns (manifest row, preview Frame).
+@dataclass
+class MadeUnit:
+    """A unit computed but not written: its files' roles and names, arrays, field, manifest row, preview."""
 
-    Writes nothing until everything is computed; a failed write removes the unit's files.
-    `overwrite` replaces existing files of the unit (overwrite and resume runs).
-    """
-    out = Path(out_dir)
+    files: dict[str, str]
+    arrays: dict[str, tuple[np.ndarray, bool]]
+    field: np.ndarray
+    row: dict[str, Any]
+    preview: np.ndarray
+    preview_labels: np.ndarray | None
+
+
+def make_unit(case: Case, unit: Unit, settings: ExportSettings, *, model, meta, device="cpu", index: int = 0,
+              total: int = 1, weights_name: str = "") -> Iterator[Progress]:
+    """Compute one unit (nothing written); yields Progress, returns a MadeUnit."""
     image = case.image
     with_labels = case.labels is not None
     files = unit_files(unit, settings, with_labels)
@@ -577,10 +583,30 @@ def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Pa
                            "fold_free": int(settings.fold_free)}
     row.update(_field_stats(field, image.geometry.spacing))
     row = {k: _format_value(k, v) for k, v in row.items()}
-    _write_unit_files(out, files, arrays, field, case, overwrite)
-    row.update(file_checksums(out, files))
-    frame = Frame(index, total, preview, field, preview_labels, {"row": row, "id": unit.id}, "samples")
+    return MadeUnit(files, arrays, field, row, preview, preview_labels)
+
+
+def write_unit(made: MadeUnit, case: Case, unit: Unit, out_dir: str | Path, *, overwrite: bool = False,
+               index: int = 0, total: int = 1) -> tuple[dict, Frame]:
+    """Write a made unit's files (all or none); its manifest row (with checksums) and preview Frame."""
+    out = Path(out_dir)
+    _write_unit_files(out, made.files, made.arrays, made.field, case, overwrite)
+    row = {**made.row, **file_checksums(out, made.files)}
+    frame = Frame(index, total, made.preview, made.field, made.preview_labels, {"row": row, "id": unit.id}, "samples")
     return row, frame
+
+
+def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Path, *, model, meta,
+             device="cpu", overwrite: bool = False, index: int = 0, total: int = 1,
+             weights_name: str = "") -> Iterator[Progress]:
+    """Make and write one unit's files; yields Progress, returns (manifest row, preview Frame).
+
+    Writes nothing until everything is computed; a failed write removes the unit's files.
+    `overwrite` replaces existing files of the unit (overwrite and resume runs).
+    """
+    made = yield from make_unit(case, unit, settings, model=model, meta=meta, device=device, index=index,
+                                total=total, weights_name=weights_name)
+    return write_unit(made, case, unit, out_dir, overwrite=overwrite, index=index, total=total)
 
 
 def remove_unit_files(out_dir: Path, row: dict, mode: str) -> None:
@@ -599,6 +625,96 @@ def write_error(exc: OSError, out_dir: Path, done: int, manifest: str) -> InputE
         f"writing the export to {out_dir} failed: {reason}{where}. The {done} complete sample(s) are listed in "
         f"{manifest} and no partial file was left; free space (or fix the folder) and run again with resume."
     )
+
+
+# --------------------------------------------------------------------------- units made at once
+
+MAX_WORKERS = 4
+
+
+def export_workers(device, precision: str, units: int) -> int:
+    """Units made at once by export_drdm. On the CPU one per torch thread, each single-threaded (up
+    to MAX_WORKERS): the network's 10- and 20-channel convolutions keep two cores busier as two
+    samples than as one sample split over two threads (docs/drdm.md, batch export). One on a GPU
+    and in bfloat16 (one compiled network per process)."""
+    import torch
+
+    if torch.device(device).type != "cpu" or precision != "float32":
+        return 1
+    return max(1, min(torch.get_num_threads(), MAX_WORKERS, int(units)))
+
+
+def made_in_order(jobs: Sequence[Callable[[], Iterator]], workers: int) -> Iterator[tuple]:
+    """Run the generators jobs[i]() on `workers` threads, one torch thread each; yields
+    ("event", i, event) as events come and ("made", i, value) with each return value in job order.
+
+    A job's exception is raised here at its turn (after the jobs before it are yielded). At most
+    2 * workers jobs run or wait ahead of the next one to yield. Closing this generator stops the
+    threads at their next event and waits for them. A job's result does not depend on `workers`:
+    each runs alone on its thread, as with one worker.
+    """
+    import queue
+    import threading
+
+    import torch
+
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    window = threading.Semaphore(2 * workers)
+    lock = threading.Lock()
+    taken = [0]
+
+    def work():
+        torch.set_num_threads(1)  # this thread's (and new threads') intra-op threads; restored below
+        while not stop.is_set():
+            if not window.acquire(timeout=0.1):
+                continue
+            with lock:
+                i = taken[0]
+                taken[0] += 1
+            if i >= len(jobs):
+                return
+            try:
+                gen = jobs[i]()
+                while True:
+                    if stop.is_set():
+                        gen.close()
+                        return
+                    try:
+                        event = next(gen)
+                    except StopIteration as done:
+                        events.put(("made", i, done.value))
+                        break
+                    events.put(("event", i, event))
+            except BaseException as exc:  # noqa: BLE001  (raised in the caller's thread)
+                events.put(("error", i, exc))
+                return
+
+    threads_before = torch.get_num_threads()
+    threads = [threading.Thread(target=work, name=f"drdm-export-{k}", daemon=True) for k in range(workers)]
+    for thread in threads:
+        thread.start()
+    try:
+        ready: dict[int, tuple] = {}
+        turn = 0
+        while turn < len(jobs):
+            kind, i, payload = events.get()
+            if kind == "event":
+                yield ("event", i, payload)
+                continue
+            ready[i] = (kind, payload)
+            while turn in ready:
+                kind, payload = ready.pop(turn)
+                if kind == "error":
+                    raise payload
+                yield ("made", turn, payload)
+                window.release()
+                turn += 1
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        torch.set_num_threads(threads_before)
 
 
 # --------------------------------------------------------------------------- whole export
@@ -648,6 +764,7 @@ def export_drdm(
     overwrite: bool = False,
     resume: bool = False,
     on_redo: Callable[[str], None] | None = None,
+    workers: int | None = None,
 ) -> Iterator[Progress | Frame]:
     """Run the whole export in this process.
 
@@ -655,7 +772,9 @@ def export_drdm(
     Frame per finished unit (image: the augmented / fixed image, field: the written field, labels,
     info["row"]: its manifest row, info["done"]: the units listed now). Units already listed in the
     manifest (resume) are skipped; a listed unit with missing or damaged files is made again and said
-    so (on_redo(message), by default an ExportWarning).
+    so (on_redo(message), by default an ExportWarning). `workers`: units made at once (default
+    export_workers(...): on the CPU one per torch thread, each single-threaded); units are written
+    and listed in plan order, and their files do not depend on it.
     """
     check_cases(cases)
     units = plan_export(cases, settings)
@@ -670,16 +789,34 @@ def export_drdm(
     created = not out.exists()
     manifest = start_output(out, rows, settings, units)
     finished = False
-    try:
-        for k, unit in enumerate(units):
-            if unit.id in done_ids:
-                continue
+    todo = [k for k, unit in enumerate(units) if unit.id not in done_ids]
+    if workers is None:
+        workers = export_workers(device, settings.precision, len(todo))
+    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+        raise InputError(f"workers (units made at once) must be a positive integer, got {workers!r}.")
+
+    def job(k):
+        unit = units[k]
+
+        def run():
             yield Progress(k, len(units), f"{unit.id}: sampling the random deformation", "samples")
+            return (yield from make_unit(by_name[unit.case], unit, settings, model=model, meta=meta, device=device,
+                                         index=k, total=len(units), weights_name=label))
+        return run
+
+    jobs = [job(k) for k in todo]
+    runs = _one_at_a_time(jobs, todo) if int(workers) == 1 else _at_once(jobs, todo, int(workers))
+    try:
+        for item in runs:
+            if isinstance(item, Progress):
+                yield item
+                continue
+            k, made = item
+            unit = units[k]
             try:
                 # files of a unit the manifest does not list are leftovers of an interrupted run: replaced
-                row, frame = yield from run_unit(by_name[unit.case], unit, settings, out, model=model, meta=meta,
-                                                 device=device, overwrite=overwrite or resume, index=k,
-                                                 total=len(units), weights_name=label)
+                row, frame = write_unit(made, by_name[unit.case], unit, out, overwrite=overwrite or resume,
+                                        index=k, total=len(units))
             except OutputExistsError:
                 raise
             except OSError as exc:
@@ -689,7 +826,25 @@ def export_drdm(
             yield frame
         finished = True
     finally:
+        runs.close()  # stops the workers (Cancel) before the manifest is closed
         close_output(out, rows, settings, order, finished=finished, created=created)
+
+
+def _one_at_a_time(jobs, keys) -> Iterator:
+    """Progress events and (key, value) per job, one job after the other in this thread."""
+    for key, job in zip(keys, jobs):
+        value = yield from job()
+        yield key, value
+
+
+def _at_once(jobs, keys, workers: int) -> Iterator:
+    """The same as _one_at_a_time with the jobs made on `workers` threads (made_in_order)."""
+    runs = made_in_order(jobs, workers)
+    try:
+        for kind, i, payload in runs:
+            yield payload if kind == "event" else (keys[i], payload)
+    finally:
+        runs.close()
 
 
 # --------------------------------------------------------------------------- inputs from files
