@@ -17,7 +17,7 @@ import statistics
 import time
 
 from _table import print_table
-from bench_drdm import LEVEL_2D, _drain, _image, _model, authors_loop
+from bench_drdm import LEVEL_2D, _image, _model, authors_loop
 
 
 def main():
@@ -34,7 +34,7 @@ def main():
 
     from napari_deformdiff.core import spatial
     from napari_deformdiff.core.drdm.generate import deform_instance, recover_batch
-    from napari_deformdiff.core.events import Frame
+    from napari_deformdiff.core.events import Frame, run_to_end
 
     dev = torch.device(args.device)
     model, meta, note = _model("2d", args.weights, None)
@@ -65,7 +65,7 @@ def main():
         return last[0]
 
     def batched(r, precision):
-        return _drain(recover_batch(image, [level] * batch, [100 * r + k for k in range(batch)], model=model,
+        return run_to_end(recover_batch(image, [level] * batch, [100 * r + k for k in range(batch)], model=model,
                                     meta=meta, loop="authors", precision=precision, device=dev))
 
     def describe(field):

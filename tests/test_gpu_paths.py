@@ -11,7 +11,7 @@ from napari_deformdiff.core import spatial
 from napari_deformdiff.core.ddm.train import train_ddm
 from napari_deformdiff.core.ddm.weights import load_ddm
 from napari_deformdiff.core.drdm.generate import deform_instance, recover_batch
-from napari_deformdiff.core.events import Frame
+from napari_deformdiff.core.events import Frame, run_to_end
 from napari_deformdiff.core.io.pairs import Pair
 from napari_deformdiff.core.modiff.generate import generate_modiff
 
@@ -49,7 +49,7 @@ def test_drdm_instance_and_batch_on_the_gpu_equal_the_cpu():
     scale = float(np.abs(cpu).max())
     assert scale > 0.05
     assert np.abs(gpu - cpu).max() < 1e-3 * scale
-    batch = _drain(recover_batch(image, [6, 6], [3, 4], model=model.cuda(), meta=meta, loop="authors",
+    batch = run_to_end(recover_batch(image, [6, 6], [3, 4], model=model.cuda(), meta=meta, loop="authors",
                                  device="cuda"))
     assert np.abs(batch[0] - cpu).max() < 1e-3 * scale
     other = _last_field(deform_instance(image, 6, model=model.cpu(), meta=meta, seed=4, loop="authors"))
@@ -97,11 +97,3 @@ def test_ddm_training_on_the_gpu_follows_the_cpu_run(tmp_path, mix):
     b, _ = load_ddm(tmp_path / "gpu.safetensors", ndims=2)
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(x, y.cpu(), atol=1e-4 * max(1.0, float(x.abs().max()))), k
-
-
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -96,3 +97,12 @@ class RunProgress:
             else:
                 self.message = f"{event.stage} {event.index + 1}/{event.total}"
         return (self.total, self.done, self.message) != before
+
+
+def run_to_end(events: Iterator[Any]) -> Any:
+    """Drive an event generator to its end, dropping the events; what it returns."""
+    while True:
+        try:
+            next(events)
+        except StopIteration as done:
+            return done.value

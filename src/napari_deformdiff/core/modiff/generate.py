@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..events import Frame, Plan, Progress, SequencePreview
+from ..events import Frame, Plan, Progress, SequencePreview, run_to_end
 from ..io.volume import Volume
 from .nets.modiff import MoDiff, downsample
 from .data import grid_map, scaling, sequence_to_model
@@ -116,23 +116,15 @@ def forecast_variants(first: Volume, *, frames: int, model: MoDiff, variants: di
     check_request(first, frames, model, steps, sampler)
     t0 = time.perf_counter()
     run = _Forecast(model, first, frames, torch.Generator().manual_seed(seed))
-    decoded = _drain(run.decoded(steps, sampler, 0, None))
+    decoded = run_to_end(run.decoded(steps, sampler, 0, None))
     sampling = time.perf_counter() - t0
     out = {}
     for name, (output, temporal) in variants.items():
         check_request(first, frames, model, steps, sampler, output, temporal)
         t0 = time.perf_counter()
-        images, _ = _drain(run.outputs(decoded, output, temporal))
+        images, _ = run_to_end(run.outputs(decoded, output, temporal))
         out[name] = (images, sampling + time.perf_counter() - t0)
     return out
-
-
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
 
 
 class _Forecast:
