@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from napari_deformdiff.core import spatial
 from napari_deformdiff.core.ddm.adapt import (
-    AdaptSettings, local_ncc_fast, settings_for, working_shape)
-from napari_deformdiff.core.ddm.demons import demons_field
+    AdaptSettings, adapt_pair, fit_velocity, local_ncc_fast, residual_field, settings_for, working_shape)
+from napari_deformdiff.core.ddm.demons import demons_field, joint_unit
 from napari_deformdiff.core.ddm.generate import generate_ddm
 from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.events import Frame, Progress
@@ -251,3 +251,55 @@ def test_adaptation_works_in_a_thread_left_in_inference_mode():
         out = [e for e in generate_ddm(source, target, frames=2, model=model, adapt=20) if isinstance(e, Frame)]
     err = lambda f: float(np.mean((f.image - target.data) ** 2))  # noqa: E731
     assert err(out[-1]) < 0.1 * err(plain[-1])
+
+
+def _run(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _start_choice(net_field):
+    """adapt_pair on the 64 x 64 known-motion pair with `net_field` as the network's motion, and the
+    PSNR at gamma = 1 of: the whole run, the fit from the source alone, the fit from the network's frame."""
+    source, target, _ = known_motion_pair()
+    settings = settings_for("auto", source.data.shape)
+    residual = _run(adapt_pair(source.data, target.data, SPACING, net_field, settings))
+    s, t = (torch.from_numpy(a)[None, None] for a in joint_unit(source.data, target.data))
+    rng = float(np.ptp(source.data))
+    s_in = torch.from_numpy(source.data)[None, None]
+
+    def frame_psnr(field):
+        return psnr(spatial.warp(s_in, field, padding_mode="border")[0, 0].numpy(), target.data, rng)
+
+    by_net = spatial.warp(s, net_field, padding_mode="border")
+    v_source = _run(fit_velocity(s, t, SPACING, settings))
+    v_net = _run(fit_velocity(by_net, t, SPACING, settings))
+    alone = frame_psnr(residual_field(v_source, 1.0, source.data.shape))
+    after_net = frame_psnr(spatial.compose(net_field, residual_field(v_net, 1.0, source.data.shape)))
+    whole = frame_psnr(residual.compose(net_field, 1.0))
+    return residual, whole, alone, after_net
+
+
+def test_a_network_frame_closer_to_the_target_but_a_worse_start_is_left_out():
+    """The network's frame starts closer to the target (the true motion plus voxel-scale noise), but
+    the smooth velocity cannot undo the noise: the whole run must reach the fit from the source."""
+    _, _, u = known_motion_pair()
+    g = torch.Generator().manual_seed(11)
+    net_field = torch.from_numpy(u)[None] + 0.5 * torch.randn((1, 2, *u.shape[1:]), generator=g)
+    residual, whole, alone, after_net = _start_choice(net_field)
+    assert residual.loss_network < residual.loss_source  # keeping the network by its start was the rule before
+    assert alone > after_net + 3, (alone, after_net)  # and it is the worse start
+    assert not residual.use_network and residual.fitted_source < residual.fitted_network
+    assert whole >= max(alone, after_net) - 1e-6, (whole, alone, after_net)
+
+
+def test_a_network_frame_that_is_a_better_start_is_kept():
+    """The network's motion = 0.8 x the true one: its fit ends closer than the fit from the source."""
+    _, _, u = known_motion_pair()
+    residual, whole, alone, after_net = _start_choice(0.8 * torch.from_numpy(u)[None])
+    assert after_net > alone, (alone, after_net)
+    assert residual.use_network and residual.fitted_network < residual.fitted_source
+    assert whole >= max(alone, after_net) - 1e-6, (whole, alone, after_net)
