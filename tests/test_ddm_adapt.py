@@ -146,8 +146,9 @@ def test_3d_adaptation_matches_or_beats_simpleitk_demons_without_folding():
     initial, demons = psnr(source.data, target.data, rng), psnr(warped, target.data, rng)
     ours = psnr(frames[-1].image, target.data, rng)
     assert demons > initial + 5, (initial, demons)  # the baseline does register this pair
-    # measured 67.4 against 52.3 dB; the settings before (NCC epsilon 1e-5, sigma 1, K = 30) reached 61.1
-    assert ours >= demons + 12, (initial, demons, ours)
+    # measured 55.4 against 52.3 dB. |grad v|^2 weight 10 (before 100 in 3D) reached 67.4 here, but its rougher
+    # fields missed the real pairs' intermediate frames (abdominal MR 52.2 dB vs demons' 55.1, docs/ddm.md)
+    assert ours >= demons + 2, (initial, demons, ours)
     unit = lambda a: torch.from_numpy((a - source.data.min()) / rng)[None, None].float()  # noqa: E731
     ncc = lambda a: float(local_ncc(unit(a), unit(target.data), window=9))  # noqa: E731
     assert ncc(frames[-1].image) >= ncc(warped) - 1e-4, (ncc(frames[-1].image), ncc(warped))
