@@ -47,7 +47,7 @@ class AdaptSettings:
     sigma: float = 1.0  # Gaussian smoothing of the fitted parameter field (voxels of the level)
     ncc: float = 1.0  # weight of the local NCC term
     ncc_eps: float = 1e-8  # in the local NCC denominator; 1e-5 rewarded warps that raise local contrast
-    compare_levels: int = 1  # coarsest levels fitted from both starts (source, network's frame)
+    compare_levels: int = 1  # coarsest levels (at least 1) fitted from both starts (source, network's frame)
 
     def steps(self, level: int) -> int:
         return self.iterations * 2 ** (self.levels - 1 - level)
@@ -83,7 +83,8 @@ def auto_settings(shape: Sequence[int]) -> AdaptSettings:
         return AdaptSettings(iterations=50)
     base = AdaptSettings(sigma=2.0, smooth=100.0)
     voxels = min(int(np.prod(shape)), base.max_voxels_3d)
-    return AdaptSettings(iterations=int(np.clip(30 * base.max_voxels_3d // voxels, 30, 60)), sigma=2.0, smooth=100.0)
+    return AdaptSettings(iterations=int(np.clip(30 * base.max_voxels_3d // voxels, 30, 60)), sigma=base.sigma,
+                         smooth=base.smooth)
 
 
 def working_shape(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -249,8 +250,8 @@ def fit_velocity(moving: torch.Tensor, target: torch.Tensor, spacing: Sequence[f
             optim.step()
             sched.step()
             history.append(float(loss.detach()))
-            yield Progress(min(done + k + 1, total), total, f"adapting{label} level {level + 1}/{settings.levels}, "
-                                                             f"step {k + 1}: ncc {float(ncc.detach()):.3f}", "adapt")
+            yield Progress(min(done + k + 1, total), total, f"adapting level {level + 1}/{settings.levels}, "
+                                                             f"step {k + 1}: ncc {float(ncc.detach()):.3f}{label}", "adapt")
             if len(history) >= 20 and k % 10 == 9:
                 before, now = np.mean(history[-20:-10]), np.mean(history[-10:])
                 if before - now < settings.plateau * max(history[0] - now, 1e-12):
@@ -309,7 +310,7 @@ def adapt_pair(source: np.ndarray, target: np.ndarray, spacing: Sequence[float],
         s_w, n_w, t_w = _resample(s, shape), _resample(by_net, shape), _resample(t, shape)
         loss_source = float(_data_loss(s_w, t_w, settings))
         loss_net = float(_data_loss(n_w, t_w, settings))
-    coarse = list(range(min(settings.compare_levels, settings.levels)))
+    coarse = list(range(min(max(settings.compare_levels, 1), settings.levels)))
     span = sum(settings.steps(k) for k in coarse)
     total = settings.total
     fits = {}
@@ -318,7 +319,7 @@ def adapt_pair(source: np.ndarray, target: np.ndarray, spacing: Sequence[float],
             continue
         first = len(fits) * span // 2
         v = yield from _paced(fit_velocity(moving, t_w, sp, settings, levels=coarse, total=total,
-                                           label=f" from the {name}"), first, span, total)
+                                           label=f" (from the {name})"), first, span, total)
         fits[use_net] = (_fitted_loss(moving, t_w, v, settings), v)
     use_net = len(fits) == 2 and fits[True][0] < fits[False][0]
     moving = n_w if use_net else s_w
