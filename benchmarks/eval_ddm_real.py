@@ -19,6 +19,7 @@ Pairs (from the real-data cache; a missing one is skipped with the reason):
   up to 8 mm (seed 2).
 - mr2: TotalSegmentator's example_mr_sm abdominal MR (20 x 91 x 117, 3 mm isotropic), its own
   grid, up to 12 mm (seed 3).
+Method "DDM adapt auto v": the network's field was left out (v alone), "net+v": kept under v.
 Columns: PSNR (dB, range of the source) and local NCC (window 9) of the gamma = 1 frame against
 the target; mean PSNR of the generated intermediates against the real ones; folding = % voxels
 with det(I + grad u) <= 0, worst frame; time = whole run (s) in this process, and its ratio to the
@@ -181,7 +182,7 @@ def run_pair(name, source, target, real, spacing, adapt, model) -> list[tuple[st
         out = [e for e in generate_ddm(vs, vt, frames=n, model=model, adapt=k) if isinstance(e, Frame)]
         frames = np.stack([e.image for e in out])
         fields = np.stack([e.field for e in out])
-        label = "DDM" if k == 0 else f"DDM adapt {k}"
+        label = "DDM" if k == 0 else f"DDM adapt {k}" + (" net+v" if out[-1].info["adapt_network_field"] else " v")
         rows.append((label, score(frames, fields, real, target, data_range, time.perf_counter() - t0)))
     return rows
 
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     adapt = args.adapt if args.adapt == "auto" else int(args.adapt)
     makers = {"echo": echo_pair, "ct": ct_pair, "ct2": ct_large_pair, "mr": mr_pair, "mr2": mr_abdomen_pair}
-    print(f"{'pair':<32} {'method':<18} {'PSNR@1':>7} {'NCC@1':>6} {'PSNR mid':>8} {'fold %':>7} {'time s':>7} {'/demons':>7}")
+    print(f"{'pair':<32} {'method':<20} {'PSNR@1':>7} {'NCC@1':>6} {'PSNR mid':>8} {'fold %':>7} {'time s':>7} {'/demons':>7}")
     for key in args.pairs.split(","):
         got = makers[key]()
         if isinstance(got, str):
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
         rows = run_pair(name, source, target, real, spacing, adapt, model)
         base = dict(rows)["demons (gamma*u)"]["s"]
         for method, r in rows:
-            print(f"{name:<32} {method:<18} {r['psnr']:>7.2f} {r['ncc']:>6.3f} {r['mid']:>8.2f} "
+            print(f"{name:<32} {method:<20} {r['psnr']:>7.2f} {r['ncc']:>6.3f} {r['mid']:>8.2f} "
                   f"{r['fold']:>7.3f} {r['s']:>7.1f} {r['s'] / base:>7.2f}", flush=True)
     return 0
 

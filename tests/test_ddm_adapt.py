@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from napari_deformdiff.core import spatial
 from napari_deformdiff.core.ddm.adapt import (
-    AdaptSettings, local_ncc_fast, settings_for, working_shape)
-from napari_deformdiff.core.ddm.demons import demons_field
+    AdaptSettings, adapt_pair, fit_velocity, local_ncc_fast, residual_field, settings_for, working_shape)
+from napari_deformdiff.core.ddm.demons import demons_field, joint_unit
 from napari_deformdiff.core.ddm.generate import generate_ddm
 from napari_deformdiff.core.errors import InputError
 from napari_deformdiff.core.events import Frame, Progress
@@ -146,8 +146,9 @@ def test_3d_adaptation_matches_or_beats_simpleitk_demons_without_folding():
     initial, demons = psnr(source.data, target.data, rng), psnr(warped, target.data, rng)
     ours = psnr(frames[-1].image, target.data, rng)
     assert demons > initial + 5, (initial, demons)  # the baseline does register this pair
-    # measured 67.4 against 52.3 dB; the settings before (NCC epsilon 1e-5, sigma 1, K = 30) reached 61.1
-    assert ours >= demons + 12, (initial, demons, ours)
+    # measured 55.4 against 52.3 dB. |grad v|^2 weight 10 (before 100 in 3D) reached 67.4 here, but its rougher
+    # fields missed the real pairs' intermediate frames (abdominal MR 52.2 dB vs demons' 55.1, docs/ddm.md)
+    assert ours >= demons + 2, (initial, demons, ours)
     unit = lambda a: torch.from_numpy((a - source.data.min()) / rng)[None, None].float()  # noqa: E731
     ncc = lambda a: float(local_ncc(unit(a), unit(target.data), window=9))  # noqa: E731
     assert ncc(frames[-1].image) >= ncc(warped) - 1e-4, (ncc(frames[-1].image), ncc(warped))
@@ -251,3 +252,55 @@ def test_adaptation_works_in_a_thread_left_in_inference_mode():
         out = [e for e in generate_ddm(source, target, frames=2, model=model, adapt=20) if isinstance(e, Frame)]
     err = lambda f: float(np.mean((f.image - target.data) ** 2))  # noqa: E731
     assert err(out[-1]) < 0.1 * err(plain[-1])
+
+
+def _run(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _start_choice(net_field):
+    """adapt_pair on the 64 x 64 known-motion pair with `net_field` as the network's motion, and the
+    PSNR at gamma = 1 of: the whole run, the fit from the source alone, the fit from the network's frame."""
+    source, target, _ = known_motion_pair()
+    settings = settings_for("auto", source.data.shape)
+    residual = _run(adapt_pair(source.data, target.data, SPACING, net_field, settings))
+    s, t = (torch.from_numpy(a)[None, None] for a in joint_unit(source.data, target.data))
+    rng = float(np.ptp(source.data))
+    s_in = torch.from_numpy(source.data)[None, None]
+
+    def frame_psnr(field):
+        return psnr(spatial.warp(s_in, field, padding_mode="border")[0, 0].numpy(), target.data, rng)
+
+    by_net = spatial.warp(s, net_field, padding_mode="border")
+    v_source = _run(fit_velocity(s, t, SPACING, settings))
+    v_net = _run(fit_velocity(by_net, t, SPACING, settings))
+    alone = frame_psnr(residual_field(v_source, 1.0, source.data.shape))
+    after_net = frame_psnr(spatial.compose(net_field, residual_field(v_net, 1.0, source.data.shape)))
+    whole = frame_psnr(residual.compose(net_field, 1.0))
+    return residual, whole, alone, after_net
+
+
+def test_a_network_frame_closer_to_the_target_but_a_worse_start_is_left_out():
+    """The network's frame starts closer to the target (the true motion plus voxel-scale noise), but
+    the smooth velocity cannot undo the noise: the whole run must reach the fit from the source."""
+    _, _, u = known_motion_pair()
+    g = torch.Generator().manual_seed(11)
+    net_field = torch.from_numpy(u)[None] + 0.5 * torch.randn((1, 2, *u.shape[1:]), generator=g)
+    residual, whole, alone, after_net = _start_choice(net_field)
+    assert residual.loss_network < residual.loss_source  # keeping the network by its start was the rule before
+    assert alone > after_net + 3, (alone, after_net)  # and it is the worse start
+    assert not residual.use_network and residual.fitted_source < residual.fitted_network
+    assert whole >= max(alone, after_net) - 1e-6, (whole, alone, after_net)
+
+
+def test_a_network_frame_that_is_a_better_start_is_kept():
+    """The network's motion = 0.8 x the true one: its fit ends closer than the fit from the source."""
+    _, _, u = known_motion_pair()
+    residual, whole, alone, after_net = _start_choice(0.8 * torch.from_numpy(u)[None])
+    assert after_net > alone, (alone, after_net)
+    assert residual.use_network and residual.fitted_network < residual.fitted_source
+    assert whole >= max(alone, after_net) - 1e-6, (whole, alone, after_net)
