@@ -16,7 +16,8 @@ from napari_deformdiff.core.modiff.frame_fields import (
     velocities_to_fields,
 )
 from napari_deformdiff.core.modiff import generate
-from napari_deformdiff.core.modiff.generate import _drain, forecast_variants, generate_modiff  # _drain: a return value
+from napari_deformdiff.core.events import run_to_end
+from napari_deformdiff.core.modiff.generate import forecast_variants, generate_modiff
 from napari_deformdiff.core.spatial import folding_ratio
 
 from .modiff_helpers import first_frame, tiny_model
@@ -77,7 +78,7 @@ def test_registration_recovers_a_known_translation_without_folding():
     shifts = [0.0, 0.75, 1.5, 2.25]  # along x, voxels
     # pull convention: frame k(x) = frame 0(x + u), so the content moves by -u
     frames = torch.stack([torch.exp(-((yy - 16) ** 2 + (xx - 16 + s) ** 2) / 30.0) for s in shifts]) * 2 - 1
-    v = _drain(register_to_first(frames, iterations=150))
+    v = run_to_end(register_to_first(frames, iterations=150))
     u = velocities_to_fields(v, (32, 32))
     assert v.shape == (4, 2, 8, 8) and float(u[0].abs().max()) == 0
     blob = ((yy - 16) ** 2 + (xx - 16) ** 2) < 36
