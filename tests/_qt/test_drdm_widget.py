@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,7 @@ def test_preview_grows_a_4d_layer_and_export_writes_the_batch(make_napari_viewer
     assert 1 <= len(rows) < 100
     for row in rows:
         assert (out / row["image"]).is_file() and (out / row["field"]).is_file()
+    assert not [t for t in threading.enumerate() if t.name.startswith("drdm-export-")]  # units made at once: stopped
 
 
 def test_bad_input_is_a_notification_and_changes_nothing(make_napari_viewer, qtbot, monkeypatch, weights,

@@ -65,6 +65,28 @@ def test_cancel_keeps_the_events_already_made_and_finishes(make_napari_viewer, q
     assert 3 <= len(seen) < 200 and seen == list(range(len(seen)))
 
 
+def test_cancel_closes_the_core_generator_in_the_worker_thread(make_napari_viewer, qtbot):
+    """A cancelled generator's clean-up (a DRDM export stops its own threads there) runs at once, off the GUI."""
+    import threading
+
+    from napari_deformdiff._qt.stream_worker import start_stream
+
+    make_napari_viewer()
+    closed_in = []
+
+    def core():
+        try:
+            yield from _frames(200, delay=0.01)
+        finally:
+            closed_in.append(threading.current_thread())
+
+    handle = start_stream(core, description="cancelled stream", on_event=lambda e: None, on_done=lambda: None)
+    handle.yielded.connect(lambda e: handle.quit() if e.index == 2 else None)
+    with qtbot.waitSignal(handle.finished, timeout=30_000):
+        pass
+    assert len(closed_in) == 1 and closed_in[0] is not threading.main_thread()
+
+
 def test_a_runtime_error_in_the_worker_is_a_notification_and_the_stream_finishes(make_napari_viewer, qtbot,
                                                                                   monkeypatch):
     """superqt drops a worker's RuntimeError (torch raises those) without `finished`: it must still end."""

@@ -138,11 +138,12 @@ class StreamHandle(QObject):
     finished = Signal()
 
     def __init__(self, worker, *, description: str, on_event: Callable, on_done: Callable[[], None],
-                 progress_bar: bool = True):
+                 progress_bar: bool = True, cancel: threading.Event | None = None):
         super().__init__()
         from napari.utils import progress
 
         self.worker = worker
+        self._cancel = cancel
         self._on_event = on_event
         self._on_done = on_done
         self._queue: deque = deque()
@@ -160,7 +161,10 @@ class StreamHandle(QObject):
         FROZEN_HEAP.enter()
 
     def quit(self) -> None:
-        self.worker.quit()
+        if self._cancel is not None:  # the generator returns at its next event and is closed in the worker
+            self._cancel.set()
+        else:
+            self.worker.quit()
 
     @property
     def is_running(self) -> bool:
@@ -263,17 +267,24 @@ def start_stream(
     from napari.qt.threading import create_worker
     from napari.utils.notifications import show_error
 
-    def events():  # a generator function, so napari makes a GeneratorWorker (cancellable)
+    cancel = threading.Event()
+
+    def events():  # a generator function, so napari makes a GeneratorWorker
         yield_cpu_to_the_gui()
+        stream = make_events()
         try:
-            for event in make_events():
+            for event in stream:
                 yield prepare(event) if prepare is not None else event
+                if cancel.is_set():
+                    return
         except RuntimeError as exc:  # torch's errors are RuntimeErrors: see WorkerFailure
             raise WorkerFailure(exc) from exc
+        finally:  # a cancelled core generator cleans up here, in the worker (its threads, open outputs)
+            stream.close()
 
     worker = create_worker(events, _ignore_errors=True)
     handle = StreamHandle(worker, description=description, on_event=on_event, on_done=on_done,
-                          progress_bar=progress_bar)
+                          progress_bar=progress_bar, cancel=cancel)
 
     def report(exc: Exception) -> None:
         from ..core.errors import os_error_message
