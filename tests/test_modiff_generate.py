@@ -80,7 +80,9 @@ def test_slow_previews_are_skipped_but_never_change_the_forecast(monkeypatch):
     monkeypatch.setattr(model, "decode_video", decode)
     budgeted = run(first, model=model, steps=12, refreshes=12, preview_budget=0.5)
     count = [sum(isinstance(e, SequencePreview) and e.stage == "stage 2" for e in ev) for ev in (every, budgeted)]
-    assert count[0] == 8 and 1 <= count[1] <= 3  # 12 refreshes: 3 in stage 1, 9 - the last step in stage 2
+    # 12 refreshes: 3 in stage 1, 9 - the last step in stage 2; with the budget 1-3 of them on an idle CPU,
+    # more on a loaded one (the budget is relative to the sampling time, which the load stretches too)
+    assert count[0] == 8 and 1 <= count[1] < count[0]
     frames = [np.stack([e.image for e in ev if isinstance(e, Frame)]) for ev in (every, budgeted)]
     np.testing.assert_array_equal(frames[0], frames[1])
 
