@@ -200,6 +200,54 @@ def test_a_layer_selected_or_removed_before_its_controls_exist(make_napari_viewe
     assert len(panel.widgets) == 1 and panel.count() == 1 + 1
 
 
+
+def test_during_a_run_unselected_layers_get_their_controls_when_it_ends_or_when_selected(make_napari_viewer, qtbot):
+    """A layer's controls (20-50 ms) and a labels layer's editing overlays (40-80 ms) would lengthen
+    the run's turns: they wait for the run's end, unless the user selects the layer meanwhile."""
+    import threading
+
+    from napari.layers import Image, Labels
+    from qtpy.QtWidgets import QApplication
+
+    from napari_deformdiff._qt.gui_turns import TURNS
+    from napari_deformdiff._qt.layer_insert import insert_layer
+    from napari_deformdiff._qt.stream_worker import FROZEN_HEAP, start_stream
+
+    viewer = make_napari_viewer()
+    panel = viewer.window._qt_viewer.controls
+    release = threading.Event()
+
+    def events():
+        yield 0
+        release.wait(20)
+        yield 1
+
+    handle = start_stream(events, description="run", on_event=lambda e: None, on_done=lambda: None,
+                          progress_bar=False)
+    qtbot.waitUntil(lambda: handle.handled >= 1, timeout=10_000)
+    assert FROZEN_HEAP.runs == 1
+    image = insert_layer(viewer, Image(np.ones((6, 7), np.float32), name="image"), activate=False)
+    labels = insert_layer(viewer, Labels(np.ones((6, 7), np.uint8), name="labels"), activate=False)
+    editing = {"polygon", "brush_stroke"}
+    qtbot.waitUntil(lambda: TURNS.idle, timeout=5_000)
+    QApplication.processEvents()
+    assert type(panel.widgets[image]).__name__ == "QFrame" and type(panel.widgets[labels]).__name__ == "QFrame"
+    assert not any(labels._overlays[k].visible for k in editing)
+
+    viewer.layers.selection.active = image  # the user clicks it during the run
+    qtbot.waitUntil(lambda: type(panel.widgets[image]).__name__ == "QtImageControls", timeout=5_000)
+    assert panel.currentWidget() is panel.widgets[image]
+    assert type(panel.widgets[labels]).__name__ == "QFrame"  # still waiting
+
+    release.set()
+    with qtbot.waitSignal(handle.finished, timeout=20_000):
+        pass
+    qtbot.waitUntil(lambda: TURNS.idle and type(panel.widgets[labels]).__name__ == "QtLabelsControls",
+                    timeout=5_000)
+    assert all(labels._overlays[k].visible for k in editing)
+    assert panel.count() == 1 + 2  # napari's empty panel and the two layers' controls: no stand-in left
+    assert viewer.layers.selection.active is image
+
 def _run(qtbot, events, on_event=lambda e: None):
     from napari_deformdiff._qt.stream_worker import start_stream
 

@@ -11,6 +11,10 @@ hidden while it goes in and shown again in the turn after (napari makes their vi
 layer to `activate` is selected last. Layers a run adds beside the one the user works with (the
 overlays, a sequence's labels) are not selected: the selection stays where it was.
 
+While a run streams, the controls and editing overlays of layers that are not selected wait until
+the last run ends (stream_worker.FROZEN_HEAP.after_runs), so the run's turns stay short; a layer
+the user selects meanwhile gets them in the next turn.
+
 Uses napari's private LayerList._activate_on_insert, Layer._overlays and
 QtLayerControlsContainer._add, on the objects themselves (a plugin's viewer is a proxy that warns
 on private names); where they are missing, layers are added the usual way.
@@ -24,6 +28,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from .gui_turns import TURNS
+from .stream_worker import FROZEN_HEAP
 
 if TYPE_CHECKING:
     import napari
@@ -94,6 +99,29 @@ class _Later:
         self.layers = weakref.ref(layers)
         self.panel = panel
         self.steps: deque = deque()
+        self.waiting: list = []  # (layer, step) held back until the runs end or the layer is selected
+        layers.selection.events.active.connect(self._on_active)
+
+    def _wait(self, layer, step) -> None:
+        self.waiting.append((layer, step))
+        FROZEN_HEAP.after_runs(self._resume)
+
+    def _resume(self) -> None:
+        self.steps.extend(step for _, step in self.waiting)
+        self.waiting.clear()
+        if self.steps:
+            TURNS.submit(self.next)
+
+    def _on_active(self, event) -> None:
+        mine = [step for layer, step in self.waiting if layer is event.value]
+        if mine:
+            self.waiting = [(layer, step) for layer, step in self.waiting if layer is not event.value]
+            self.steps.extendleft(reversed(mine))
+            TURNS.submit(self.next)
+
+    def _held_back(self, layer) -> bool:
+        layers = self.layers()
+        return FROZEN_HEAP.runs > 0 and layers is not None and layers.selection.active is not layer
 
     def next(self) -> None:
         if self.steps:
@@ -108,7 +136,13 @@ class _Later:
     def controls(self, layer, stand_in) -> None:
         if self.panel.widgets.get(layer) is not stand_in:  # removed meanwhile: napari dropped it
             return
-        shown = self.panel.currentWidget() is stand_in
+        if self._held_back(layer):
+            self._wait(layer, lambda: self.controls(layer, stand_in))
+            return
+        try:
+            shown = self.panel.currentWidget() is stand_in
+        except RuntimeError:  # the viewer was closed while the step waited
+            return
         del self.panel.widgets[layer]
         self.panel._add(SimpleNamespace(value=layer))
         if shown:
@@ -117,7 +151,9 @@ class _Later:
         stand_in.deleteLater()
 
     def show(self, layer, overlays) -> None:
-        if self._present(layer):
+        if self._present(layer) and self._held_back(layer):
+            self._wait(layer, lambda: self.show(layer, overlays))
+        elif self._present(layer):
             for overlay in overlays:
                 overlay.visible = True
 

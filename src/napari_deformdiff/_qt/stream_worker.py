@@ -57,6 +57,7 @@ class _FrozenHeap:
 
     def __init__(self):
         self.runs = 0
+        self._after_runs: list[Callable[[], None]] = []  # called once no run is left
         self._viewers: list = []  # weak references to the watched viewers' layer lists
         self._settle_armed = False
         self._full_pass_due = False
@@ -95,7 +96,17 @@ class _FrozenHeap:
     def leave(self) -> None:
         self.runs -= 1
         if self.runs == 0:
+            waiting, self._after_runs = self._after_runs, []
+            for callback in waiting:
+                callback()
             self._settle_when_quiet()
+
+    def after_runs(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when the last run ends (at once when none runs)."""
+        if self.runs == 0:
+            callback()
+        elif callback not in self._after_runs:
+            self._after_runs.append(callback)
 
     def _settle_when_quiet(self) -> None:
         from qtpy.QtCore import QTimer
