@@ -9,6 +9,9 @@ Measures, each with a baseline taken in the same process:
   napari creating the stream's 7 layers) and once all layers exist. With each gap, the CPU time
   the GUI thread itself spent in it: the rest of a gap is waiting for a CPU (other processes, the
   workers) or for the GIL, so on a loaded machine compare that column, and the load printed;
+- one synchronous canvas repaint with all of a run's layers present and no run (napari and the
+  OpenGL renderer alone: under Xvfb, Mesa's llvmpipe draws in software): the floor of any gap in
+  which a new frame is shown;
 - the longest gap in the 3 s after each run (older objects stay frozen: only the run's own are
   collected), and the threads other than the GUI thread that computed during it, with their
   niceness (llvmpipe's are Mesa's software renderer, painting for the GUI thread);
@@ -202,7 +205,9 @@ def main() -> None:
                     and widget.overlays is not None and len(widget.overlays.layers) == 5)
 
         ticks = cpu_ticks_by_thread()
-        worker = phantom.start()
+        t_click = time.perf_counter()
+        worker = phantom.start()  # the Generate click: the time slider is made here, before the run
+        clicks.append((time.perf_counter() - t_click) * 1000)
         worker.yielded.connect(follow)
         t0 = time.perf_counter()
         gaps, ready_at = gaps_while(
@@ -217,6 +222,13 @@ def main() -> None:
         after, _ = gaps_while(run_seconds=3.0)  # the full garbage collections a run defers (gc.freeze)
         after_cpu = list(cpu_in_gap)
         steady = (gaps[ready_at:], cpu[ready_at:]) if ready_at is not None else ([], [])
+        paints = []
+        for _ in range(10):  # napari alone: one synchronous repaint with every layer of the run present
+            t1 = time.perf_counter()
+            canvas.repaint()
+            paints.append((time.perf_counter() - t1) * 1000)
+            pump(30)
+        repaint.append(paints)
         widget.overlays.remove()
         return (gaps, cpu), steady, (after, after_cpu), time.perf_counter() - t0
 
@@ -226,6 +238,8 @@ def main() -> None:
                 f"most in any gap {max(cpu):.0f} ms, gaps with over 100 ms of it: {sum(c > 100 for c in cpu)}")
 
     threads = []
+    clicks = []  # ms of phantom.start(): the click's own turn
+    repaint = []  # ms of synchronous canvas repaints after each run, all its layers present
     load = [os.getloadavg()[0]]
     for present in (7, 20):
         (gaps, cpu), (steady, steady_cpu), (after, after_cpu), streamed = stream_gaps(present)
@@ -236,6 +250,11 @@ def main() -> None:
         if steady:
             rows.append((f"longest event-loop gap during a run, {present} layers, once all layers exist",
                          max(steady) / 1000, cpu_note(steady, steady_cpu)))
+        rows.append((f"the Generate click itself (phantom.start()), {present} layers", clicks[-1] / 1000,
+                     "before the run: checks, the worker started, the time slider made if the viewer lacks it"))
+        rows.append((f"one canvas repaint, {present} layers, no run (napari + OpenGL alone, median)",
+                     statistics.median(repaint[-1]) / 1000, f"max {max(repaint[-1]):.0f} ms: the floor of a gap "
+                     "in which a frame is shown"))
         rows.append((f"longest event-loop gap in the 3 s after the run, {present} layers", max(after) / 1000,
                      f"{cpu_note(after, after_cpu)}; the run's own objects collected, older ones stay frozen"))
         busy = threads[-1]

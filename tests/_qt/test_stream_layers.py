@@ -64,3 +64,24 @@ def test_a_sequence_without_staging_copies_itself(make_napari_viewer):
     sequence.flush()
     assert sequence.image_layer.data.shape == (3, 6, 5) and sequence.labels_layer.data.shape == (3, 6, 5)
     np.testing.assert_array_equal(sequence.image_layer.data[:, 1, 1], [0, 1, 2])
+
+
+def test_an_empty_viewer_gets_its_time_slider_when_the_run_starts(make_napari_viewer):
+    """napari makes the sliders for new dimensions: at the run's start, not in the turn of its first layer."""
+    from napari_deformdiff._qt.stream_layers import GrowingSequence
+
+    viewer = make_napari_viewer()
+    sliders = viewer.window._qt_viewer.dims
+    assert viewer.dims.ndim == 2 and sliders.nsliders == 2
+    sequence = GrowingSequence(viewer, name="plain", geometry=Geometry((1.0, 1.0), (0.0, 0.0), np.eye(2)),
+                               total=3)
+    assert viewer.dims.ndim == 3 and sliders.nsliders == 3  # before any frame
+    for frame in _frames(3):
+        sequence.add(frame)
+    assert sequence.image_layer.data.shape == (3, 6, 5) and viewer.dims.ndim == 3
+    assert viewer.dims.range[0].stop == 2  # the time axis covers the 3 frames
+
+    other = make_napari_viewer()
+    other.add_image(np.zeros((6, 5), np.float32))
+    GrowingSequence(other, name="plain", geometry=Geometry((1.0, 1.0), (0.0, 0.0), np.eye(2)), total=3)
+    assert other.dims.ndim == 2  # a viewer with layers is left to napari (it fits the view to them)

@@ -8,7 +8,7 @@ from magicgui.widgets import CheckBox, ComboBox, SpinBox
 
 from ..core.events import Frame
 from .generator_widget import GeneratorWidget
-from .stream_layers import FrameBuffers, GrowingSequence
+from .stream_layers import FrameBuffers, GrowingSequence, add_time_slider
 
 if TYPE_CHECKING:
     import napari
@@ -48,5 +48,6 @@ class PhantomWidget(GeneratorWidget):
             self.status.value = f"{frame.index + 1}/{frame.total} frames"
 
         self.sequence = None
+        add_time_slider(self.viewer, (2 if two_d else 3) + 1)
         return self._stream(lambda: stream(seed, frames=total, two_d=two_d), description=f"Generating {name}",
                             on_event=on_event, prepare=buffers.stage)
