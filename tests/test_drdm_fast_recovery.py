@@ -219,3 +219,17 @@ def test_the_compile_cache_goes_to_the_weights_cache_folder_unless_chosen(monkey
     assert use_persistent_compile_cache() == str(tmp_path / "torchinductor")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert use_persistent_compile_cache() == str(tmp_path / "mine")
+
+
+def test_the_compile_cache_is_ours_after_torch_dynamo_wrote_its_temporary_default(monkeypatch, tmp_path):
+    """Importing torch._dynamo (any earlier torch.compile) sets TORCHINDUCTOR_CACHE_DIR to a folder in /tmp:
+    kernels cached there are gone after a reboot, so that value is replaced by the weights' cache folder."""
+    from torch._inductor.runtime.runtime_utils import cache_dir as inductor_cache_dir
+    from torch._inductor.runtime.runtime_utils import default_cache_dir
+
+    from napari_deformdiff.core.drdm.bfloat16 import use_persistent_compile_cache
+
+    monkeypatch.setenv("DEFORMDIFF_CACHE", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what torch._dynamo's import leaves
+    assert use_persistent_compile_cache() == str(tmp_path / "torchinductor")
+    assert inductor_cache_dir() == str(tmp_path / "torchinductor")  # where Inductor now reads and writes

@@ -46,12 +46,24 @@ INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
 def use_persistent_compile_cache() -> str:
-    """Point Inductor's on-disk cache at <cache folder>/torchinductor unless the user chose one; its path."""
-    if not os.environ.get(INDUCTOR_CACHE_ENV):
+    """Point Inductor's on-disk cache at <cache folder>/torchinductor unless the user chose one; its path.
+
+    Importing torch._dynamo (any earlier torch.compile, some libraries) writes PyTorch's default, a
+    temporary folder, into the environment variable: that value is not a choice and is replaced."""
+    current = os.environ.get(INDUCTOR_CACHE_ENV)
+    if not current or _is_inductor_default(current):
         from ..weights.registry import cache_dir
 
         os.environ[INDUCTOR_CACHE_ENV] = str(cache_dir() / "torchinductor")
     return os.environ[INDUCTOR_CACHE_ENV]
+
+
+def _is_inductor_default(path: str) -> bool:
+    try:
+        from torch._inductor.runtime.runtime_utils import default_cache_dir
+    except ImportError:  # another PyTorch layout: keep what is set
+        return False
+    return os.path.abspath(path) == os.path.abspath(default_cache_dir())
 
 
 class Bfloat16Recovery(nn.Module):
