@@ -85,3 +85,34 @@ def test_an_empty_viewer_gets_its_time_slider_when_the_run_starts(make_napari_vi
     other.add_image(np.zeros((6, 5), np.float32))
     GrowingSequence(other, name="plain", geometry=Geometry((1.0, 1.0), (0.0, 0.0), np.eye(2)), total=3)
     assert other.dims.ndim == 2  # a viewer with layers is left to napari (it fits the view to them)
+
+
+def test_frames_behind_the_slider_grow_the_time_axis_without_repainting_the_frame_shown(make_napari_viewer):
+    """The slider stays on frame 1 while frames 2..5 arrive: the layers' time extent grows (the slider's
+    range with it), but no set_data event (napari's texture upload and repaint) fires until the frame
+    under the slider itself arrives again."""
+    from napari_deformdiff._qt.stream_layers import GrowingSequence
+
+    viewer = make_napari_viewer()
+    sequence = GrowingSequence(viewer, name="plain", geometry=Geometry((1.0, 1.0), (0.0, 0.0), np.eye(2)),
+                               total=6, with_labels=True)
+    frames = list(_frames(6))
+    for frame in frames[:2]:
+        sequence.add(frame)
+    sequence.flush()
+    viewer.dims.set_current_step(0, 1)
+    redrawn = {"image": 0, "labels": 0}
+    sequence.image_layer.events.set_data.connect(lambda e: redrawn.__setitem__("image", redrawn["image"] + 1))
+    sequence.labels_layer.events.set_data.connect(lambda e: redrawn.__setitem__("labels", redrawn["labels"] + 1))
+    for frame in frames[2:5]:
+        sequence.add(frame)
+    assert redrawn == {"image": 0, "labels": 0}
+    assert sequence.image_layer.data.shape[0] == 5 and sequence.labels_layer.data.shape[0] == 5
+    assert viewer.dims.range[0].stop == 4  # the slider reaches the new frames
+    np.testing.assert_array_equal(sequence.image_layer._slice.image.view, frames[1].image)  # still frame 1
+
+    viewer.dims.set_current_step(0, 4)
+    np.testing.assert_array_equal(sequence.image_layer._slice.image.view, frames[4].image)
+    redrawn.update(image=0, labels=0)  # napari's own redraw for the step change
+    sequence.add(frames[4])  # the frame shown, again (recomputed): shown anew
+    assert redrawn == {"image": 1, "labels": 1}

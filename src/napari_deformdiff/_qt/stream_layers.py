@@ -122,13 +122,30 @@ class GrowingSequence:
         else:
             if fields is not None:
                 attach_field(self.image_layer.metadata, fields[: self.count], total=self.total)
-            self.image_layer.data = view
+            self._grow(self.image_layer, view, k)
         if labels is not None:
             if self.labels_layer is not None:
-                self.labels_layer.data = labels[: self.count]
+                self._grow(self.labels_layer, labels[: self.count], k)
             elif not self._labels_pending:  # napari takes ~80 ms per new layer: not in the image's turn
                 self._labels_pending = True
                 TURNS.submit(self.flush)
+
+    def _grow(self, layer, view: np.ndarray, new: int) -> None:
+        """layer.data = view. Where the frame under the time slider is neither new to the layer nor
+        frame `new`, only the time extent grows: napari still re-slices and extends the slider, but
+        its set_data and thumbnail events are held, so no texture upload or repaint follows."""
+        shown = self._frame_shown(layer)
+        if shown is not None and shown < len(layer.data) and shown != new:
+            with layer.events.set_data.blocker(), layer.events.thumbnail.blocker():
+                layer.data = view
+        else:
+            layer.data = view
+
+    def _frame_shown(self, layer) -> int | None:
+        point = self.viewer.dims.point
+        if len(point) != layer.ndim:
+            return None
+        return int(round(layer.world_to_data(point)[0]))
 
     def flush(self) -> None:
         """Make the labels layer now if it is still waiting for its own event-loop turn."""
