@@ -9,6 +9,8 @@ Measures, each with a baseline taken in the same process:
   napari creating the stream's 7 layers) and once all layers exist. With each gap, the CPU time
   the GUI thread itself spent in it: the rest of a gap is waiting for a CPU (other processes, the
   workers) or for the GIL, so on a loaded machine compare that column, and the load printed;
+- the Generate click itself (phantom.start(), before the run: for an empty viewer it makes the
+  time slider);
 - one synchronous canvas repaint with all of a run's layers present and no run (napari and the
   OpenGL renderer alone: under Xvfb, Mesa's llvmpipe draws in software): the floor of any gap in
   which a new frame is shown;
