@@ -242,6 +242,6 @@ def test_resumed_adam_moments_follow_the_converted_weights():
     got = resume(True)
     wrong = resume(False)
     worst = max(float((got[n] - expected[n]).abs().max()) for n in UP_CONVS)
-    assert worst < 1e-6
+    assert worst < 1e-5  # float rounding: 1.6e-6 with AVX-512 kernels, < 1e-6 with AVX2; 1e-3 x lr
     assert max(float((wrong[n] - expected[n]).abs().max()) for n in UP_CONVS) > 1e-3
-    assert all(torch.allclose(got[n], expected[n], rtol=0, atol=1e-6) for n in names)
+    assert all(torch.allclose(got[n], expected[n], rtol=0, atol=1e-5) for n in names)

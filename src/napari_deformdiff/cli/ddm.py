@@ -34,6 +34,7 @@ def cmd_train_ddm(args: argparse.Namespace) -> int:
             seed=args.seed, device=device, lr=args.lr, crop=_sizes(args.crop), batch=args.batch, sampling=args.pairs,
             save_every=args.save_every, overwrite=args.overwrite, anchor=args.anchor, workers=args.workers,
             mix=mix, real=real, dice=args.dice, field_weight=args.field_weight,
+            fold_weight=args.fold_weight,
         )
         _train(events, world, desc="train ddm")
     return _report_trained(world, args.out)
@@ -196,6 +197,9 @@ def _add_train(train) -> None:
                    help="weight of 1 - Dice of the warped label maps (phantom, synth; not in the paper; 0 = off)")
     p.add_argument("--field-weight", type=float, default=None,
                    help="weight of the squared error to the true field where known (synth, real; not in the "
+                        "paper; 0 = off)")
+    p.add_argument("--fold-weight", type=float, default=None,
+                   help="weight of a penalty on folding (det(I + grad u) < 0.1) of the end field (not in the "
                         "paper; 0 = off)")
     _run_options(p)
     p.set_defaults(func=cmd_train_ddm)

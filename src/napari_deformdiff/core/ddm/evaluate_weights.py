@@ -20,6 +20,7 @@ from scipy import ndimage
 from ..errors import InputError
 from ..events import Frame
 from ..image_metrics import dice, psnr
+from ..spatial import folding_ratio
 from ..io.pairs import Pair
 from .generate import generate_ddm
 from .nets.ddm import DDM
@@ -52,6 +53,7 @@ def phantom_targets(pairs: Sequence[Pair], model: DDM, *, margin_mm: float = 10.
             "case": p.name, "psnr_ddm": float(np.mean(ddm)), "psnr_blend": float(np.mean(blend)),
             "lv_dice_es": dice(end_labels, true_es, labels=[LV]),
             "u_outside_mm": float(u_mm[outside].mean()),
+            "folding_pct": 100.0 * float(folding_ratio(torch.from_numpy(np.ascontiguousarray(out[-1].field))[None])),
             "lv_voxels": (int((p.source_labels.data == LV).sum()), int((end_labels == LV).sum()),
                           int((true_es == LV).sum())),
         })
@@ -59,16 +61,17 @@ def phantom_targets(pairs: Sequence[Pair], model: DDM, *, margin_mm: float = 10.
 
 
 def format_phantom_targets(rows: Sequence[dict]) -> str:
-    head = (f"{'case':<14} {'DDM PSNR':>9} {'blend':>7} {'LV Dice ES':>10} {'|u| out mm':>10} "
+    head = (f"{'case':<14} {'DDM PSNR':>9} {'blend':>7} {'LV Dice ES':>10} {'|u| out mm':>10} {'fold %':>7} "
             f"{'LV voxels ED -> end (true ES)':>30}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ed, end, es = r["lv_voxels"]
         lines.append(f"{r['case']:<14} {r['psnr_ddm']:>9.2f} {r['psnr_blend']:>7.2f} {r['lv_dice_es']:>10.3f} "
-                     f"{r['u_outside_mm']:>10.3f} {f'{ed} -> {end} ({es})':>30}")
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr_ddm", "psnr_blend", "lv_dice_es", "u_outside_mm")}
+                     f"{r['u_outside_mm']:>10.3f} {r['folding_pct']:>7.3f} {f'{ed} -> {end} ({es})':>30}")
+    keys = ("psnr_ddm", "psnr_blend", "lv_dice_es", "u_outside_mm", "folding_pct")
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     lines.append(f"{'mean':<14} {mean['psnr_ddm']:>9.2f} {mean['psnr_blend']:>7.2f} {mean['lv_dice_es']:>10.3f} "
-                 f"{mean['u_outside_mm']:>10.3f}")
+                 f"{mean['u_outside_mm']:>10.3f} {mean['folding_pct']:>7.3f}")
     lines.append("targets: DDM PSNR > blend, LV Dice at ES >= 0.85, |u| outside the heart < 0.5 mm")
     return "\n".join(lines)
 
@@ -79,19 +82,21 @@ def real_rows(volumes: dict[str, torch.Tensor], model: DDM, *, frames: int = 5, 
     `volumes`: name -> (1, 1, *grid) tensor in [-1, 1] on the model's grid (train._real_on_grid)."""
     rows = []
     gammas = np.linspace(0.0, 1.0, frames)[1:]
+    device = model.weight_device()
     for i, (name, s) in enumerate(volumes.items()):
         g = torch.Generator().manual_seed(seed * 1000 + i)
         u, _ = cardiac_like_field(s.shape[2:], model.config.spacing, g)
+        s, u = s.to(device), u.to(device)
         with torch.no_grad():
             unit = (s + 1.0) / 2.0
             t = model.warp_unit(s, u) * 2.0 - 1.0
             code = model.code(s, t)
             for gamma in gammas:
-                truth = model.warp_unit(s, float(gamma) * u)[0, 0].numpy()
-                generated = model.warp_unit(s, model.field(s, float(gamma) * code))[0, 0].numpy()
+                truth = model.warp_unit(s, float(gamma) * u)[0, 0].cpu().numpy()
+                generated = model.warp_unit(s, model.field(s, float(gamma) * code))[0, 0].cpu().numpy()
                 rows.append({"volume": name, "gamma": float(gamma),
                              "psnr_ddm": psnr(generated, truth, 1.0),
-                             "psnr_unchanged": psnr(unit[0, 0].numpy(), truth, 1.0)})
+                             "psnr_unchanged": psnr(unit[0, 0].cpu().numpy(), truth, 1.0)})
     return rows
 
 

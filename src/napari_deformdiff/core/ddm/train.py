@@ -213,6 +213,7 @@ def train_ddm(
     real: Sequence = (),
     dice: float | None = None,
     field_weight: float | None = None,
+    fold_weight: float | None = None,
 ) -> Iterator[Progress]:
     """Train (or continue training) a DDM, saving a safetensors checkpoint to `out` as it goes.
 
@@ -232,12 +233,13 @@ def train_ddm(
     `dice` and `field_weight` set the configuration's lambda_dice and lambda_field (supervision where
     the truth is known, see DDM.training_losses; default: as saved, 0 for a new model): the pairs'
     label maps (phantom, synth) and the true fields (synth, real) then go with every item.
+    `fold_weight` sets lambda_fold (a penalty on the end field's folding; default: as saved).
     """
     out = Path(out)
     _check_arguments(pairs, out, steps, batch, sampling, resume, overwrite)
     torch.manual_seed(seed)
     model, optim, start = _model_and_optimizer(pairs, config, resume, anchor, device, lr)
-    model.config = config = _with_supervision(model.config, dice, field_weight)
+    model.config = config = _with_supervision(model.config, dice, field_weight, fold_weight)
     supervised = config.lambda_dice > 0 or config.lambda_field > 0
     crop = _check_crop(crop, config)
     optim_path = out.with_name(out.name + ".optim.pt")
@@ -255,7 +257,8 @@ def train_ddm(
                      train_seconds=f"{time.perf_counter() - started:.0f}",
                      last_loss=f"{np.mean(history[-50:]) if history else float('nan'):.5f}",
                      mix=",".join(f"{k}={v:.3g}" for k, v in mix.items()) if mix else "phantom=1",
-                     dice=str(config.lambda_dice), field_weight=str(config.lambda_field))
+                     dice=str(config.lambda_dice), field_weight=str(config.lambda_field),
+                     fold_weight=str(config.lambda_fold))
             save_optimizer(optim.state_dict(), optim_path)
 
     objective = shared(Objective(model, model.training_losses), world, device)
@@ -301,13 +304,15 @@ def mixed_items(phantom: PairItems, mix: dict[str, float], real: Sequence, confi
     return MixedItems(parts, mix, seed)
 
 
-def _with_supervision(config: DDMConfig, dice: float | None, field_weight: float | None) -> DDMConfig:
-    for name, value in (("dice", dice), ("field", field_weight)):
+def _with_supervision(config: DDMConfig, dice: float | None, field_weight: float | None,
+                      fold_weight: float | None = None) -> DDMConfig:
+    for name, value in (("dice", dice), ("field", field_weight), ("fold", fold_weight)):
         if value is not None and value < 0:
             raise InputError(f"{name} weight must be >= 0, got {value}.")
     return dataclasses.replace(
         config, lambda_dice=config.lambda_dice if dice is None else float(dice),
-        lambda_field=config.lambda_field if field_weight is None else float(field_weight))
+        lambda_field=config.lambda_field if field_weight is None else float(field_weight),
+        lambda_fold=config.lambda_fold if fold_weight is None else float(fold_weight))
 
 
 def _check_arguments(pairs, out: Path, steps: int, batch: int, sampling: str, resume, overwrite: bool) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ... import spatial
 from ...nn import draws
-from ...nn.losses import local_ncc, smoothness
+from ...nn.losses import folding_penalty, local_ncc, smoothness
 from ...nn.config_json import JsonConfig
 from .field_unet import FieldUNet
 from .diffusion_unet import DiffusionUNet
@@ -50,6 +50,7 @@ class DDMConfig(JsonConfig):
     lambda_anchor: float = 0.0  # not in the paper: weight of ||field(source, code = 0)||^2
     lambda_dice: float = 0.0  # not in the paper: weight of 1 - soft Dice of warped label maps
     lambda_field: float = 0.0  # not in the paper: weight of the squared error to a known true field
+    lambda_fold: float = 0.0  # not in the paper: weight of folding_penalty of the fields inference makes
     grid: tuple[int, ...] = (32, 128, 128)
     spacing: tuple[float, ...] = (3.15, 1.5, 1.5)
 
@@ -149,6 +150,8 @@ class DDM(nn.Module):
         voxels) where `field_mask` (B, 1, *S) is 1: lambda_field * the mean of field_error(phi_1, u)
         and field_error(phi_gamma, gamma u), gamma ~ U[0, 1] per item (the frame latent scaling should
         give between the ends).
+        Folding (our addition, off by default): lambda_fold * folding_penalty(phi_1) (and of phi_gamma
+        when a true field is given), so that the end field inference makes keeps det(I + grad u) > 0.
         """
         cfg = self.config
         b = source.shape[0]
@@ -168,7 +171,8 @@ class DDM(nn.Module):
             losses["total"] = losses["total"] + cfg.lambda_anchor * losses["anchor"]
         dice_on = cfg.lambda_dice > 0 and source_labels is not None
         field_on = cfg.lambda_field > 0 and true_field is not None
-        if dice_on or field_on:
+        fold_on = cfg.lambda_fold > 0
+        if dice_on or field_on or fold_on:
             c0 = self.code(source, target)
             end = self.field(source, c0)
         if dice_on:
@@ -181,6 +185,11 @@ class DDM(nn.Module):
             losses["field"] = 0.5 * (field_error(end, true_field, field_mask)
                                      + field_error(scaled, gamma * true_field, field_mask))
             losses["total"] = losses["total"] + cfg.lambda_field * losses["field"]
+        if fold_on:
+            losses["fold"] = folding_penalty(end)
+            if field_on:
+                losses["fold"] = 0.5 * (losses["fold"] + folding_penalty(scaled))
+            losses["total"] = losses["total"] + cfg.lambda_fold * losses["fold"]
         return losses
 
 
