@@ -131,7 +131,7 @@ def authors_loop(image, level, model, meta, seed, loop="authors", device="cpu"):
     return phi
 
 
-def export_samples(image, level, samples, model, meta, seed, folder):
+def export_samples(image, level, samples, model, meta, seed, folder, precision="float32"):
     """The real export path for `samples` samples of one 2D image (files written, then removed)."""
     import shutil
 
@@ -140,7 +140,7 @@ def export_samples(image, level, samples, model, meta, seed, folder):
     from napari_deformdiff.core.io import Volume
 
     case = Case("bench", Volume(image, Geometry.identity(2), False, "bench"))
-    settings = ExportSettings(levels=(level,), samples=samples, seed=seed, loop="authors")
+    settings = ExportSettings(levels=(level,), samples=samples, seed=seed, loop="authors", precision=precision)
     out = os.path.join(folder, f"export{seed}")
     for _ in export_drdm([case], out, settings, model=model, meta=meta):
         pass
@@ -194,7 +194,8 @@ def run_2d(weights, level, steps, batch, rounds, threads, precision, queue):
         rows["streamed"].append(_timed(streamed)[0])
         if batch:
             with tempfile.TemporaryDirectory() as folder:
-                rows["batch"].append(_timed(lambda: export_samples(image, level, batch, model, meta, r, folder))[0])
+                rows["batch"].append(_timed(lambda: export_samples(image, level, batch, model, meta, r, folder,
+                                                                   precision))[0])
         raw = torch.from_numpy(last[0])[None]
         with torch.inference_mode():
             rows["repair"].append(_timed(lambda: fold_free_field(raw))[0])
@@ -320,10 +321,20 @@ def main():
                          f"({args.batch * a:.1f} s; target >= 3x); units at once: {workers}"))
         rows.append(("2D: peak RSS (MB), all of the above", rss, "target <= 1024 MB (value column = MB)"))
         if torch.ops.mkldnn._is_mkldnn_bf16_supported() and not args.skip_bf16:
-            med, _, rss, _, warm, _ = measure(run_2d, args.weights, args.level, args.steps, 0, args.rounds, threads, "bfloat16")
+            med, _, rss, _, warm, _ = measure(run_2d, args.weights, args.level, args.steps, args.batch, args.rounds,
+                                              threads, "bfloat16")
+            a = med["authors"]
             rows += [
                 (f"2D {steps} steps: streamed bfloat16", med["streamed"],
-                 f"{med['authors'] / med['streamed']:.2f}x the authors' loop (target >= 4x)"),
+                 f"{a / med['streamed']:.2f}x the authors' loop (target >= 4x)"),
+                ("2D bfloat16: one U-Net pass", med["pass_ours"],
+                 f"{med['pass_authors'] / med['pass_ours']:.2f}x the authors' float32 pass"),
+            ]
+            if args.batch:
+                rows.append((f"2D bfloat16: export of {args.batch} samples", med["batch"],
+                             f"{args.batch * a / med['batch']:.2f}x the throughput of {args.batch} authors' loops "
+                             f"({args.batch * a:.1f} s; target >= 3x); units at once: {med['workers']}"))
+            rows += [
                 ("2D bfloat16: first use (compile + 2 steps)", warm,
                  "fresh process; Inductor's on-disk cache (see core/drdm/bfloat16.py) after a first run"),
                 ("2D bfloat16: peak RSS (MB)", rss, "(value column = MB)"),
