@@ -192,7 +192,9 @@ def _central_chain(v: torch.Tensor, noise: torch.Tensor, times: int) -> torch.Te
     v0 = _box(v0, lo, hi, wide_lo).contiguous()
     up = [float(v0[a].clamp(min=0).max()) for a in range(n)]
     down = [float(v0[a].clamp(max=0).neg().max()) for a in range(n)]
-    key = _cone_key(v0.shape[1:], lo, up, down).reshape(-1)
+    # ceil(key) <= j exactly when key <= j: integer keys give the same rows per composition, and
+    # integers sort about 5x faster than floats
+    key = _cone_key(v0.shape[1:], lo, up, down).reshape(-1).ceil_().clamp_(max=times).to(torch.int32)
     order = torch.argsort(key, stable=True)  # stable: C order within a key, gathers stay local
     rows = torch.searchsorted(key[order], torch.arange(times, dtype=key.dtype), right=True).tolist()
     matrix = interpolation_matrix(v0)
@@ -202,7 +204,7 @@ def _central_chain(v: torch.Tensor, noise: torch.Tensor, times: int) -> torch.Te
     crow = matrix.crow_indices()
     cols = where.index_select(0, matrix.col_indices()).view(count, corners).index_select(0, order).reshape(-1)
     weights = matrix.values().view(count, corners).index_select(0, order).reshape(-1)
-    flat = v0.reshape(n, -1).t().index_select(0, order)
+    flat = v0.reshape(n, -1).index_select(1, order).t().contiguous()  # gathering rows of the transpose is 8x slower
     psi, other = flat.clone(), flat.clone()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
