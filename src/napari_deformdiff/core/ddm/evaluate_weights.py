@@ -20,8 +20,8 @@ from scipy import ndimage
 from ..errors import InputError
 from ..events import Frame
 from ..image_metrics import dice, psnr
-from ..spatial import folding_ratio
 from ..io.pairs import Pair
+from ..spatial import folding_ratio
 from .generate import generate_ddm
 from .nets.ddm import DDM
 from .synth_pairs import cardiac_like_field

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..spatial import jacobian_determinant
+
 
 def local_ncc(a: torch.Tensor, b: torch.Tensor, *, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
     """Mean squared local correlation of (B, 1, *S) images over a `window`^n box (1 = identical)."""
@@ -32,20 +34,7 @@ def smoothness(ddf: torch.Tensor) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-def _derivative(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Central differences inside, one-sided at the borders (as spatial.jacobian_determinant)."""
-    return torch.gradient(t, dim=dim, edge_order=1)[0] if t.shape[dim] > 1 else torch.zeros_like(t)
-
-
 def folding_penalty(ddf: torch.Tensor, *, min_det: float = 0.1) -> torch.Tensor:
     """Mean over voxels of relu(min_det - det(I + grad u)) of a (B, n, *S) voxel field: 0 where the
     field keeps every voxel's volume above `min_det`, growing with how far a voxel folds."""
-    n = ddf.ndim - 2
-    J = [[_derivative(ddf[:, i], j + 1) + (1.0 if i == j else 0.0) for j in range(n)] for i in range(n)]
-    if n == 2:
-        det = J[0][0] * J[1][1] - J[0][1] * J[1][0]
-    else:
-        det = (J[0][0] * (J[1][1] * J[2][2] - J[1][2] * J[2][1])
-               - J[0][1] * (J[1][0] * J[2][2] - J[1][2] * J[2][0])
-               + J[0][2] * (J[1][0] * J[2][1] - J[1][1] * J[2][0]))
-    return F.relu(min_det - det).mean()
+    return F.relu(min_det - jacobian_determinant(ddf)).mean()
