@@ -123,3 +123,46 @@ def test_train_then_evaluate_on_phantom_cases(tmp_path, capsys):
     src = cine[0]
     expected = np.mean([psnr(src, cine[k], float(src.max() - src.min())) for k in range(1, es)])
     assert float(initial[2]) == pytest.approx(expected, abs=1e-3)
+
+
+def test_frames_of_a_cine_and_output_names_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    """One 4D file gives source and target with --source-frame/--target-frame (the core's frames of
+    it, the folding of the written fields reported); a bad output name or folder is refused before
+    the generator runs; a cine without a frame choice names the option to use."""
+    import torch
+
+    import napari_deformdiff.core.ddm.generate as ddm_generate
+    from napari_deformdiff.core.spatial import folding_ratio
+
+    assert main(["phantom", "--out", str(tmp_path / "ds"), "--cases", "1", "--2d", "--frames", "10"]) == 0
+    cine_path = tmp_path / "ds" / "patient001" / "patient001_4d.nii.gz"
+    cine = read_volume(cine_path)
+    model = tiny_model(2, grid=(64, 64), spacing=(3.0, 3.0))
+    weights = save_ddm(model, tmp_path / "tiny2d.safetensors")
+    out, fields = tmp_path / "c.nii.gz", tmp_path / "f.nii.gz"
+    base = ["generate", "ddm", "--source", str(cine_path), "--target", str(cine_path), "--weights", str(weights),
+            "--frames", "3", "--adapt", "0", "--device", "cpu"]
+    capsys.readouterr()
+    assert main([*base, "--source-frame", "1", "--target-frame", "6", "--out", str(out),
+                 "--fields-out", str(fields)]) == 0
+    printed = capsys.readouterr().out
+    one = lambda k: Volume(np.array(cine.data[k]), cine.geometry, False)  # noqa: E731
+    expected = [e for e in generate_ddm(one(1), one(6), frames=3, model=model, adapt=0) if isinstance(e, Frame)]
+    np.testing.assert_allclose(read_volume(out).data, np.stack([f.image for f in expected]), atol=1e-4)
+    assert read_volume(out).geometry.almost_equal(cine.geometry)
+    worst = float(folding_ratio(torch.from_numpy(np.stack([f.field for f in expected]))).max()) * 100
+    assert (f"{worst:.3f} % of voxels at most" in printed) if worst else "no folding" in printed
+
+    calls = []
+    monkeypatch.setattr(ddm_generate, "generate_ddm", lambda *a, **k: calls.append(1) or iter(()))
+    for bad, message in ((["--out", str(tmp_path / "o.png")], "cannot write 'o.png': choose one of"),
+                         (["--out", str(tmp_path / "nodir" / "o.nii.gz")], "folder"),
+                         (["--out", str(tmp_path / "o.nii.gz"), "--fields-out", str(tmp_path / "f.txt")],
+                          "cannot write 'f.txt'")):
+        assert main([*base, "--source-frame", "1", "--target-frame", "6", *bad]) == 2
+        assert message in capsys.readouterr().err
+    assert main([*base, "--target-frame", "6", "--out", str(tmp_path / "o.nii.gz")]) == 2
+    assert "has 10 frames; say which one with --source-frame K" in capsys.readouterr().err
+    assert main([*base, "--source-frame", "1", "--target-frame", "10", "--out", str(tmp_path / "o.nii.gz")]) == 2
+    assert "--target-frame 10 is outside 0..9" in capsys.readouterr().err
+    assert calls == [] and not (tmp_path / "o.nii.gz").exists() and not (tmp_path / "nodir").exists()

@@ -137,3 +137,25 @@ def test_float_labels_and_a_3d_checkpoint_are_refused(folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "deformdiff: error:" in err and "3D" in err and "2D" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_resume_says_what_it_made_and_needs_an_export_to_resume(folder, tmp_path, weights, capsys):
+    """A resume reports the samples made now apart from those it found; a damaged sample is said on
+    one warning line; --resume of a folder that does not exist is refused, nothing written."""
+    path, _, _ = weights
+    out = tmp_path / "part"
+    args = ["generate", "drdm", "--image", str(folder / "p1.nii.gz"), "--levels", "3", "--samples", "3",
+            "--out-dir", str(out), "--weights", str(path), "--device", "cpu"]
+    assert main(args) == 0
+    rows = read_manifest(out / "manifest.csv")
+    (out / rows[1]["image"]).unlink()  # damaged: made again on resume
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "wrote 3 sample(s)" in captured.out and "1 made now" in captured.out
+    assert f"deformdiff: warning: {rows[1]['id']}:" in captured.err and "made again" in captured.err
+    assert (out / rows[1]["image"]).is_file()
+    missing = tmp_path / "never"
+    assert main([*args[:-6], "--out-dir", str(missing), *args[-4:], "--resume"]) == 2
+    assert "does not exist, so there is no export to resume" in capsys.readouterr().err
+    assert not missing.exists()

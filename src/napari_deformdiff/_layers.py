@@ -183,7 +183,7 @@ def field_vectors_layer_data(
     picked = fields[(slice(None), slice(None), *sampled(fields.shape[2:], strides))]  # (T, n, *s)
     scale = np.asarray(geometry.spacing, np.float32).reshape((1, n) + (1,) * n)
     mm = np.linalg.norm(picked * scale, axis=1).reshape(-1)
-    vectors = field_to_vectors(fields, stride=strides)
+    vectors = field_to_vectors(-fields, stride=strides)  # the motion: fields pull (see core.inspect.overlays)
     meta = {META_KEY: {"geometry": geometry.to_dict(), "source": source}}
     attach_field(meta, fields)
     kwargs = {

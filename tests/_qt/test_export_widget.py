@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 from napari.layers import Layer, Vectors
 
-from napari_deformdiff._layers import attach_field, volume_to_layer_data
+from napari_deformdiff._layers import attach_field, field_of, volume_to_layer_data
 from napari_deformdiff.core import spatial
 from napari_deformdiff.core.geometry import Geometry
 from napari_deformdiff.core.inspect.report import METRIC_COLUMNS, sequence_metrics
@@ -137,7 +137,9 @@ def test_a_field_file_opens_as_vectors_and_can_be_inspected(make_napari_viewer, 
     write_displacement(tmp_path / "warp.nii.gz", ddf, geometry)
     (layer,) = viewer.open(str(tmp_path / "warp.nii.gz"), plugin=PLUGIN)
     assert isinstance(layer, Vectors)
-    np.testing.assert_allclose(layer.data[:, 1, 1:], [[0.0, 0.0, 2.0]] * len(layer.data), atol=1e-5)
+    # arrows show the motion, minus the (pulling) field; the layer keeps the field itself
+    np.testing.assert_allclose(layer.data[:, 1, 1:], [[0.0, 0.0, -2.0]] * len(layer.data), atol=1e-5)
+    np.testing.assert_allclose(field_of(layer)[0][0], ddf, atol=1e-5)
     np.testing.assert_allclose(layer.features["magnitude_mm"], 3.0, atol=1e-5)
     _, inspect = viewer.window.add_plugin_dock_widget(PLUGIN, "Inspect deformation")
     inspect.source.value = layer

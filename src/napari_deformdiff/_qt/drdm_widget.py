@@ -207,7 +207,7 @@ class DRDMWidget(GeneratorWidget):
             self.export_button.enabled = self.resume_button.enabled = True
             made = self.sequence.count if self.sequence else 0
             total = self.sequence.total if self.sequence else 0
-            self.status.value = self._line(f"preview: {made}/{total} steps", self._folding(), note)
+            self.status.value = self._line(f"preview: {made}/{total} steps", self._folding(), note, self._failure)
 
         self.export_button.enabled = self.resume_button.enabled = False
         return self._stream(events, description=name, on_event=on_event, on_done=on_done, prepare=buffers.stage)
@@ -287,7 +287,8 @@ class DRDMWidget(GeneratorWidget):
                 show_warning(message)
             rest = "" if self.exported == total else "; Resume continues"
             again = f"; {len(redone)} damaged sample(s) made again" if redone else ""
-            self.status.value = f"exported {self.exported}/{total} samples to {out}{again}{rest}"
+            self.status.value = self._line(f"exported {self.exported}/{total} samples to {out}{again}{rest}",
+                                           self._failure)
 
         self.export_button.enabled = self.resume_button.enabled = False
         return self._stream(events, description=f"DRDM export to {out.name}", on_event=on_event,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
 
 from .._layers import field_of, is_result, layer_attributes, layer_to_volume
-from .layer_inputs import compact
+from .layer_inputs import compact, keep_choice
 
 if TYPE_CHECKING:
     import napari
@@ -22,16 +22,17 @@ class ExportWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
-        self.source = ComboBox(label="Sequence (default: the latest result)", choices=self._sequences)
+        self.source = ComboBox(label="Sequence", choices=self._sequences,
+                               tooltip="The sequence to export; a new result becomes it.")
         compact(self.source)
-        self.cine_path = FileEdit(label="Cine (.mp4, .gif, .nii.gz)", mode="w")
-        self.fps = SpinBox(label="Frames per second", value=10, min=1, max=60)
+        self.cine_path = FileEdit(label="Cine file", mode="w", tooltip="Where to write the cine: .mp4, .gif or .nii.gz (4D).")
+        self.fps = SpinBox(label="Frame rate", value=10, min=1, max=60, tooltip="Frames per second of the cine.")
         self.loop = CheckBox(text="ED -> ES -> ED loop", value=True)
         self.cine_button = PushButton(text="Export cine")
         self.fields_dir = FileEdit(label="Fields folder", mode="d")
         self.field_format = ComboBox(label="Field format", choices=FIELD_SUFFIXES, value=".nii.gz")
-        self.fields_button = PushButton(text="Export fields (ITK displacement)")
-        self.report_path = FileEdit(label="Folding report (.csv)", mode="w")
+        self.fields_button = PushButton(text="Export fields", tooltip="ITK displacement fields, one file per frame.")
+        self.report_path = FileEdit(label="Report (.csv)", mode="w", tooltip="The folding report: one row per frame.")
         self.report_button = PushButton(text="Export folding report")
         self.extend([self.source, self.cine_path, self.fps, self.loop, self.cine_button, self.fields_dir,
                      self.field_format, self.fields_button, self.report_path, self.report_button])
@@ -39,15 +40,22 @@ class ExportWidget(Container):
         self.fields_button.changed.connect(self.export_fields)
         self.report_button.changed.connect(self.export_report)
         viewer.layers.events.inserted.connect(self._inserted)
-        viewer.layers.events.removed.connect(lambda _e: self.source.reset_choices())
-        self.source.reset_choices()
+        viewer.layers.events.removed.connect(lambda _e: self.reset_choices())
+        self.reset_choices()
         latest = [layer for layer in viewer.layers if _exportable_result(layer)]
         if latest:
             self.source.value = latest[-1]
 
+    def reset_choices(self, *args) -> None:
+        """Refresh the choices, keeping the chosen layer: magicgui re-selects the first choice when the
+        chosen layer was renamed (a Mo-Diff forecast is renamed when its final frames replace the previews)."""
+        chosen = self.source.value
+        super().reset_choices(*args)
+        keep_choice(self.source, chosen)
+
     def _inserted(self, event) -> None:
         """Refresh the choices; a new generated sequence becomes the one to export."""
-        self.source.reset_choices()
+        self.reset_choices()
         layer = event.value
         if _exportable_result(layer):
             self.source.value = next(c for name, c in self._sequences() if name == layer.name)

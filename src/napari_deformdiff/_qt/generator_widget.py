@@ -17,6 +17,7 @@ from ..core.events import Progress
 from .layer_inputs import SLIDER_TEXT, SLIDER_TIP, chosen_file, frame_volume
 from .stream_layers import GrowingSequence
 from .stream_worker import FROZEN_HEAP, StreamHandle, start_stream
+from .window_fit import fit_width
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 WEIGHTS_FILTER = "*.safetensors *.pth *.pt"
@@ -98,15 +99,16 @@ class GeneratorWidget(Container):
         weights = self._weights(must_exist=must_exist)
         return self._device_name(), weights
 
-    @staticmethod
-    def _read(read: Callable):
-        """read()'s result, or None after an InputError or ValueError, shown as a notification."""
+    def _read(self, read: Callable):
+        """read()'s result, or None after an InputError or ValueError, shown as a notification and,
+        whole (napari's pop-up shows its first ~40 characters), on the status line."""
         from napari.utils.notifications import show_error
 
         try:
             return read()
         except (InputError, ValueError) as exc:
             show_error(str(exc))
+            self.status.value = f"Not started: {exc}"
             return None
 
     # ------------------------------------------------------------------ run / cancel / status
@@ -115,7 +117,7 @@ class GeneratorWidget(Container):
         self.run_button = PushButton(text=run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
-        self.status.native.setWordWrap(True)  # long quality lines wrap instead of widening the dock
+        fit_width(self.status.native)  # long quality lines wrap instead of widening the dock
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         FROZEN_HEAP.watch(self.viewer)
@@ -158,7 +160,10 @@ class GeneratorWidget(Container):
     def _line(*parts: str) -> str:
         return "; ".join(p for p in parts if p)
 
+    _failure = ""  # why the last run stopped early (its error), for the status line
+
     def _running(self, status: str = "starting...") -> None:
+        self._failure = ""
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = status
 
@@ -175,7 +180,7 @@ class GeneratorWidget(Container):
             self.sequence.flush()
         self._idle()
         made = self.sequence.count if self.sequence else 0
-        self.status.value = f"{made}/{self.frames.value} frames"
+        self.status.value = self._line(f"{made}/{self.frames.value} frames", self._failure)
 
     def _stream(self, make_events: Callable[[], Iterator], *, description: str, on_event: Callable,
                 on_done: Callable[[], None] | None = None, prepare: Callable | None = None,
@@ -189,7 +194,10 @@ class GeneratorWidget(Container):
             else:
                 on_event(event)
 
+        def failed(message: str) -> None:
+            self._failure = f"stopped: {message}"
+
         self._running(status)
         self.worker = start_stream(make_events, description=description, on_event=dispatch,
-                                   on_done=on_done or self._done, prepare=prepare)
+                                   on_done=on_done or self._done, prepare=prepare, on_error=failed)
         return self.worker

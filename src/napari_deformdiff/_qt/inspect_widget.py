@@ -14,10 +14,12 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 
 from .._layers import field_of
+from .layer_inputs import keep_choice
 from ..core.inspect.vector_style import MAGNITUDE_BIN_COLORS, MAGNITUDE_BIN_NAMES, fields_extent, vector_strides
 from .overlay_layers import OverlaySet
 from .readout_plot import BlitReadoutPlot
 from .stream_worker import FROZEN_HEAP
+from .window_fit import fit_width
 
 if TYPE_CHECKING:
     import napari
@@ -25,9 +27,9 @@ if TYPE_CHECKING:
 
 def legend_html() -> str:
     boxes = "".join(
-        f'<span style="color:{c}">&#9632;</span>&nbsp;{html.escape(n)}&nbsp;&nbsp;'
+        f'<span style="color:{c}">&#9632;</span>&nbsp;{html.escape(n).replace(" ", "&nbsp;")}&nbsp; '
         for c, n in zip(MAGNITUDE_BIN_COLORS, MAGNITUDE_BIN_NAMES, strict=True)
-    )
+    )  # a bin's swatch, number and unit never part: lines break between bins
     return f"<small>vectors by |u|: {boxes}</small>"
 
 
@@ -36,12 +38,16 @@ class InspectWidget(Container):
         super().__init__()
         self.viewer = viewer
         self.source = ComboBox(label="Field of", choices=self._source_choices)
-        self.vectors_on = CheckBox(text="Vectors (coloured by |u| in mm)", value=True)
+        self.vectors_on = CheckBox(text="Vectors (coloured by |u| in mm)", value=True,
+                                   tooltip="Arrows show the motion: where the tissue at each point moved since the "
+                                           "first frame (minus the pulling field u).")
         self.stride = SpinBox(label="Vector stride", tooltip="In-plane voxels between vectors; 0: automatic.", value=0, min=0, max=64)
         self.length = FloatSpinBox(label="Vector length", tooltip="Arrow length as a multiple of |u|; 0: automatic.", value=0.0, min=0.0, max=20.0, step=0.5)
         self.grid_on = CheckBox(text="Deformed grid", value=True)
         self.grid_step = SpinBox(label="Grid step (voxels)", value=8, min=2, max=64)
-        self.jacobian_on = CheckBox(text="Jacobian determinant (centred at 1)", value=True)
+        self.jacobian_on = CheckBox(text="Jacobian determinant (centred at 1)", value=True,
+                                    tooltip="Blue: the tissue here shrank since the first frame (det > 1 of the "
+                                            "pulling field); red: it grew; clear: unchanged.")
         self.log_jacobian = CheckBox(text="log10 of the determinant", value=False)
         self.folding_on = CheckBox(text="Folding voxels (det <= 0)", value=True)
         self.magnitude_on = CheckBox(text="Displacement magnitude (mm)", value=False)
@@ -52,8 +58,9 @@ class InspectWidget(Container):
                      self.jacobian_on, self.log_jacobian, self.folding_on, self.magnitude_on,
                      self.show_button, self.legend, self.readout])
         for label in (self.legend, self.readout):  # wrapped: a narrow dock needs no scrolling
-            label.native.setWordWrap(True)
+            fit_width(label.native)
         self.plot = BlitReadoutPlot()
+        fit_width(self.plot.canvas, wrap=False)
         self.plot.canvas.setVisible(False)  # empty axes until there is something to plot
         self.native.layout().addWidget(self.plot.canvas)
         self.overlays: OverlaySet | None = None
@@ -71,7 +78,13 @@ class InspectWidget(Container):
         return [(layer.name, layer) for layer in self.viewer.layers if field_of(layer) is not None]
 
     def _refresh_sources(self, _event=None):
-        self.source.reset_choices()
+        self.reset_choices()
+
+    def reset_choices(self, *args) -> None:
+        """Refresh the choices, keeping the chosen layer when it is renamed (see ExportWidget)."""
+        chosen = self.source.value
+        super().reset_choices(*args)
+        keep_choice(self.source, chosen)
 
     # --- overlays -----------------------------------------------------------------------------
     def start(self):

@@ -47,6 +47,12 @@ def pick(layers, kind, hint: str = ""):
     return found
 
 
+def keep_choice(combo, chosen) -> None:
+    """Select `chosen` again in `combo` if it is still one of its choices."""
+    if chosen is not None and combo.value is not chosen and any(c is chosen for c in combo.choices):
+        combo.value = chosen
+
+
 def chosen_file(file_edit) -> Path | None:
     """The path of a magicgui FileEdit, or None when it is empty."""
     value = file_edit.value

@@ -187,4 +187,7 @@ class ModiffWidget(GeneratorWidget):
                                            range_note(self.forecast.layer.data, reference),
                                            folding_note(self.fields), note)
         else:
-            self.status.value = f"cancelled after {self.previews} previews: the layer shows the last preview"
+            ended = "stopped" if self._failure else "cancelled"
+            shown = (f"{ended} after {self.previews} previews: the layer shows the last preview" if self.previews
+                     else f"{ended} before the first preview")
+            self.status.value = self._line(shown, self._failure)

@@ -18,9 +18,10 @@ if TYPE_CHECKING:
     from ..core.inspect.overlays import FrameOverlay
 
 JACOBIAN_LIMITS = {False: (0.0, 2.0), True: (-0.5, 0.5)}  # centred at det 1 (log10: 0)
-# blue (shrinking) - transparent at det 1 - red (growing): where nothing changes, the anatomy shows
-JACOBIAN_COLORS = ((0.15, 0.35, 1.0, 1.0), (1.0, 1.0, 1.0, 0.0), (1.0, 0.15, 0.1, 1.0))
-GRID_OPACITY = 0.3
+# det J of the pull-back field is the volume the tissue at a voxel had in the source over the volume
+# it has now: red (det < 1, it grew) - transparent at 1 (the anatomy shows) - blue (det > 1, it shrank)
+JACOBIAN_COLORS = ((1.0, 0.15, 0.1, 1.0), (1.0, 1.0, 1.0, 0.0), (0.15, 0.35, 1.0, 1.0))
+GRID_OPACITY = 0.15
 # Frames that are not under the time slider reach the image layers once no frame has arrived for
 # this long (or when the last frame arrives): each layer growth costs napari 10 ms, a repaint of
 # the layer list (and for labels of the canvas), 30-70 ms that would recur with every frame.
@@ -224,7 +225,7 @@ class OverlaySet:
             layer = Image(view, colormap="inferno", contrast_limits=(0.0, 10.0), opacity=0.6,
                           visible=True, **kwargs)
         else:
-            layer = Image(view, colormap="yellow", blending="additive", contrast_limits=(0.0, 1.0),
+            layer = Image(view, colormap="gray", blending="additive", contrast_limits=(0.0, 1.0),
                           opacity=GRID_OPACITY, **kwargs)
         self.layers[key] = insert_layer(self.viewer, layer, activate=False)
 

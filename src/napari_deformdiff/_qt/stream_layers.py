@@ -119,6 +119,7 @@ class GrowingSequence:
             self.image_layer = insert_layer(self.viewer, Layer.create(data, kwargs, kind))
             if self.on_first is not None:
                 self.on_first(self.image_layer)
+            TURNS.submit(self._slider_onto_frames)
         else:
             if fields is not None:
                 attach_field(self.image_layer.metadata, fields[: self.count], total=self.total)
@@ -140,6 +141,19 @@ class GrowingSequence:
                 layer.data = view
         else:
             layer.data = view
+
+    def _slider_onto_frames(self) -> None:
+        """Move the time slider to the first frame when it stands where this sequence has none and
+        no other layer is shown (a longer input cine set its range, the inputs are hidden under the
+        result: the canvas would be empty). A turn of its own: the move re-slices every layer."""
+        layer = self.image_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        if any(other.visible for other in self.viewer.layers if other is not layer and other is not self.labels_layer):
+            return
+        shown = self._frame_shown(layer)
+        if shown is not None and not 0 <= shown < self.count:
+            self.viewer.dims.set_point(0, float(layer.data_to_world([0] * layer.ndim)[0]))
 
     def _frame_shown(self, layer) -> int | None:
         point = self.viewer.dims.point

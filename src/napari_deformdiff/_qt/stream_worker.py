@@ -263,7 +263,7 @@ class WorkerFailure(Exception):
 def start_stream(
     make_events: Callable[[], Iterator], *, description: str,
     on_event: Callable, on_done: Callable[[], None], progress_bar: bool = True,
-    prepare: Callable | None = None,
+    prepare: Callable | None = None, on_error: Callable[[str], None] | None = None,
 ) -> StreamHandle:
     """Run the generator `make_events()` in napari's thread_worker, with a napari progress bar
     whose length comes from the generator's Plan (core.events).
@@ -273,7 +273,8 @@ def start_stream(
     failed) and every event it made has been handled. Errors become notifications. Without
     `progress_bar` (work that follows another stream, which has its own), no napari progress bar:
     creating one runs a nested event loop too. `prepare(event) -> event` runs in the worker thread
-    before the event is passed on (e.g. FrameBuffers.stage).
+    before the event is passed on (e.g. FrameBuffers.stage). `on_error(message)` gets the text of
+    an error's notification, before `on_done`.
     """
     from napari.qt.threading import create_worker
     from napari.utils.notifications import show_error
@@ -303,14 +304,17 @@ def start_stream(
         if isinstance(exc, WorkerFailure):
             exc = exc.original
         if isinstance(exc, InputError):
-            show_error(str(exc))
+            message = str(exc)
         elif isinstance(exc, OSError):  # disk full, read-only, permission: the CLI's one line
-            show_error(f"{description}: {os_error_message(exc)}")
+            message = f"{description}: {os_error_message(exc)}"
         elif isinstance(exc, MemoryError):
-            show_error(f"{description}: out of memory; try smaller inputs or sizes.")
+            message = f"{description}: out of memory; try smaller inputs or sizes."
         else:
             log.error("%s failed:\n%s", description, "".join(traceback.format_exception(exc)))
-            show_error(f"{description} failed: {type(exc).__name__}: {exc}")
+            message = f"{description} failed: {type(exc).__name__}: {exc}"
+        show_error(message)
+        if on_error is not None:
+            on_error(message)
 
     worker.errored.connect(report)
     worker.start()

@@ -26,9 +26,22 @@ def make_scrollable(dock) -> None:
     dock.setWidget(scroll)
 
 
-def fit_to_screen(docks: list, short_titles: list[str], raised: int = 0) -> None:
+def fit_width(native, *, wrap: bool = True) -> None:
+    """Let a widget take the dock's width instead of asking for its own: a long status or quality
+    line (word-wrapped) or a plot must not make a narrow dock scroll sideways."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    if wrap:
+        native.setWordWrap(True)
+    policy = native.sizePolicy()
+    policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+    native.setSizePolicy(policy)
+
+
+def fit_to_screen(docks: list, short_titles: list[str], raised: int = 0, size: tuple[int, int] | None = None) -> None:
     """Tab `docks` together (titles `short_titles`), make them scrollable, size the window to the
-    available screen area and give the docks their share of its width; dock `raised` on top."""
+    available screen area (or to `size`, width and height) and give the docks their share of its
+    width; dock `raised` on top."""
     from qtpy.QtCore import Qt
     from qtpy.QtGui import QGuiApplication
     from qtpy.QtWidgets import QApplication, QDockWidget, QTabWidget
@@ -43,12 +56,16 @@ def fit_to_screen(docks: list, short_titles: list[str], raised: int = 0) -> None
         window.tabifyDockWidget(docks[0], dock)
     docks[raised].raise_()
 
-    screen = window.screen() or QGuiApplication.primaryScreen()
-    area = screen.availableGeometry()
-    window.setGeometry(area)
-    window.showMaximized()  # a window manager then fits the frame and title bar in the screen too
+    if size is None:
+        screen = window.screen() or QGuiApplication.primaryScreen()
+        area = screen.availableGeometry()
+        window.setGeometry(area)
+        window.showMaximized()  # a window manager then fits the frame and title bar in the screen too
+        width = area.width()
+    else:
+        window.resize(*size)
+        width = size[0]
     QApplication.processEvents()  # docks are sized against the new window size
-    width = area.width()
     left = [d for d in window.findChildren(QDockWidget)
             if window.dockWidgetArea(d) == Qt.DockWidgetArea.LeftDockWidgetArea and d.isVisible()]
     for dock in left + docks:  # Qt made their content's width their minimum
@@ -71,6 +88,7 @@ def layout_report(window, docks=()) -> dict:
               "canvas_x": corner.x(), "canvas_y": corner.y(),
               "canvas_width": canvas.width(), "canvas_height": canvas.height()}
     if docks:
-        report["dock_view_width"] = max(d.widget().viewport().width() for d in docks if d.isVisible())
+        shown = [d for d in docks if d.isVisible() and not d.visibleRegion().isEmpty()]  # the raised tab
+        report["dock_view_width"] = min(d.widget().viewport().width() for d in shown or docks)
         report["dock_content_widths"] = {d.windowTitle(): d.widget().widget().minimumSizeHint().width() for d in docks}
     return report

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
-from .paths import unless_resumed
+from .paths import check_volume_outputs, unless_resumed
 from .progress import _check_outputs, _progress, _report_trained, _run_options, _sizes, _table_and_csv, _train, bounded_int
+from .volumes import one_frame
 
 
 def cmd_train_ddm(args: argparse.Namespace) -> int:
@@ -71,10 +72,27 @@ def _ddm_inputs(args: argparse.Namespace):
         return pair.source, pair.target, labels, dt, pair
     if not (args.source and args.target):
         raise InputError("give --source and --target images (or --patient DIR).")
-    source = read_volume(args.source, as_labels=False)
-    target = read_volume(args.target, as_labels=False)
+    source = one_frame(read_volume(args.source, as_labels=False), args.source_frame, "--source-frame", args.source)
+    target = one_frame(read_volume(args.target, as_labels=False), args.target_frame, "--target-frame", args.target)
     labels = read_volume(args.labels, as_labels=True) if args.labels else None
+    if labels is not None and labels.has_time:
+        labels = one_frame(labels, args.source_frame, "--source-frame", args.labels)
     return source, target, labels, None, None
+
+
+def _folding_line(frames: list) -> str:
+    """Folding of the frames' fields (det(I + grad u) <= 0), the worst frame named."""
+    import numpy as np
+    import torch
+
+    from ..core.spatial import folding_ratio
+
+    fields = torch.from_numpy(np.stack([np.asarray(f.field, np.float32) for f in frames]))
+    ratios = folding_ratio(fields).reshape(-1).numpy() * 100.0
+    worst = int(np.argmax(ratios))
+    if ratios[worst] == 0:
+        return "no folding (det J > 0 in every frame)"
+    return f"folding (det J <= 0): {ratios[worst]:.3f} % of voxels at most (frame {worst})"
 
 
 def _write_ddm_outputs(args: argparse.Namespace, got: list, geometry, labels, dt) -> None:
@@ -86,7 +104,7 @@ def _write_ddm_outputs(args: argparse.Namespace, got: list, geometry, labels, dt
 
     images = np.stack([f.image for f in got]).astype(np.float32)
     write_volume(Volume(images, geometry, False, "ddm cycle", dt), args.out, overwrite=args.overwrite)
-    print(f"wrote {args.out} ({len(got)} frames)")
+    print(f"wrote {args.out} ({len(got)} frames); {_folding_line(got)}")
     if args.fields_out:
         write_displacement_sequence(args.fields_out, np.stack([f.field for f in got]), geometry,
                                     overwrite=args.overwrite)
@@ -106,6 +124,9 @@ def cmd_generate_ddm(args: argparse.Namespace) -> int:
         raise InputError("--labels-out needs --labels (or an ACDC --patient with ED labels).")
     _check_outputs([args.out, args.fields_out, args.labels_out], args.overwrite,
                    inputs=[args.source, args.target, args.labels, args.patient])
+    check_volume_outputs([args.out, args.fields_out, args.labels_out])
+    if args.patient and (args.source_frame is not None or args.target_frame is not None):
+        raise InputError("--source-frame/--target-frame go with --source/--target; --patient takes ED and ES.")
     source, target, labels, dt, pair = _ddm_inputs(args)
     if args.labels_out and labels is None:
         raise InputError(f"{args.patient} has no ED labels to warp for --labels-out.")
@@ -209,6 +230,10 @@ def _add_generate(generate) -> None:
     p = generate.add_parser("ddm", help="frames between a source and a target (DDM latent scaling)")
     p.add_argument("--source", type=Path, help="source frame (e.g. ED)")
     p.add_argument("--target", type=Path, help="target frame (e.g. ES)")
+    p.add_argument("--source-frame", type=int, default=None, metavar="K",
+                   help="if --source is a time series (4D, a cine): its frame K (0-based)")
+    p.add_argument("--target-frame", type=int, default=None, metavar="K",
+                   help="if --target is a time series: its frame K (0-based); the same file as --source may be given")
     p.add_argument("--patient", type=Path, help="ACDC patient folder: ED -> ES from Info.cfg")
     p.add_argument("--frames", type=int, default=None,
                    help="number of frames (default: the patient's ED..ES frames, else 16)")
@@ -227,7 +252,8 @@ def _add_generate(generate) -> None:
 
 
 def _add_evaluate(evaluate) -> None:
-    p = evaluate.add_parser("ddm", help="PSNR/NMSE/Dice/folding of DDM against baselines")
+    p = evaluate.add_parser("ddm", help="PSNR/NMSE of the intermediate frames against the real ones, Dice at the "
+                            "target, folding: DDM against baselines")
     p.add_argument("--data", type=Path, required=True, help="ACDC-layout folders with 4D cines")
     p.add_argument("--weights", default=None)
     p.add_argument("--cases", type=int, default=None, help="use only the first N cases")

@@ -40,6 +40,7 @@ def cmd_train_drdm(args: argparse.Namespace) -> int:
 def cmd_generate_drdm(args: argparse.Namespace) -> int:
     from ..core.device import choose_device_name
     from ..core.drdm.augment import ExportSettings, export_drdm, find_cases, plan_export, unit_files
+    from ..core.events import Frame
 
     if args.syn_level is not None and not args.pairs:
         raise InputError("--syn-level applies to registration pairs: add --pairs.")
@@ -61,6 +62,9 @@ def cmd_generate_drdm(args: argparse.Namespace) -> int:
     check_output_folder_files(args.out_dir, names, [p for c in cases for p in _case_files(c)])
     print(f"{len(cases)} image(s) ({with_labels} with labels), levels {list(settings.levels)}, "
           f"{settings.samples} sample(s) per level: {total} {settings.mode} sample(s)", file=sys.stderr)
+    if args.resume and not args.out_dir.is_dir():
+        raise InputError(f"--resume: {args.out_dir} does not exist, so there is no export to resume; "
+                         "run without --resume to start one.")
     common = dict(weights=args.weights, overwrite=args.overwrite, resume=args.resume)
     if args.scheduler:
         from ..core.drdm.distributed import export_drdm_distributed
@@ -70,9 +74,12 @@ def cmd_generate_drdm(args: argparse.Namespace) -> int:
                                          device=args.device or "auto",
                                          workers=args.workers, workers_per_gpu=args.workers_per_gpu or 1, **common)
     else:
-        events = export_drdm(cases, args.out_dir, settings, device=choose_device_name(args.device), **common)
-    _progress(events, desc=f"drdm {settings.mode}")
-    print(f"wrote {total} sample(s) to {args.out_dir} (listed in {settings.manifest_name})")
+        events = export_drdm(cases, args.out_dir, settings, device=choose_device_name(args.device),
+                             on_redo=lambda message: print(f"deformdiff: warning: {message}", file=sys.stderr),
+                             **common)
+    made = sum(isinstance(e, Frame) for e in _progress(events, desc=f"drdm {settings.mode}"))
+    now = "" if args.scheduler or made == total else f", {made} made now, the others by the run it resumed"
+    print(f"wrote {total} sample(s) to {args.out_dir} (listed in {settings.manifest_name}{now})")
     return 0
 
 
@@ -150,8 +157,9 @@ def _add_generate(generate) -> None:
                    help="an image, or a folder of images (labels matched by name: <name>_gt, _seg, _labels, "
                         "_label or _mask beside it, or in a labels/ subfolder)")
     p.add_argument("--labels", type=Path, help="label map of the image (or a folder of them, matched by name)")
-    p.add_argument("--levels", default="40:64:8", help="levels T' (1..80): 48, 40:64:8 (end included) or 30,45,60")
-    p.add_argument("--samples", type=int, default=4, help="samples per image and level")
+    p.add_argument("--levels", default="40:64:8",
+                   help="levels T' (1..80): 48, 40:64:8 (end included) or 30,45,60 (default: 40:64:8)")
+    p.add_argument("--samples", type=int, default=4, help="samples per image and level (default: 4)")
     p.add_argument("--out-dir", type=Path, required=True, help="output folder (new or empty)")
     p.add_argument("--pairs", action="store_true",
                    help="registration pairs (moving, fixed, field) instead of augmented images (Algorithm 4)")
@@ -164,8 +172,9 @@ def _add_generate(generate) -> None:
                    help="precision of the recovery network: bfloat16 is about 1.7x faster on CPUs with AMX "
                         "(compiled once per run, 10-40 s), its fields differ but their statistics match")
     p.add_argument("--allow-folding", action="store_true",
-                   help="write the authors' fields as they are (they fold on a few percent of voxels); by default "
-                        "each field is repaired around its folds so that it keeps the labels' topology")
+                   help="write the authors' fields as they are (they fold on a few percent of voxels) and their "
+                        "labels by plain nearest-neighbour sampling; by default each field is repaired around its "
+                        "folds and each label keeps its number of connected components")
     p.add_argument("--format", default="nii.gz", choices=["nii.gz", "nrrd", "mha"], help="file format")
     p.add_argument("--manifest", choices=["csv", "json"], default="csv")
     p.add_argument("--scheduler", default=None,

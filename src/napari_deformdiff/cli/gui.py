@@ -11,7 +11,8 @@ from ..core.errors import InputError
 
 # widget name -> its tab's title
 WIDGETS = {"Phantom generator": "Phantom", "Open volume": "Open", "Generate cycle (DDM)": "DDM",
-           "Augment (DRDM)": "DRDM", "Forecast (Mo-Diff)": "Mo-Diff", "Inspect deformation": "Inspect"}
+           "Augment (DRDM)": "DRDM", "Forecast (Mo-Diff)": "Mo-Diff", "Inspect deformation": "Inspect",
+           "Export": "Export"}
 
 
 def cmd_gui(args: argparse.Namespace) -> int:

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
-from .paths import unless_resumed
+from .paths import check_volume_outputs, unless_resumed
 from .progress import _check_outputs, _report_trained, _train, _per_stage, _progress, _run_options, _sizes, _table_and_csv, bounded_int
+from .volumes import one_frame
 
 
 def _modiff_config(args: argparse.Namespace, ndims: int, frames: list[int]):
@@ -77,19 +78,9 @@ def cmd_train_modiff(args: argparse.Namespace) -> int:
 
 def _first_frame(args: argparse.Namespace):
     """--first as one 2D/3D frame (frame --frame K of a 4D image)."""
-    import numpy as np
+    from ..core.io import read_volume
 
-    from ..core.io import Volume, read_volume
-
-    first = read_volume(args.first, as_labels=False)
-    if first.has_time:
-        if args.frame is None:
-            raise InputError(f"{args.first.name} has {first.data.shape[0]} frames; say which one starts the "
-                             "forecast with --frame K (0-based).")
-        if not 0 <= args.frame < first.data.shape[0]:
-            raise InputError(f"--frame {args.frame} is outside 0..{first.data.shape[0] - 1}.")
-        first = Volume(np.array(first.data[args.frame]), first.geometry, False, first.name, None, first.source)
-    return first
+    return one_frame(read_volume(args.first, as_labels=False), args.frame, "--frame", args.first)
 
 
 def cmd_generate_modiff(args: argparse.Namespace) -> int:
@@ -101,6 +92,7 @@ def cmd_generate_modiff(args: argparse.Namespace) -> int:
     from ..core.modiff.generate import generate_modiff
 
     _check_outputs([args.out, args.fields_out, args.differential_out], args.overwrite, inputs=[args.first])
+    check_volume_outputs([args.out, args.fields_out, args.differential_out])
     if args.fields_out and args.output != "warp":
         raise InputError("--fields-out needs --output warp (additive frames are not made by fields).")
     first = _first_frame(args)

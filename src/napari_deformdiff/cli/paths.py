@@ -68,6 +68,18 @@ def check_outputs(outputs: Iterable[Path | None], inputs: Iterable[Path | None] 
                                  "input, even with --overwrite: choose another name.")
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{out} already exists; choose another name or pass --overwrite.")
+        if not out.parent.is_dir():
+            raise InputError(f"cannot write {out.name}: folder {out.parent} does not exist.")
+
+
+def check_volume_outputs(outputs: Iterable[Path | None]) -> None:
+    """Image, label and field outputs need a suffix a volume can be written as (before any work)."""
+    from ..core.io import WRITE_SUFFIXES
+    from ..core.io.dispatch import suffix_of
+
+    for out in (Path(p) for p in outputs if p is not None):
+        if suffix_of(out) not in WRITE_SUFFIXES:
+            raise InputError(f"cannot write '{out.name}': choose one of " + ", ".join(WRITE_SUFFIXES) + ".")
 
 
 def check_output_folder_files(folder: Path, names: Iterable[str], inputs: Iterable[Path | None]) -> None:

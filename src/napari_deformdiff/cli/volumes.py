@@ -14,6 +14,24 @@ MAX_FRAMES = 512  # a phantom cine of more frames is refused before allocating i
 MAX_CASES = 10000
 
 
+def one_frame(volume, frame: int | None, option: str, path: Path):
+    """`volume` itself, or frame `frame` (0-based) of a time series; a time series needs `option` K."""
+    import numpy as np
+
+    from ..core.io import Volume
+
+    if not volume.has_time:
+        if frame is not None:
+            raise InputError(f"{option} {frame}: {path.name} is not a time series.")
+        return volume
+    count = volume.data.shape[0]
+    if frame is None:
+        raise InputError(f"{path.name} has {count} frames; say which one with {option} K (0-based).")
+    if not 0 <= frame < count:
+        raise InputError(f"{option} {frame} is outside 0..{count - 1}.")
+    return Volume(np.array(volume.data[frame]), volume.geometry, volume.is_labels, volume.name, None, volume.source)
+
+
 def cmd_phantom(args: argparse.Namespace) -> int:
     from ..core.phantom.dataset import write_phantom_dataset
 

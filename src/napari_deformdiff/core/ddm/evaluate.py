@@ -145,10 +145,11 @@ def summarize(results: Sequence[CaseResult]) -> list[dict]:
 
 
 def format_table(rows: Sequence[dict]) -> str:
+    """PSNR and NMSE of the intermediate frames against the real ones; Dice at the last frame."""
     head = f"{'method':<22} {'cases':>5} {'PSNR dB':>14} {'NMSE':>18} {'Dice':>14} {'|J|<=0 %':>14} {'time s':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        pm = lambda v, f: f"{v[0]:{f}} ± {v[1]:{f}}"  # noqa: E731
+        pm = lambda v, f: "-" if np.isnan(v[0]) else f"{v[0]:{f}} ± {v[1]:{f}}"  # noqa: E731  (no labels: no Dice)
         lines.append(
             f"{r['method']:<22} {r['cases']:>5} {pm(r['psnr'], '.2f'):>14} {pm(r['nmse'], '.2e'):>18} "
             f"{pm(r['dice'], '.3f'):>14} {pm(r['folding_pct'], '.3f'):>14} {r['seconds'][0]:>8.2f}"

@@ -12,8 +12,8 @@ recover.deform_instance (Algorithm 2) and writes its files into the output folde
 
 <id> is "<case>_L<level, 2 digits>_s<sample, 3 digits>". Every file has the input's grid and
 geometry (spacing, origin, direction); fields are ITK displacement fields (mm, see core/field_io.py).
-Every field is fold-free unless settings.fold_free is False (generate.py; the manifest's fold_free
-column says which, 1 or 0).
+Every field is fold-free, and every label keeps its number of connected components (label_warp.py),
+unless settings.fold_free is False (generate.py; the manifest's fold_free column says which, 1 or 0).
 
 Seeds. Unit (case, level, sample) uses
     numpy.random.SeedSequence(seed, spawn_key=(crc32(case name), level, sample, role))
@@ -478,11 +478,17 @@ def composed_field(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return spatial.compose(a, b)[0].numpy()
 
 
-def warp_array(data: np.ndarray, field: np.ndarray, *, labels: bool) -> np.ndarray:
+def warp_array(data: np.ndarray, field: np.ndarray, *, labels: bool, keep_components: bool = False) -> np.ndarray:
+    """`data` pulled by `field` (voxels); labels by nearest neighbour, with `keep_components` so that
+    each label keeps its number of connected components (label_warp)."""
     import torch
 
     from .. import spatial
 
+    if labels and keep_components:
+        from ..label_warp import warp_labels_keeping_components
+
+        return warp_labels_keeping_components(np.asarray(data), field)
     u = torch.from_numpy(np.ascontiguousarray(field, dtype=np.float32))[None]
     if labels:
         src = torch.from_numpy(np.ascontiguousarray(data).astype(np.int64))[None, None]
@@ -554,7 +560,8 @@ def make_unit(case: Case, unit: Unit, settings: ExportSettings, *, model, meta, 
     phi = yield from _instance_field(image, unit.level, unit.seed, model=model, meta=meta, settings=settings,
                                      device=device, what=unit.id, index=index, total=total)
     warped = warp_array(original, phi, labels=False)
-    warped_labels = warp_array(case.labels.data, phi, labels=True) if with_labels else None
+    keep = settings.fold_free  # the authors' behaviour without: plain nearest-neighbour labels
+    warped_labels = warp_array(case.labels.data, phi, labels=True, keep_components=keep) if with_labels else None
     if settings.mode == "augment":
         field = phi
         arrays = {"image": (warped, False)}
@@ -572,7 +579,7 @@ def make_unit(case: Case, unit: Unit, settings: ExportSettings, *, model, meta, 
         if with_labels:
             # one nearest-neighbour resampling of the input labels through phi_aug then phi_syn: resampling
             # the moving labels again can split a thin part of a label
-            fixed_labels = warp_array(case.labels.data, composed_field(phi, field), labels=True)
+            fixed_labels = warp_array(case.labels.data, composed_field(phi, field), labels=True, keep_components=keep)
             arrays["moving_labels"] = (warped_labels, True)
             arrays["fixed_labels"] = (fixed_labels, True)
         preview, preview_labels = fixed, fixed_labels

@@ -75,7 +75,8 @@ def frame_overlay(
         det = spatial.jacobian_determinant(u)[0]
         mm = spatial.vector_norm(u * scale)[0]
         strides = vector_strides(shape, stride)
-        vectors = spatial.field_to_vectors(u[0], stride=strides)
+        # Fields pull: the tissue at x came from x + u(x). Arrows show its motion, -u, from x.
+        vectors = spatial.field_to_vectors(-u[0], stride=strides)
         vec_mm = mm[sampled(shape, strides)].reshape(-1).numpy()
         grid = None
         if grid_step:

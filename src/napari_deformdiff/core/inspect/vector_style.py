@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 MAX_VECTORS_PER_FRAME = 8_000
+ARROWS_ACROSS = 32  # at most this many arrows across a slice: more are too short to show a direction
 # Magnitude bins in mm, as 3D Slicer's transform visualisation uses them.
 MAGNITUDE_BIN_EDGES_MM = (1.0, 2.0, 5.0, 10.0)
 MAGNITUDE_BIN_NAMES = ("< 1 mm", "1-2 mm", "2-5 mm", "5-10 mm", ">= 10 mm")
@@ -14,8 +15,9 @@ MAGNITUDE_BIN_COLORS = ("#3b4cc0", "#4fb0e0", "#59c35a", "#f2c12e", "#d62728")
 
 
 def default_stride(shape: tuple[int, ...], limit: int = MAX_VECTORS_PER_FRAME) -> int:
-    """Smallest in-plane stride that keeps one frame under `limit` vectors (see vector_strides)."""
-    stride = 1
+    """Smallest in-plane stride that keeps one frame under `limit` vectors (see vector_strides) and
+    a slice under ARROWS_ACROSS arrows across."""
+    stride = max(1, math.ceil(max(shape[-2:]) / ARROWS_ACROSS))
     while math.prod(math.ceil(s / st) for s, st in zip(shape, vector_strides(shape, stride), strict=True)) > limit:
         stride += 1
     return stride
