@@ -159,3 +159,20 @@ def test_a_resume_says_what_it_made_and_needs_an_export_to_resume(folder, tmp_pa
     assert main([*args[:-6], "--out-dir", str(missing), *args[-4:], "--resume"]) == 2
     assert "does not exist, so there is no export to resume" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_overwrite_leaves_only_the_new_export(folder, tmp_path, weights):
+    """--overwrite with a smaller plan: the earlier samples it does not make again go with the old
+    manifest's listing; a file the export did not write stays."""
+    path, _, _ = weights
+    out = tmp_path / "again"
+    args = ["generate", "drdm", "--image", str(folder / "p1.nii.gz"), "--labels", str(folder / "p1_gt.nii.gz"),
+            "--out-dir", str(out), "--weights", str(path), "--device", "cpu"]
+    assert main([*args, "--levels", "3:6:3", "--samples", "2"]) == 0
+    assert len(read_manifest(out / "manifest.csv")) == 4
+    (out / "notes.txt").write_text("mine")
+    assert main([*args, "--levels", "3", "--samples", "1", "--overwrite"]) == 0
+    rows = read_manifest(out / "manifest.csv")
+    assert [r["id"] for r in rows] == ["p1_L03_s000"]
+    listed = {rows[0][role] for role in ("image", "labels", "field")}
+    assert {p.name for p in out.iterdir()} == listed | {"manifest.csv", "notes.txt"}

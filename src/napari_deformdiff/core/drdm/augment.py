@@ -616,6 +616,32 @@ def run_unit(case: Case, unit: Unit, settings: ExportSettings, out_dir: str | Pa
     return write_unit(made, case, unit, out_dir, overwrite=overwrite, index=index, total=total)
 
 
+def listed_files(out_dir: Path) -> set[str]:
+    """The sample files the manifests in `out_dir` list (none when a manifest cannot be read)."""
+    names: set[str] = set()
+    for manifest in (Path(out_dir) / "manifest.csv", Path(out_dir) / "manifest.json"):
+        if not manifest.is_file():
+            continue
+        try:
+            rows = read_manifest(manifest)
+        except (InputError, OSError, ValueError):
+            return set()
+        mode = manifest_mode(rows)
+        names |= {str(row[role]) for row in rows for role in FILE_ROLES.get(mode, ()) if row.get(role)}
+    return names
+
+
+def remove_stale_files(out_dir: Path, previous: set[str], rows: Sequence[dict], settings: ExportSettings) -> None:
+    """After an --overwrite run: the previous export's samples that this one did not make again,
+    and the manifest of the other format, go (nothing else in the folder is touched)."""
+    current = {str(row[role]) for row in rows for role in FILE_ROLES[settings.mode] if row.get(role)}
+    for name in previous - current:
+        (Path(out_dir) / name).unlink(missing_ok=True)
+    other = _other_manifest(Path(out_dir), settings)
+    if other is not None:
+        other.unlink(missing_ok=True)
+
+
 def remove_unit_files(out_dir: Path, row: dict, mode: str) -> None:
     """Delete the files a manifest row names (a unit whose row could not be recorded)."""
     for role in FILE_ROLES[mode]:
@@ -787,6 +813,7 @@ def export_drdm(
     units = plan_export(cases, settings)
     out = Path(out_dir)
     rows = prepare_output(out, units, settings, overwrite=overwrite, resume=resume, on_redo=on_redo)
+    previous = listed_files(out) if overwrite else set()
     yield Plan((("weights", 1), ("samples", len(units))))
     yield Progress(0, 1, "loading weights", "weights")
     model, meta, label = load_for_export(cases, settings, weights=weights, model=model, meta=meta, device=device)
@@ -835,6 +862,8 @@ def export_drdm(
     finally:
         runs.close()  # stops the workers (Cancel) before the manifest is closed
         close_output(out, rows, settings, order, finished=finished, created=created)
+    if finished and previous:
+        remove_stale_files(out, previous, rows, settings)
 
 
 def _one_at_a_time(jobs, keys) -> Iterator:
