@@ -27,7 +27,8 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 def test_the_first_frame_is_the_plain_models_frame_at_gamma_zero(on_model_grid, loop):
     source, target, labels = pair_3d(on_model_grid)
     model = lively_model()
-    first = next(e for e in generate_ddm(source, target, frames=6, loop=loop, labels=labels, model=model)
+    first = next(e for e in generate_ddm(source, target, fold_free=False, frames=6, loop=loop, labels=labels,
+                                         model=model)
                  if isinstance(e, Frame))
     # today's frame 0: the unmodified model's deformation module on cat[S, 0 * code], by the plain loop
     plain = plain_loop_fields(model, source, target, [0.0])[0]
@@ -139,7 +140,7 @@ def test_weights_read_again_when_the_file_changes(tmp_path):
     one, two = lively_model(seed=3), lively_model(seed=4)
 
     def first_field(weights):
-        return next(e for e in generate_ddm(source, target, frames=3, weights=weights)
+        return next(e for e in generate_ddm(source, target, fold_free=False, frames=3, weights=weights)
                     if isinstance(e, Frame)).field
 
     save_ddm(one, path)
@@ -158,7 +159,8 @@ def test_frames_keep_their_indices_and_gammas_on_every_path():
     model = lively_model()
     for anchors in (None, 0):
         for loop in (False, True):
-            events = list(generate_ddm(source, target, frames=7, loop=loop, model=model, anchors=anchors))
+            events = list(generate_ddm(source, target, fold_free=False, frames=7, loop=loop, model=model,
+                                       anchors=anchors))
             frames = frames_of(events)
             assert [f.index for f in frames] == list(range(7)) and all(f.total == 7 for f in frames)
             assert [f.info["gamma"] for f in frames] == pytest.approx(list(gamma_schedule(7, loop)))
@@ -174,7 +176,8 @@ def test_a_2d_model_takes_the_same_first_frame_path():
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    first = next(e for e in generate_ddm(source, target, frames=4, model=model) if isinstance(e, Frame))
+    first = next(e for e in generate_ddm(source, target, fold_free=False, frames=4, model=model)
+                 if isinstance(e, Frame))
     plain = plain_loop_fields(model, source, target, [0.0])[0]
     assert float(plain.abs().max()) > 0.5
     assert np.allclose(first.field, plain.numpy(), rtol=0, atol=1e-5 * float(plain.abs().max()))
@@ -188,7 +191,8 @@ def test_the_gpu_path_gives_the_cpu_frames():
     model = lively_model()
     torch.backends.cudnn.allow_tf32 = False
     try:
-        gpu = frames_of(generate_ddm(source, target, frames=6, labels=labels, model=model.cuda(), device="cuda"))
+        gpu = frames_of(generate_ddm(source, target, frames=6, labels=labels, model=model.cuda(), device="cuda",
+                                     fold_free=False))
     finally:
         torch.backends.cudnn.allow_tf32 = True
     plain = plain_loop_fields(model.cpu(), source, target, gamma_schedule(6))

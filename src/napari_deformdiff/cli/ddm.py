@@ -135,7 +135,8 @@ def cmd_generate_ddm(args: argparse.Namespace) -> int:
         frames = pair.cine.data.shape[0] if pair is not None and pair.cine is not None else 16
     device = choose_device_name(args.device)
     events = generate_ddm(source, target, frames=frames, loop=args.loop, labels=labels, weights=args.weights,
-                          device=device, adapt=args.adapt, seed=args.seed, batch=args.batch)
+                          device=device, adapt=args.adapt, seed=args.seed, batch=args.batch,
+                          fold_free=not args.allow_folding)
     got = [e for e in _progress(events, desc="ddm") if isinstance(e, Frame)]
     _write_ddm_outputs(args, got, source.geometry, labels, dt)
     return 0
@@ -230,6 +231,9 @@ def _add_generate(generate) -> None:
     p = generate.add_parser("ddm", help="frames between a source and a target (DDM latent scaling)")
     p.add_argument("--source", type=Path, help="source frame (e.g. ED)")
     p.add_argument("--target", type=Path, help="target frame (e.g. ES)")
+    p.add_argument("--allow-folding", action="store_true",
+                   help="write the networks' fields as they are; by default a frame whose field folds "
+                        "(det J <= 0) gets it repaired around the folds")
     p.add_argument("--source-frame", type=int, default=None, metavar="K",
                    help="if --source is a time series (4D, a cine): its frame K (0-based)")
     p.add_argument("--target-frame", type=int, default=None, metavar="K",

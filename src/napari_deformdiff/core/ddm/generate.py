@@ -65,6 +65,7 @@ def generate_ddm(
     anchors: int | None = None,
     adapt: int | str | AdaptSettings = 0,
     seed: int = 0,
+    fold_free: bool = True,
 ) -> Iterator[Progress | Frame]:
     """Yield a Plan, Progress events, then Frame(index, total, image, field, labels, info) per frame.
 
@@ -76,6 +77,9 @@ def generate_ddm(
     anchors: run the deformation module at this many gammas (linspace(0, 1, anchors)) and
     interpolate the fields of the other frames (Lagrange, cubic for 4); 0 = run it for every
     frame; default CPU_ANCHORS on the CPU, 0 elsewhere.
+    fold_free: a frame whose field folds (det(I + grad u) <= 0 somewhere) gets the field repaired
+    around its folds (spatial.repair_folding, as DRDM's exports) and the source warped again with
+    it; False gives the networks' fields as they are.
     """
     check_pair(source, target, labels)
     gammas = gamma_schedule(frames, loop)
@@ -94,9 +98,10 @@ def generate_ddm(
     s = to_model(source.data, grid, model.weight_device())
     net = inference_copy(model)
     info = {"method": "ddm", "loop": loop, "adapt": settings.total if settings else 0}
+    repaired = _fold_free if fold_free else lambda events, *_: events
     if settings is None:  # the target is not needed before the first frame
-        yield from _frames(net, s, lambda: to_model(target.data, grid, model.weight_device()), source, labels,
-                           grid, gammas, batch, anchors, info)
+        yield from repaired(_frames(net, s, lambda: to_model(target.data, grid, model.weight_device()), source,
+                                    labels, grid, gammas, batch, anchors, info), source, labels)
         return
     t = to_model(target.data, grid, model.weight_device())
     # adapted frames start exactly at the source (exp(0 v) = id): show it before the adaptation runs
@@ -106,8 +111,29 @@ def generate_ddm(
     residual = yield from adapt_pair(source.data, target.data, source.geometry.spacing,
                                      _network_motion(net, s, t, grid), settings)
     info["adapt_network_field"] = residual.use_network
-    yield from _with_residual(_frames(net, s, lambda: t, source, labels, grid, gammas, batch, anchors, info),
-                              residual, source, labels)
+    yield from repaired(_with_residual(_frames(net, s, lambda: t, source, labels, grid, gammas, batch, anchors, info),
+                                       residual, source, labels), source, labels)
+
+
+REPAIR_ROUNDS = 800  # spatial.repair_folding's limit (as DRDM's exports)
+
+
+def _fold_free(events: Iterator[Progress | Frame], source: Volume, labels: Volume | None) -> Iterator[Progress | Frame]:
+    """Frames whose field folds: the field repaired, the ORIGINAL source (and labels) warped with it."""
+    s_in = torch.from_numpy(np.ascontiguousarray(source.data, dtype=np.float32))[None, None]
+    lab_in = torch.from_numpy(np.ascontiguousarray(labels.data))[None, None] if labels is not None else None
+    for event in events:
+        if isinstance(event, Frame):
+            u = torch.from_numpy(np.ascontiguousarray(event.field, dtype=np.float32))[None]
+            if float(spatial.folding_ratio(u)) > 0:
+                with torch.no_grad():
+                    v = spatial.repair_folding(u, max_iterations=REPAIR_ROUNDS)
+                    image = spatial.warp(s_in, v, padding_mode="border")[0, 0].numpy()
+                    warped = None
+                    if lab_in is not None:
+                        warped = spatial.warp(lab_in, v, mode="nearest", padding_mode="border")[0, 0].numpy()
+                event = Frame(event.index, event.total, image, v[0].numpy(), warped, event.info)
+        yield event
 
 
 def _network_motion(net, s: torch.Tensor, t: torch.Tensor, grid: GridMap) -> torch.Tensor:
