@@ -153,6 +153,12 @@ def test_frames_of_a_cine_and_output_names_checked_before_any_work(tmp_path, cap
     worst = float(folding_ratio(torch.from_numpy(np.stack([f.field for f in expected]))).max()) * 100
     assert (f"{worst:.3f} % of voxels at most" in printed) if worst else "no folding" in printed
 
+    same = ["generate", "ddm", "--source", str(cine_path), "--target", str(cine_path), "--source-frame", "2",
+            "--target-frame", "2", "--weights", str(weights), "--out", str(tmp_path / "o.nii.gz")]
+    assert main(same) == 2  # refused by the core generator before its first event: one line, no empty bar
+    err = capsys.readouterr().err
+    assert "the same image" in err and len(err.strip().splitlines()) == 1
+
     calls = []
     monkeypatch.setattr(ddm_generate, "generate_ddm", lambda *a, **k: calls.append(1) or iter(()))
     for bad, message in ((["--out", str(tmp_path / "o.png")], "cannot write 'o.png': choose one of"),
@@ -162,7 +168,8 @@ def test_frames_of_a_cine_and_output_names_checked_before_any_work(tmp_path, cap
         assert main([*base, "--source-frame", "1", "--target-frame", "6", *bad]) == 2
         assert message in capsys.readouterr().err
     assert main([*base, "--target-frame", "6", "--out", str(tmp_path / "o.nii.gz")]) == 2
-    assert "has 10 frames; say which one with --source-frame K" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has 10 frames; say which one with --source-frame K" in err and len(err.strip().splitlines()) == 1
     assert main([*base, "--source-frame", "1", "--target-frame", "10", "--out", str(tmp_path / "o.nii.gz")]) == 2
     assert "--target-frame 10 is outside 0..9" in capsys.readouterr().err
     assert calls == [] and not (tmp_path / "o.nii.gz").exists() and not (tmp_path / "nodir").exists()

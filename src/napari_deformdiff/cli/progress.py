@@ -18,14 +18,20 @@ def _progress(events: Iterable, *, desc: str):
 
     seen = []
     state = RunProgress()
-    with tqdm(total=None, desc=desc, unit="step", file=sys.stderr) as bar:
+    bar = None  # made with the first event: an input refused before it leaves one error line, no empty bar
+    try:
         for event in events:
+            if bar is None:
+                bar = tqdm(total=None, desc=desc, unit="step", file=sys.stderr)
             seen.append(event)
             if state.update(event):
                 bar.total = state.total
                 bar.n = state.done
                 bar.set_postfix_str(state.message, refresh=False)
                 bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
     return seen
 
 
