@@ -1,6 +1,6 @@
 """DDM on real pairs never seen in training, against SimpleITK's diffeomorphic demons.
 
-    PYTHONPATH=src python benchmarks/eval_ddm_real.py [--pairs echo,ct,ct2,mr,mr2] [--adapt auto]
+    PYTHONPATH=src python benchmarks/eval_ddm_real.py [--pairs echo,para,ct,ct2,mr,mr2] [--adapt auto]
 
 Pairs (from the real-data cache; a missing one is skipped with the reason):
 - echo: the apical 4-chamber echo of pydicom-data 1.0.0 (120 frames, 33 ms). Grayscale (the
@@ -9,6 +9,10 @@ Pairs (from the real-data cache; a missing one is skipped with the reason):
   Source = frame 0; target = the frame of the first cycle (frames 6..36) least correlated with it
   (Pearson over the crop: frame 22, end of the contraction seen in the clip); the real frames in
   between are the intermediate phases.
+- para: the parasternal long-axis echo of Debian's octave-dicom 0.5.1 (10 frames, 76 ms), its sector
+  (tests/_dicom_real.parasternal_cycle: 350 x 350 at 0.457 mm) resampled to 256 x 256 (0.626 mm).
+  Source = the first frame, target = the frame that differs most from it (frame 6); the real
+  frames between are the intermediate phases.
 - ct: pyradiomics' lung1 chest CT (48 x 512 x 512, 5 x 0.57 x 0.57 mm), HU clipped to
   [-1000, 1000], resampled to 32 x 128 x 128 (7.58 x 2.30 x 2.30 mm), deformed by a known smooth
   diffeomorphic field (a seeded random velocity, Gaussian sigma 25 mm, up to 8 mm, integrated);
@@ -74,6 +78,17 @@ def echo_pair():
     es = 6 + int(np.argmin(corr))
     frames = np.stack([_resize(f, (256, 256)) for f in crop[: es + 1]])
     return f"echo A4C 0->{es} 256^2", frames[0], frames[-1], frames, (spacing, spacing)
+
+
+def parasternal_pair():
+    from tests._dicom_real import parasternal_cycle
+
+    cycle = parasternal_cycle()
+    if cycle is None:
+        return "parasternal echo not cached: run `python -m tests._dicom_real`"
+    spacing = cycle.geometry.spacing[0] * (cycle.data.shape[1] - 1) / 255
+    frames = np.stack([_resize(f, (256, 256)) for f in cycle.data])
+    return f"echo PLAX 1->{len(frames)} 256^2", frames[0], frames[-1], frames, (spacing, spacing)
 
 
 def smooth_field(shape, spacing, *, sigma_mm=25.0, max_mm=8.0, seed=0) -> np.ndarray:
@@ -189,13 +204,13 @@ def run_pair(name, source, target, real, spacing, adapt, model) -> list[tuple[st
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pairs", default="echo,ct,ct2,mr,mr2")
+    ap.add_argument("--pairs", default="echo,para,ct,ct2,mr,mr2")
     ap.add_argument("--adapt", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     adapt = args.adapt if args.adapt == "auto" else int(args.adapt)
-    makers = {"echo": echo_pair, "ct": ct_pair, "ct2": ct_large_pair, "mr": mr_pair, "mr2": mr_abdomen_pair}
+    makers = {"echo": echo_pair, "para": parasternal_pair, "ct": ct_pair, "ct2": ct_large_pair, "mr": mr_pair, "mr2": mr_abdomen_pair}
     print(f"{'pair':<32} {'method':<20} {'PSNR@1':>7} {'NCC@1':>6} {'PSNR mid':>8} {'fold %':>7} {'time s':>7} {'/demons':>7}")
     for key in args.pairs.split(","):
         got = makers[key]()

@@ -11,6 +11,7 @@ Usage: .venv/bin/python benchmarks/eval_ddm_weights.py --data eval3d --real a.ni
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -25,11 +26,16 @@ def main() -> int:
     from napari_deformdiff.core.io import read_volume
     from napari_deformdiff.core.io.pairs import find_pairs
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests._dicom_real import parasternal_cycle
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="held-out phantom cases (deformdiff phantom)")
     ap.add_argument("--real", type=Path, nargs="*", default=[], help="held-out real volumes")
     ap.add_argument("--weights", nargs="+", default=["bundled"], help="'bundled' or checkpoint paths")
     ap.add_argument("--echo", type=Path, default=None, help="a real 2D sequence (the pydicom-data echo clip), 2D weights")
+    ap.add_argument("--parasternal", action="store_true",
+                    help="also the parasternal echo of octave-dicom (tests/_dicom_real.py), 2D weights")
     ap.add_argument("--cases", type=int, default=None)
     ap.add_argument("--frames", type=int, default=5, help="gammas of the real rows (0 excluded)")
     args = ap.parse_args()
@@ -52,6 +58,12 @@ def main() -> int:
         rows = real_rows(volumes, model, frames=args.frames) if volumes else []
         if args.echo is not None and ndims == 2:
             rows += sequence_rows(read_volume(args.echo), model, starts=(0, 30, 60, 90), span=8)
+        if args.parasternal and ndims == 2:
+            cycle = parasternal_cycle()
+            if cycle is None:
+                raise SystemExit("the parasternal echo is not cached: run `python -m tests._dicom_real`")
+            rows += sequence_rows(cycle, model, starts=(0,), span=len(cycle.data) - 1,
+                                  name="parasternal frames")
         if rows:
             print(format_real_rows(rows))
             d = np.array([r["psnr_ddm"] - r["psnr_unchanged"] for r in rows])

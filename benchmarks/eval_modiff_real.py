@@ -41,8 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CROP = (slice(30, 430), slice(120, 520))
 LV_BOX = (slice(120, 330), slice(320, 420))
 SHIFTS = (-2, -1, 0, 1, 2)
-PARASTERNAL_CROP = (slice(0, 350), slice(125, 475))
-PARASTERNAL_SPACING = 160.0 / 350
 
 
 def echo_clip():
@@ -56,28 +54,15 @@ def echo_clip():
     return None if path is None else read_volume(path, as_labels=False)
 
 
-def parasternal_clip():
-    """The parasternal echo (Volume, (10, 430, 600)), or None when it is not cached."""
+def parasternal_sequence():
+    """Frame 1 .. the frame that differs most from it (tests/_dicom_real.parasternal_cycle), or None."""
     sys.path.insert(0, str(ROOT))
-    from tests._dicom_real import parasternal_path
+    from tests._dicom_real import parasternal_cycle
 
-    from napari_deformdiff.core.io import read_volume
-
-    path = parasternal_path()
-    return None if path is None else read_volume(path, as_labels=False)
-
-
-def parasternal_sequence(clip):
-    """Frame 1 .. the frame that differs most from it, cropped, at PARASTERNAL_SPACING."""
-    from napari_deformdiff.core.geometry import Geometry
-    from napari_deformdiff.core.io import Volume
     from napari_deformdiff.core.modiff.data import MotionSequence
 
-    data = np.ascontiguousarray(clip.data[(slice(None), *PARASTERNAL_CROP)], np.float32)
-    last = int(np.argmax(np.abs(data - data[:1]).mean(axis=(1, 2))))
-    geometry = Geometry((PARASTERNAL_SPACING,) * 2, (0.0, 0.0), np.eye(2))
-    name = f"parasternal frames 1 -> {last + 1}"
-    return MotionSequence(name, Volume(data[: last + 1], geometry, False, name, clip.time_spacing))
+    cycle = parasternal_cycle()
+    return None if cycle is None else MotionSequence(cycle.name, cycle)
 
 
 def ed_es_segments(frames: np.ndarray, prominence: float = 3.0, min_rise: float = 5.0) -> list[tuple[int, int]]:
@@ -180,12 +165,11 @@ def main(argv=None) -> int:
         sections.append((f"echo: held-out segment {sequences[held_out].name}, N = {args.frames}",
                          [r for r in echo if r.case == sequences[held_out].name]))
     if "parasternal" in clips:
-        para = parasternal_clip()
-        if para is None:
+        seq = parasternal_sequence()
+        if seq is None:
             print("skipped the parasternal clip: not cached (fetch it with `python -m tests._dicom_real`)")
         else:
-            seq = parasternal_sequence(para)
-            print(f"parasternal {para.data.shape}, {1000 * para.time_spacing:.1f} ms/frame; {seq.name}")
+            print(f"parasternal {seq.frames.data.shape}, {1000 * seq.frames.time_spacing:.1f} ms/frame; {seq.name}")
             found = run([seq], {**bundled, **tuned}, None, ddm=ddm)
             results += found
             sections.append((f"parasternal: {seq.name}, N = {len(seq.frames.data)}", found))

@@ -53,12 +53,36 @@ PARASTERNAL_DEB = "https://deb.debian.org/debian/pool/main/o/octave-dicom/octave
 PARASTERNAL_DEB_SHA256 = "e002ce8c13fd3dbaaaf2a1997211a7408efc1e1bd182b8f618ba94939228ff28"
 PARASTERNAL_MEMBER = "./usr/share/octave/packages/dicom-0.5.1/imdata/US-PAL-8-10x-echo.dcm"
 PARASTERNAL_SHA256 = "4a1623b3a82a1ae4f5a78eaf20198bde56ebde07a5c7d94e0748d38ed50be44c"
+# The sector without the overlay text, the colour bar and the ECG trace. The file has no pixel
+# spacing: the overlay's "16CM" depth spans the 350 rows.
+PARASTERNAL_CROP = (slice(0, 350), slice(125, 475))
+PARASTERNAL_SPACING = 160.0 / 350
 
 
 def parasternal_path() -> Path | None:
     """The cached parasternal long-axis echo (10 palette-colour frames), or None."""
     path = cache_dir().parent / "octave-dicom-0.5.1" / Path(PARASTERNAL_MEMBER).name
     return path if path.is_file() and _sha256(path.read_bytes()) == PARASTERNAL_SHA256 else None
+
+
+def parasternal_cycle():
+    """The parasternal clip's sector (PARASTERNAL_CROP, PARASTERNAL_SPACING mm) from its first frame
+    to the frame that differs most from it (mean absolute difference): a time-series Volume, or None
+    when it is not cached. The ECG trace is a static picture, so the phases are not known."""
+    import numpy as np
+
+    from napari_deformdiff.core.geometry import Geometry
+    from napari_deformdiff.core.io import Volume, read_volume
+
+    path = parasternal_path()
+    if path is None:
+        return None
+    clip = read_volume(path, as_labels=False)
+    data = np.ascontiguousarray(clip.data[(slice(None), *PARASTERNAL_CROP)], np.float32)
+    last = int(np.argmax(np.abs(data - data[:1]).mean(axis=(1, 2))))
+    geometry = Geometry((PARASTERNAL_SPACING,) * 2, (0.0, 0.0), np.eye(2))
+    name = f"parasternal frames 1 -> {last + 1}"
+    return Volume(data[: last + 1], geometry, False, name, clip.time_spacing)
 
 
 def _sha256(data: bytes) -> str:

@@ -318,3 +318,25 @@ def test_the_repair_barely_changes_the_bundled_weights_cycle_of_the_sample():
         norm = lambda u: float(np.linalg.norm(u, axis=0).mean())  # noqa: E731
         assert norm(f.field) == pytest.approx(norm(p.field), rel=0.01)
         assert np.array_equal(f.image, p.image) or psnr(f.image, p.image, data_range) > 35
+
+
+def test_the_repair_leaves_a_strong_valid_contraction_alone():
+    """A field with a strong contraction that does not fold (det 0.02 inside a disc) and one fold far
+    from it: the repaired field folds nowhere and differs only near the fold."""
+    from napari_deformdiff.core.ddm.generate import _fold_free
+
+    n = 96
+    y, x = np.mgrid[:n, :n].astype(np.float32)
+    r = np.hypot(y - 30, x - 30)
+    fade = np.exp(-0.5 * (r / 12) ** 4)  # radial map r(1 - k fade) is monotone: no fold
+    k = 1 - np.sqrt(0.02)
+    field = np.stack([-k * (y - 30) * fade, -k * (x - 30) * fade]).astype(np.float32)
+    bump = np.exp(-((y - 70) ** 2 + (x - 70) ** 2) / (2 * 1.5 ** 2))
+    field[1] += 5.0 * bump  # d u_x / d x down to about -2: det < 0 around (70, 70)
+    det = _det(field)
+    assert (det[r < 6] < 0.05).all() and (det[r < 40] > 0).all() and (det <= 0).sum() > 0
+    source = Volume(np.random.default_rng(0).random((n, n), dtype=np.float32), Geometry.identity(2), False, "s")
+    (out,) = _fold_free(iter([Frame(1, 2, source.data, field, None, {})]), source, None)
+    assert (_det(out.field) <= 0).sum() == 0
+    far = np.hypot(y - 70, x - 70) > 12
+    np.testing.assert_array_equal(out.field[:, far], field[:, far])

@@ -286,3 +286,53 @@ def test_itk_resample_of_acdc_header_original_matches_our_warp(tmp_path):
     wrong = Geometry.from_nifti_affine(nib.load(original).affine)
     assert wrong.spacing == pytest.approx((1, 1, 1))
     assert itk_psnr(wrong) < 30.0
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
+def test_a_slice_field_fits_its_image_file_in_simpleitk(tmp_path, suffix):
+    """A slice of a 3D file (one slice at z = 33 mm) and a 2D+t sequence: the field files fit the
+    image files as written (NIfTI: the slice that sitk.Extract takes), so SimpleITK resamples the
+    written source with the written field as our warp does; the field reads back as the same 2D field."""
+    from napari_deformdiff.core.io import Volume, read_volume, write_volume
+    from napari_deformdiff.core.io.fields import write_displacement_sequence
+
+    placed = Geometry((8.0, 1.5, 1.2), (33.0, 7.0, -20.0), np.eye(3)).slice_2d()
+    shape = (40, 36)
+    image = (_smooth(shape, 3) * 100).astype(np.float32)
+    u = _field(shape, 2.0, 11)
+    ours = warp(torch.from_numpy(image)[None, None], torch.from_numpy(u)[None], padding_mode="border")[0, 0].numpy()
+
+    src = write_volume(Volume(image, placed, False, "s"), tmp_path / f"s{suffix}")
+    fld = write_displacement(tmp_path / f"u{suffix}", u, placed)
+    itk_image, itk_field = sitk.ReadImage(str(src)), sitk.ReadImage(str(fld))
+    assert itk_image.GetDimension() == 3 and itk_image.GetOrigin()[2] == pytest.approx(33.0)
+    if suffix == ".nii.gz":  # ITK reads a one-slice vector NIfTI as 2D: the field fits the slice
+        assert itk_field.GetDimension() == 2
+        itk_image = sitk.Extract(itk_image, [*itk_image.GetSize()[:2], 0], [0, 0, 0])
+    else:
+        assert itk_field.GetDimension() == 3 and itk_field.GetOrigin()[2] == pytest.approx(33.0)
+    for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(itk_field, get)(), getattr(itk_image, get)(), atol=1e-6)
+    theirs = _itk_resampled(itk_image, itk_field).reshape(shape)
+    assert _psnr(theirs[4:-4, 4:-4], ours[4:-4, 4:-4]) >= 40.0
+    v, g = read_displacement(fld)
+    np.testing.assert_allclose(v, u, atol=1e-5)
+    assert g.almost_equal(placed)
+    if suffix != ".nii.gz":
+        assert g.as_3d().almost_equal(placed.as_3d())
+
+    flat = Geometry((1.5, 1.2), (7.0, -20.0), np.eye(2))  # a 2D image over time: frames are (T, 1, Y, X)
+    frames = write_volume(Volume(np.stack([image, ours]), flat, False, "c", 0.05), tmp_path / f"c{suffix}")
+    seq = write_displacement_sequence(tmp_path / f"us{suffix}", np.stack([np.zeros_like(u), u]), flat)
+    itk_frames, itk_seq = sitk.ReadImage(str(frames)), sitk.ReadImage(str(seq))
+    assert itk_seq.GetDimension() == itk_frames.GetDimension() == 4
+    first = sitk.Extract(itk_frames, [*itk_frames.GetSize()[:3], 0], [0, 0, 0, 0])
+    field1 = sitk.Extract(itk_seq, [*itk_seq.GetSize()[:3], 0], [0, 0, 0, 1])
+    for get in ("GetSize", "GetSpacing", "GetOrigin"):
+        np.testing.assert_allclose(getattr(field1, get)(), getattr(first, get)(), atol=1e-6)
+    assert _psnr(_itk_resampled(first, field1)[0, 4:-4, 4:-4], ours[4:-4, 4:-4]) >= 40.0
+
+
+def _itk_resampled(image, field) -> np.ndarray:
+    transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    return sitk.GetArrayFromImage(sitk.Resample(image, image, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))

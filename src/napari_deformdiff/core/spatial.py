@@ -324,15 +324,28 @@ def repair_folding(ddf: torch.Tensor, *, min_det: float = 0.05, max_iterations: 
     this relaxes the field there towards a smooth (harmonic-like) fill of its surroundings. Stops
     when no voxel has det <= min_det or after `max_iterations` (a few folded voxels may then
     remain; check with folding_ratio). Deterministic; a field without such voxels is returned as is.
+
+    The iterations run on a box around the folds (it grows when they spread), with the result of
+    running them on the whole field: what lies outside the box neither changes nor folds.
     """
     n = _check_ddf(ddf)
     pool = F.max_pool2d if n == 2 else F.max_pool3d
-    u = ddf
-    for k in range(int(max_iterations)):
-        bad = (jacobian_determinant(u) <= min_det).to(u.dtype)[:, None]
+    shape = ddf.shape[2:]
+    u, box, k = ddf, None, 0
+    while k < int(max_iterations):
+        r = 1 + k // int(grow_every)
+        if box is None:
+            bad = (jacobian_determinant(u) <= min_det).any(0)
+            if not bool(bad.any()):
+                break
+            box = _box_around(bad, r + 4, shape)
+            if u is ddf:
+                u = ddf.clone()
+        crop = u[(slice(None), slice(None), *box)]
+        inner = _inside(box, shape, 1, crop.device)  # det is exact there; the box's edge never folds
+        bad = ((jacobian_determinant(crop) <= min_det) & inner).to(u.dtype)[:, None]
         if not bool(bad.any()):
             break
-        r = 1 + k // int(grow_every)
         near = bad
         for axis in range(n):  # a (2r+1)^n max is n 1D maxima: O(n r) per voxel, not O(r^n)
             size = [1] * n
@@ -340,8 +353,38 @@ def repair_folding(ddf: torch.Tensor, *, min_det: float = 0.05, max_iterations: 
             pad = [0, 0] * n
             pad[2 * (n - 1 - axis)] = pad[2 * (n - 1 - axis) + 1] = r
             near = pool(F.pad(near, pad), tuple(size), stride=1)
-        u = torch.where(near > 0, _box_mean(u), u)
+        if bool((near.amax((0, 1)) > 0).logical_and_(~_inside(box, shape, 2, crop.device)).any()):
+            box = None  # the changes would reach the box's edge: a larger box, the same iteration
+            continue
+        crop.copy_(torch.where(near > 0, _box_mean(crop), crop))
+        k += 1
     return u
+
+
+def _box_around(mask: torch.Tensor, margin: int, shape) -> tuple[slice, ...]:
+    """The bounding box of a boolean (*S) mask, `margin` voxels wider on every side, within shape."""
+    box = []
+    for axis, size in enumerate(shape):
+        hit = torch.nonzero(mask.any(dim=tuple(a for a in range(mask.ndim) if a != axis)))[:, 0]
+        box.append(slice(max(0, int(hit[0]) - margin), min(size, int(hit[-1]) + 1 + margin)))
+    return tuple(box)
+
+
+def _inside(box: tuple[slice, ...], shape, depth: int, device) -> torch.Tensor:
+    """Boolean mask of the box's voxels at least `depth` voxels from its edges inside the field
+    (edges on the field's own border do not count)."""
+    masks = []
+    for sl, size in zip(box, shape):
+        m = torch.ones(sl.stop - sl.start, dtype=torch.bool, device=device)
+        if sl.start > 0:
+            m[:depth] = False
+        if sl.stop < size:
+            m[len(m) - depth:] = False
+        masks.append(m)
+    out = masks[0]
+    for m in masks[1:]:
+        out = out[..., None] & m
+    return out
 
 
 def vector_norm(ddf: torch.Tensor) -> torch.Tensor:

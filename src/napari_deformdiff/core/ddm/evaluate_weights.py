@@ -110,7 +110,8 @@ def format_real_rows(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def sequence_rows(cine, model: DDM, *, starts: Sequence[int], span: int, seed: int = 0) -> list[dict]:
+def sequence_rows(cine, model: DDM, *, starts: Sequence[int], span: int, seed: int = 0,
+                  name: str = "frames") -> list[dict]:
     """A real sequence (a time-series Volume, e.g. the echo clip): per start frame i, DDM from frame i to
     frame i + span, scored per gamma against the real frames between, with the source unchanged."""
     from ..io import Volume
@@ -124,7 +125,7 @@ def sequence_rows(cine, model: DDM, *, starts: Sequence[int], span: int, seed: i
         out = [e for e in generate_ddm(src, tgt, frames=span + 1, model=model, seed=seed) if isinstance(e, Frame)]
         data_range = float(data[i].max() - data[i].min())
         for k in range(1, span + 1):
-            rows.append({"volume": f"frames {i}-{i + span}", "gamma": k / span,
+            rows.append({"volume": f"{name} {i}-{i + span}", "gamma": k / span,
                          "psnr_ddm": psnr(out[k].image, data[i + k], data_range),
                          "psnr_unchanged": psnr(data[i], data[i + k], data_range)})
     return rows

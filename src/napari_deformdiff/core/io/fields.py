@@ -6,6 +6,13 @@ output(p) = input(p + d(p)), with d in physical mm (LPS), vector components in (
 stored on the output (here: source) grid. So d = (direction * spacing) @ u per voxel, reversed
 to ITK component order. Files written here are plain ITK vector images (NIfTI intent "vector",
 as ANTs writes them): vectors are LPS, exactly what ITK reads back.
+
+A 2D field is written on the grid the image writers give its image, so that ITK applies it to
+the image file as written: a one-slice 3D field (zero through-plane component) in time sequences
+(2D+t images are (T, 1, Y, X) in every format) and, in MetaImage and NRRD, for a slice of a 3D
+file (its placement). ITK reads a one-slice vector NIfTI as 2D, so a single NIfTI field stays 2D:
+it fits the slice that sitk.Extract takes from the one-slice image. A one-slice field reads back
+as 2D with that placement, as a one-slice image does.
 """
 
 from __future__ import annotations
@@ -89,6 +96,23 @@ def to_itk_displacement(ddf, geometry: Geometry):
     return image
 
 
+def _one_slice(ddf, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
+    """A 2D field (2, Y, X) as the one-slice 3D field (3, 1, Y, X) of geometry.as_3d()."""
+    u = _check_field(ddf, geometry)
+    if u.shape[0] == 3:
+        return u, geometry
+    through = np.zeros((1, 1, *u.shape[1:]), u.dtype)
+    return np.concatenate([through, u[:, None]]), geometry.as_3d()
+
+
+def _as_image_grid(ddf, geometry: Geometry, path: Path | None, series: bool) -> tuple[np.ndarray, Geometry]:
+    u = _check_field(ddf, geometry)
+    nifti = path is not None and _suffix(path) in (".nii", ".nii.gz")
+    if u.shape[0] == 2 and (series or (geometry.embedding is not None and not nifti)):
+        return _one_slice(u, geometry)
+    return u, geometry
+
+
 def from_itk_displacement(image, *, name: str = "image") -> tuple[np.ndarray, Geometry]:
     """(voxel field float32 (n, *S), geometry) from a SimpleITK displacement image."""
     import SimpleITK as sitk
@@ -110,7 +134,10 @@ def from_itk_displacement(image, *, name: str = "image") -> tuple[np.ndarray, Ge
     if not np.all(np.isfinite(vectors)):
         raise InputError(f"{name}: the displacement field contains NaN or infinite values.")
     d = np.moveaxis(vectors, -1, 0)[::-1]
-    return mm_to_field(d, geometry), geometry
+    u = mm_to_field(d, geometry)
+    if dim == 3 and u.shape[1] == 1 and np.abs(u[0]).max() <= 1e-5:  # a slice's field, written as one-slice 3D
+        return np.ascontiguousarray(u[1:, 0]), geometry.slice_2d()
+    return u, geometry
 
 
 def _suffix(path: Path) -> str:
@@ -129,7 +156,7 @@ def write_displacement(path, ddf, geometry: Geometry, *, overwrite: bool = False
 
     path = Path(path)
     _suffix(path)
-    image = to_itk_displacement(ddf, geometry)
+    image = to_itk_displacement(*_as_image_grid(ddf, geometry, path, series=False))
     with atomic_output(path, overwrite=overwrite) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
     return path
@@ -139,9 +166,9 @@ def write_displacement_sequence(path, ddfs, geometry: Geometry, *, overwrite: bo
     """Write a field sequence (T, n, *S) as ONE (n+1)-D vector image: frame t is the ITK
     displacement field of `write_displacement` stacked along a last (time) axis of spacing 1.
 
-    SimpleITK reads it back as a (n+1)-D image with n components; `sitk.Extract` of one time
-    index gives that frame's displacement field (for one file per frame, use
-    write_displacement_series).
+    SimpleITK reads it back as a 4D image with 3 components (2D fields as one-slice 3D ones, as
+    the frames are written); `sitk.Extract` of one time index gives that frame's displacement
+    field (for one file per frame, use write_displacement_series).
     """
     import SimpleITK as sitk
 
@@ -150,7 +177,7 @@ def write_displacement_sequence(path, ddfs, geometry: Geometry, *, overwrite: bo
         raise InputError(f"a field sequence must have shape (T, n, *S) with n = 2 or 3; got shape {arr.shape}")
     path = Path(path)
     _suffix(path)
-    image = sitk.JoinSeries([to_itk_displacement(u, geometry) for u in arr])
+    image = sitk.JoinSeries([to_itk_displacement(*_as_image_grid(u, geometry, path, series=True)) for u in arr])
     with atomic_output(path, overwrite=overwrite) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
     return path
