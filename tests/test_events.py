@@ -56,8 +56,16 @@ def test_ddm_generation_plans_weights_adaptation_and_frames(adapt):
     events = _check_run(generate_ddm(source, target, frames=5, model=model, adapt=adapt))
     steps = AdaptSettings(iterations=adapt).total if adapt else 0  # 2 + 4 + 8 over three levels
     assert steps == (14 if adapt else 0)
-    assert events[0].stages == (("weights", 1), ("adapt", steps), ("frames", 5))
+    first = (("first frame", 1),) if adapt else ()  # the source, shown before the fit
+    assert events[0].stages == (("weights", 1), *first, ("adapt", steps), ("frames", 5))
     assert sum(isinstance(e, Frame) for e in events) == 5
+    if adapt:  # the figure during the fit stays below the frames' part of the plan
+        run, figures = RunProgress(), []
+        for e in events:
+            run.update(e)
+            if isinstance(e, Progress) and e.stage == "adapt":
+                figures.append(run.done)
+        assert figures and max(figures) <= 2 + steps
 
 
 def test_modiff_progress_does_not_overrun_its_plan():

@@ -89,7 +89,10 @@ def generate_ddm(
     if anchors is not None and (anchors == 1 or anchors < 0):
         raise InputError(f"anchors must be 0 (every frame) or at least 2, got {anchors}.")
     ndims = source.geometry.ndim
-    yield Plan((("weights", 1), ("adapt", settings.total if settings else 0), ("frames", frames)))
+    # with adaptation, frame 0 (the source) comes before the fit: a stage of its own, so that the
+    # run's progress does not jump past the fit
+    first = (("first frame", 1),) if settings else ()
+    yield Plan((("weights", 1), *first, ("adapt", settings.total if settings else 0), ("frames", frames)))
     yield Progress(0, 1, "loading weights", "weights")
     model = _model_for(model, weights, ndims, device)
     if anchors is None:
@@ -107,7 +110,8 @@ def generate_ddm(
     # adapted frames start exactly at the source (exp(0 v) = id): show it before the adaptation runs
     yield Frame(0, len(gammas), np.array(source.data, dtype=np.float32, copy=True),
                 np.zeros((ndims, *source.spatial_shape), np.float32),
-                None if labels is None else np.array(labels.data, copy=True), {**info, "gamma": float(gammas[0])})
+                None if labels is None else np.array(labels.data, copy=True), {**info, "gamma": float(gammas[0])},
+                stage="first frame")
     residual = yield from adapt_pair(source.data, target.data, source.geometry.spacing,
                                      _network_motion(net, s, t, grid), settings)
     info["adapt_network_field"] = residual.use_network
@@ -128,9 +132,10 @@ def _fold_free(events: Iterator[Progress | Frame], source: Volume, labels: Volum
     for event in events:
         if isinstance(event, Frame):
             u = torch.from_numpy(np.ascontiguousarray(event.field, dtype=np.float32))[None]
-            if float(spatial.folding_ratio(u)) > 0:
+            with torch.no_grad():
+                v = spatial.repair_folding(u, min_det=REPAIR_MIN_DET, max_iterations=REPAIR_ROUNDS)
+            if v is not u:  # it folded
                 with torch.no_grad():
-                    v = spatial.repair_folding(u, min_det=REPAIR_MIN_DET, max_iterations=REPAIR_ROUNDS)
                     image = spatial.warp(s_in, v, padding_mode="border")[0, 0].numpy()
                     warped = None
                     if lab_in is not None:
