@@ -339,10 +339,11 @@ def repair_folding(ddf: torch.Tensor, *, min_det: float = 0.05, max_iterations: 
             if not bool(bad.any()):
                 break
             box = _box_around(bad, r + 4, shape)
+            inner = _inside(box, shape, 1, u.device)  # det is exact there; the box's edge never folds
+            changeable = _inside(box, shape, 2, u.device)  # the box mean is exact there
             if u is ddf:
                 u = ddf.clone()
         crop = u[(slice(None), slice(None), *box)]
-        inner = _inside(box, shape, 1, crop.device)  # det is exact there; the box's edge never folds
         bad = ((jacobian_determinant(crop) <= min_det) & inner).to(u.dtype)[:, None]
         if not bool(bad.any()):
             break
@@ -353,7 +354,7 @@ def repair_folding(ddf: torch.Tensor, *, min_det: float = 0.05, max_iterations: 
             pad = [0, 0] * n
             pad[2 * (n - 1 - axis)] = pad[2 * (n - 1 - axis) + 1] = r
             near = pool(F.pad(near, pad), tuple(size), stride=1)
-        if bool((near.amax((0, 1)) > 0).logical_and_(~_inside(box, shape, 2, crop.device)).any()):
+        if bool((near.amax((0, 1)) > 0).logical_and_(~changeable).any()):
             box = None  # the changes would reach the box's edge: a larger box, the same iteration
             continue
         crop.copy_(torch.where(near > 0, _box_mean(crop), crop))

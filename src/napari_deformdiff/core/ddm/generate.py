@@ -134,13 +134,12 @@ def _fold_free(events: Iterator[Progress | Frame], source: Volume, labels: Volum
             u = torch.from_numpy(np.ascontiguousarray(event.field, dtype=np.float32))[None]
             with torch.no_grad():
                 v = spatial.repair_folding(u, min_det=REPAIR_MIN_DET, max_iterations=REPAIR_ROUNDS)
-            if v is not u:  # it folded
-                with torch.no_grad():
+                if v is not u:  # it folded
                     image = spatial.warp(s_in, v, padding_mode="border")[0, 0].numpy()
                     warped = None
                     if lab_in is not None:
                         warped = spatial.warp(lab_in, v, mode="nearest", padding_mode="border")[0, 0].numpy()
-                event = Frame(event.index, event.total, image, v[0].numpy(), warped, event.info)
+                    event = Frame(event.index, event.total, image, v[0].numpy(), warped, event.info)
         yield event
 
 

@@ -96,21 +96,15 @@ def to_itk_displacement(ddf, geometry: Geometry):
     return image
 
 
-def _one_slice(ddf, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
-    """A 2D field (2, Y, X) as the one-slice 3D field (3, 1, Y, X) of geometry.as_3d()."""
+def _as_image_grid(ddf, geometry: Geometry, path: Path, series: bool) -> tuple[np.ndarray, Geometry]:
+    """The field on its image file's grid (module docstring): a 2D field (2, Y, X) becomes the
+    one-slice 3D field (3, 1, Y, X) of geometry.as_3d() where its image is one-slice 3D."""
     u = _check_field(ddf, geometry)
-    if u.shape[0] == 3:
+    nifti = _suffix(path) in (".nii", ".nii.gz")
+    if u.shape[0] == 3 or not (series or (geometry.embedding is not None and not nifti)):
         return u, geometry
     through = np.zeros((1, 1, *u.shape[1:]), u.dtype)
     return np.concatenate([through, u[:, None]]), geometry.as_3d()
-
-
-def _as_image_grid(ddf, geometry: Geometry, path: Path | None, series: bool) -> tuple[np.ndarray, Geometry]:
-    u = _check_field(ddf, geometry)
-    nifti = path is not None and _suffix(path) in (".nii", ".nii.gz")
-    if u.shape[0] == 2 and (series or (geometry.embedding is not None and not nifti)):
-        return _one_slice(u, geometry)
-    return u, geometry
 
 
 def from_itk_displacement(image, *, name: str = "image") -> tuple[np.ndarray, Geometry]:
